@@ -1,0 +1,95 @@
+//! Kernel effects for bridges and veth pairs, behind the `Dataplane` trait.
+//!
+//! The real implementation (`netlink`) talks rtnetlink only; `testing` holds a strict recording
+//! fake for driver tests.
+
+use std::future::Future;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+pub mod netlink;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+/// The bridge a network needs, as the driver wants it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BridgeSpec {
+    /// Linux interface name, at most 15 bytes.
+    pub name: String,
+    /// MTU used only when the bridge is created (an existing bridge keeps its MTU, as in CNI).
+    pub mtu: Option<u32>,
+    /// Gateway addresses (with the pool's prefix length) that must be on the bridge.
+    pub addresses: Vec<IpNet>,
+}
+
+/// One veth pair for an endpoint: the host end goes on the bridge, the peer stays in the host
+/// namespace, down, for Docker to move into the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VethSpec {
+    /// Host-side name (on the bridge), at most 15 bytes.
+    pub host_name: String,
+    /// Container-side temporary name Docker will move and rename, at most 15 bytes.
+    pub peer_name: String,
+    /// Bridge the host end is attached to.
+    pub bridge: String,
+    /// MTU for both ends.
+    pub mtu: Option<u32>,
+    /// MAC of the container end, so the MAC Docker applies later is already in place.
+    pub peer_mac: Option<[u8; 6]>,
+}
+
+/// What `ensure_bridge` found or did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BridgeOutcome {
+    /// The bridge did not exist and was created now.
+    Created,
+    /// A bridge of that name already existed and was adopted.
+    Existed,
+}
+
+/// Errors of the kernel side, with the kind a caller needs to decide.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    /// The link does not exist.
+    #[error("link {0} not found")]
+    NotFound(String),
+    /// A link of that name exists and is not what we need.
+    #[error("{name} already exists but is not a {wanted}")]
+    WrongKind { name: String, wanted: &'static str },
+    /// The bridge carries another address of the same family (CNI bridge's rule).
+    #[error("bridge {bridge} already has an IP address different from {wanted} ({existing}); remove it or choose another bridge name")]
+    AddressConflict {
+        bridge: String,
+        existing: IpNet,
+        wanted: IpNet,
+    },
+    /// Any other netlink failure, with what was being done.
+    #[error("{op}: {reason}")]
+    Netlink { op: String, reason: String },
+}
+
+/// Kernel operations the driver needs. Every verb is idempotent.
+pub trait Dataplane: Send + Sync + 'static {
+    /// Create the bridge if missing (with MTU), bring it up and put `addresses` on it.
+    fn ensure_bridge(
+        &self,
+        spec: &BridgeSpec,
+    ) -> impl Future<Output = Result<BridgeOutcome, DataplaneError>> + Send;
+
+    /// Delete the bridge if no port is attached; returns whether it was deleted. Missing is `Ok(false)`.
+    fn delete_bridge_if_unused(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<bool, DataplaneError>> + Send;
+
+    /// Create the veth pair in the host namespace, attach and raise the host end, set MTU and
+    /// the peer MAC. If a pair with these names already exists on that bridge it is kept.
+    fn create_veth(&self, spec: &VethSpec) -> impl Future<Output = Result<(), DataplaneError>> + Send;
+
+    /// Delete a link by name (the veth peer goes with it). Already gone is `Ok`.
+    fn delete_link(&self, name: &str) -> impl Future<Output = Result<(), DataplaneError>> + Send;
+
+    /// Whether a link of that name exists in the host namespace.
+    fn link_exists(&self, name: &str) -> impl Future<Output = Result<bool, DataplaneError>> + Send;
+}

@@ -1,0 +1,1 @@
+//! rtnetlink implementation of `Dataplane`.

@@ -1,0 +1,1 @@
+//! The orchestration: one function per CNM operation.

@@ -1,0 +1,1 @@
+//! iptables implementation of `Firewall`.

@@ -1,0 +1,1 @@
+//! Recording fake of `Firewall`.

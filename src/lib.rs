@@ -1,0 +1,14 @@
+//! cnibridge: a Docker CNM network + IPAM plugin that gives containers the networking of the CNI
+//! `bridge` and `host-local` plugins (Linux bridge, veth pair, host-local address store).
+//!
+//! Seams: `cnm` knows HTTP and JSON, `driver` knows the lifecycle, `ipam`, `dataplane`, `firewall`
+//! and `state` each know one resource. The driver reaches the kernel only through the `Dataplane`
+//! and `Firewall` traits.
+
+pub mod cni;
+pub mod cnm;
+pub mod dataplane;
+pub mod driver;
+pub mod firewall;
+pub mod ipam;
+pub mod state;

@@ -1,0 +1,1 @@
+//! Records of networks and endpoints (filled by the driver).
