@@ -40,7 +40,13 @@ mod tests {
             let n = derived_network_name(&p.parse().unwrap());
             assert!(is_valid_name(&n), "{n}");
         }
-        assert_eq!(derived_network_name(&"10.15.20.0/24".parse().unwrap()), "cnibridge-10.15.20.0-24");
-        assert_eq!(derived_network_name(&"fd15:30::/64".parse().unwrap()), "cnibridge-fd15_30__-64");
+        assert_eq!(
+            derived_network_name(&"10.15.20.0/24".parse().unwrap()),
+            "cnibridge-10.15.20.0-24"
+        );
+        assert_eq!(
+            derived_network_name(&"fd15:30::/64".parse().unwrap()),
+            "cnibridge-fd15_30__-64"
+        );
     }
 }

@@ -1,1 +1,8 @@
-//! The Docker side: wire types, the HTTP router, error mapping. No kernel calls here.
+//! The Docker side: wire types, the HTTP router, error mapping, the unix socket. No kernel
+//! calls here: handlers decode, call the driver or the IPAM, and encode.
+
+pub mod router;
+pub mod server;
+pub mod types;
+
+pub use router::router;

@@ -9,6 +9,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 pub mod netlink;
+mod rtnl;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
@@ -85,7 +86,10 @@ pub trait Dataplane: Send + Sync + 'static {
 
     /// Create the veth pair in the host namespace, attach and raise the host end, set MTU and
     /// the peer MAC. If a pair with these names already exists on that bridge it is kept.
-    fn create_veth(&self, spec: &VethSpec) -> impl Future<Output = Result<(), DataplaneError>> + Send;
+    fn create_veth(
+        &self,
+        spec: &VethSpec,
+    ) -> impl Future<Output = Result<(), DataplaneError>> + Send;
 
     /// Delete a link by name (the veth peer goes with it). Already gone is `Ok`.
     fn delete_link(&self, name: &str) -> impl Future<Output = Result<(), DataplaneError>> + Send;

@@ -1,1 +1,463 @@
 //! rtnetlink implementation of `Dataplane`.
+//!
+//! Behaviour follows the CNI `bridge` plugin (`ensureBridge`, `ensureAddr`, MAC pinning,
+//! forwarding sysctls), with one difference: the veth pair is made whole in the host namespace
+//! (host end on the bridge and up, peer down with its final MAC), since Docker moves the peer
+//! into the sandbox itself.
+//!
+//! Namespaces: the netlink socket is bound to the network namespace of the thread that called
+//! `NetlinkDataplane::new`, and `/proc/sys/net` resolves against the namespace of the thread
+//! that opens it. Both are the host namespace in the daemon, whose threads never `setns`.
+
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use netlink_packet_route::link::{InfoData, InfoVeth};
+use rtnetlink::{LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth};
+
+use super::rtnl::{Link, LinkKind, NlError, NlKind, Rtnl};
+use super::{BridgeOutcome, BridgeSpec, Dataplane, DataplaneError, VethSpec};
+
+/// The real dataplane: one rtnetlink connection, its handle cloned per request.
+#[derive(Clone)]
+pub struct NetlinkDataplane {
+    rtnl: Rtnl,
+    proc_sys: PathBuf,
+}
+
+impl NetlinkDataplane {
+    /// Open the rtnetlink connection and spawn its task on the current tokio runtime.
+    ///
+    /// Must be called from inside a tokio runtime, on a thread in the namespace the dataplane
+    /// is to manage (the socket stays bound to it).
+    pub fn new() -> Result<Self, DataplaneError> {
+        // Checked first: creating the socket registers it with the reactor and would panic
+        // outside a runtime.
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|e| DataplaneError::Netlink {
+                op: "open rtnetlink connection".into(),
+                reason: format!("no tokio runtime on this thread: {e}"),
+            })?;
+        let (mut connection, handle, _) =
+            rtnetlink::new_connection().map_err(|e| DataplaneError::Netlink {
+                op: "open rtnetlink connection".into(),
+                reason: e.to_string(),
+            })?;
+        // Forward NLMSG_DONE so dumps can see NLM_F_DUMP_INTR, which the kernel may set on the
+        // DONE message only.
+        connection.set_forward_done(true);
+        runtime.spawn(connection);
+        Ok(NetlinkDataplane {
+            rtnl: Rtnl::new(handle),
+            proc_sys: PathBuf::from("/proc/sys"),
+        })
+    }
+
+    /// Use another root for the forwarding sysctls than `/proc/sys` (e.g. a writable mount in
+    /// a managed-plugin sandbox, where `/proc/sys` is read-only).
+    pub fn with_proc_sys(mut self, root: impl Into<PathBuf>) -> Self {
+        self.proc_sys = root.into();
+        self
+    }
+
+    /// Find the bridge, create it if missing, and make sure it is up.
+    async fn bridge_link(
+        &self,
+        spec: &BridgeSpec,
+    ) -> Result<(Link, BridgeOutcome), DataplaneError> {
+        let name = &spec.name;
+        if let Some(link) = self
+            .rtnl
+            .link_by_name(name)
+            .await
+            .map_err(|e| op_err(format!("look up bridge {name}"), e))?
+        {
+            let link = self.adopt_bridge(link).await?;
+            return Ok((link, BridgeOutcome::Existed));
+        }
+        let mut create = LinkBridge::new(name);
+        if let Some(mtu) = spec.mtu {
+            create = create.mtu(mtu);
+        }
+        let outcome = match self.rtnl.add_link(create.build()).await {
+            Ok(()) => BridgeOutcome::Created,
+            // Lost a race with another creator (another network on the same bridge, or a CNI
+            // plugin): adopt what is there, as CNI's ensureBridge does.
+            Err(e) if e.kind == NlKind::Exists => BridgeOutcome::Existed,
+            Err(e) => return Err(op_err(format!("create bridge {name}"), e)),
+        };
+        // The index and MAC are only known after creation; one lookup serves both.
+        let link = self
+            .rtnl
+            .link_by_name(name)
+            .await
+            .map_err(|e| op_err(format!("look up bridge {name}"), e))?
+            .ok_or_else(|| DataplaneError::NotFound(name.clone()))?;
+        let link = self.adopt_bridge(link).await?;
+        Ok((link, outcome))
+    }
+
+    /// Check an existing link is a bridge and bring it up.
+    async fn adopt_bridge(&self, link: Link) -> Result<Link, DataplaneError> {
+        if link.kind != LinkKind::Bridge {
+            return Err(DataplaneError::WrongKind {
+                name: link.name,
+                wanted: "bridge",
+            });
+        }
+        if !link.up {
+            self.rtnl
+                .set_up(link.index)
+                .await
+                .map_err(|e| op_err(format!("set bridge {} up", link.name), e))?;
+        }
+        Ok(link)
+    }
+
+    /// Put the wanted addresses on the bridge; returns whether any was added.
+    async fn ensure_addresses(
+        &self,
+        bridge: &Link,
+        wanted: &[IpNet],
+    ) -> Result<bool, DataplaneError> {
+        let existing = self
+            .rtnl
+            .addresses(bridge.index)
+            .await
+            .map_err(|e| op_err(format!("list addresses of bridge {}", bridge.name), e))?;
+        let missing = plan_addresses(&bridge.name, &existing, wanted)?;
+        for addr in &missing {
+            match self.rtnl.add_address(bridge.index, *addr).await {
+                Ok(()) => {}
+                Err(e) if e.kind == NlKind::Exists => {}
+                Err(e) => {
+                    return Err(op_err(
+                        format!("add address {addr} to bridge {}", bridge.name),
+                        e,
+                    ))
+                }
+            }
+        }
+        Ok(!missing.is_empty())
+    }
+
+    /// Set the bridge MAC to its current value. The kernel then marks it user-set
+    /// (`addr_assign_type` 3) and stops deriving it from the lowest port MAC, which otherwise
+    /// changes the gateway MAC whenever a container joins or leaves (CNI, kubernetes#30783).
+    async fn pin_mac(&self, bridge: &Link) -> Result<(), DataplaneError> {
+        let Some(mac) = bridge.mac.clone() else {
+            return Ok(());
+        };
+        self.rtnl
+            .set_link(
+                LinkUnspec::new_with_index(bridge.index)
+                    .address(mac)
+                    .build(),
+            )
+            .await
+            .map_err(|e| op_err(format!("pin MAC of bridge {}", bridge.name), e))
+    }
+
+    /// Whether `host` is the complete, attached pair this spec asks for.
+    async fn pair_matches(
+        &self,
+        spec: &VethSpec,
+        bridge: &Link,
+        host: &Link,
+    ) -> Result<bool, DataplaneError> {
+        if host.controller != Some(bridge.index) || host.peer_in_other_netns {
+            return Ok(false);
+        }
+        let peer = self
+            .rtnl
+            .link_by_name(&spec.peer_name)
+            .await
+            .map_err(|e| op_err(format!("look up veth peer {}", spec.peer_name), e))?;
+        Ok(matches!(peer, Some(p) if p.kind == LinkKind::Veth && Some(p.index) == host.peer_index))
+    }
+
+    /// The slow path of `create_veth`, after EEXIST: keep a complete pair, remove our stale
+    /// halves, refuse to touch links of another kind.
+    async fn repair_veth(&self, spec: &VethSpec, bridge: &Link) -> Result<bool, DataplaneError> {
+        let host = self
+            .rtnl
+            .link_by_name(&spec.host_name)
+            .await
+            .map_err(|e| op_err(format!("look up veth {}", spec.host_name), e))?;
+        if let Some(host) = host {
+            if host.kind != LinkKind::Veth {
+                return Err(DataplaneError::WrongKind {
+                    name: host.name,
+                    wanted: "veth",
+                });
+            }
+            if self.pair_matches(spec, bridge, &host).await? {
+                if !host.up {
+                    self.rtnl
+                        .set_up(host.index)
+                        .await
+                        .map_err(|e| op_err(format!("set veth {} up", host.name), e))?;
+                }
+                return Ok(true);
+            }
+            tracing::info!(veth = %spec.host_name, "removing stale veth before recreating it");
+            self.delete_link(&spec.host_name).await?;
+        }
+        // Deleting the host end took its own peer with it; whatever still holds the peer name
+        // is another leftover.
+        if let Some(peer) = self
+            .rtnl
+            .link_by_name(&spec.peer_name)
+            .await
+            .map_err(|e| op_err(format!("look up veth peer {}", spec.peer_name), e))?
+        {
+            if peer.kind != LinkKind::Veth {
+                return Err(DataplaneError::WrongKind {
+                    name: peer.name,
+                    wanted: "veth",
+                });
+            }
+            tracing::info!(veth = %spec.peer_name, "removing stale veth peer before recreating it");
+            self.delete_link(&spec.peer_name).await?;
+        }
+        Ok(false)
+    }
+}
+
+impl Dataplane for NetlinkDataplane {
+    async fn ensure_bridge(&self, spec: &BridgeSpec) -> Result<BridgeOutcome, DataplaneError> {
+        let (bridge, outcome) = self.bridge_link(spec).await?;
+        if spec.addresses.is_empty() {
+            return Ok(outcome);
+        }
+        if self.ensure_addresses(&bridge, &spec.addresses).await? {
+            // As in CNI, pinning happens only when an address was added, so a bridge adopted
+            // with its addresses in place costs no write.
+            self.pin_mac(&bridge).await?;
+        }
+        if spec.addresses.iter().any(|a| matches!(a, IpNet::V4(_))) {
+            enable_forwarding(&self.proc_sys.join("net/ipv4/ip_forward"));
+        }
+        if spec.addresses.iter().any(|a| matches!(a, IpNet::V6(_))) {
+            enable_forwarding(&self.proc_sys.join("net/ipv6/conf/all/forwarding"));
+        }
+        Ok(outcome)
+    }
+
+    async fn delete_bridge_if_unused(&self, name: &str) -> Result<bool, DataplaneError> {
+        let Some(link) = self
+            .rtnl
+            .link_by_name(name)
+            .await
+            .map_err(|e| op_err(format!("look up bridge {name}"), e))?
+        else {
+            return Ok(false);
+        };
+        if link.kind != LinkKind::Bridge {
+            return Err(DataplaneError::WrongKind {
+                name: link.name,
+                wanted: "bridge",
+            });
+        }
+        let ports = self
+            .rtnl
+            .links_with_controller(link.index)
+            .await
+            .map_err(|e| op_err(format!("list ports of bridge {name}"), e))?;
+        if let Some(port) = ports.first() {
+            tracing::debug!(bridge = name, port = %port.name, ports = ports.len(), "bridge still has ports; keeping it");
+            return Ok(false);
+        }
+        match self.rtnl.del_link(link.index).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind == NlKind::NotFound => Ok(false),
+            Err(e) => Err(op_err(format!("delete bridge {name}"), e)),
+        }
+    }
+
+    async fn create_veth(&self, spec: &VethSpec) -> Result<(), DataplaneError> {
+        let bridge = self
+            .rtnl
+            .link_by_name(&spec.bridge)
+            .await
+            .map_err(|e| op_err(format!("look up bridge {}", spec.bridge), e))?
+            .ok_or_else(|| DataplaneError::NotFound(spec.bridge.clone()))?;
+        if bridge.kind != LinkKind::Bridge {
+            return Err(DataplaneError::WrongKind {
+                name: bridge.name,
+                wanted: "bridge",
+            });
+        }
+        // Hot path: one RTM_NEWLINK creates both ends, sets MTUs and the peer MAC, enslaves
+        // the host end and brings it up; the kernel undoes the whole pair if enslaving fails.
+        let op = || {
+            format!(
+                "create veth {} (peer {}) on bridge {}",
+                spec.host_name, spec.peer_name, spec.bridge
+            )
+        };
+        match self.rtnl.add_link(veth_message(spec, bridge.index)).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind == NlKind::Exists => {}
+            Err(e) => return Err(op_err(op(), e)),
+        }
+        if self.repair_veth(spec, &bridge).await? {
+            return Ok(());
+        }
+        self.rtnl
+            .add_link(veth_message(spec, bridge.index))
+            .await
+            .map_err(|e| op_err(op(), e))
+    }
+
+    async fn delete_link(&self, name: &str) -> Result<(), DataplaneError> {
+        match self.rtnl.del_link_by_name(name).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind == NlKind::NotFound => Ok(()),
+            Err(e) => Err(op_err(format!("delete link {name}"), e)),
+        }
+    }
+
+    async fn link_exists(&self, name: &str) -> Result<bool, DataplaneError> {
+        self.rtnl
+            .link_by_name(name)
+            .await
+            .map(|l| l.is_some())
+            .map_err(|e| op_err(format!("look up link {name}"), e))
+    }
+}
+
+/// The single `RTM_NEWLINK` that creates a whole pair: host end with MTU, master and up; the
+/// peer (nested `VETH_INFO_PEER`, which the kernel reads as its own link message) with MTU and
+/// MAC, left down.
+fn veth_message(spec: &VethSpec, bridge_index: u32) -> netlink_packet_route::link::LinkMessage {
+    let mut peer = LinkMessageBuilder::<LinkUnspec>::new().name(spec.peer_name.clone());
+    if let Some(mtu) = spec.mtu {
+        peer = peer.mtu(mtu);
+    }
+    if let Some(mac) = spec.peer_mac {
+        peer = peer.address(mac.to_vec());
+    }
+    let mut host = LinkVeth::new(&spec.host_name, &spec.peer_name)
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
+        .controller(bridge_index)
+        .up();
+    if let Some(mtu) = spec.mtu {
+        host = host.mtu(mtu);
+    }
+    host.build()
+}
+
+/// CNI's `ensureAddr` rule, checked for every wanted address before any is added: an address
+/// already present is kept; another IPv4 address, or an overlapping IPv6 one, is a conflict
+/// (addresses that are themselves wanted never conflict, so a network may carry several
+/// gateways of one family). Returns the addresses to add.
+pub(crate) fn plan_addresses(
+    bridge: &str,
+    existing: &[IpNet],
+    wanted: &[IpNet],
+) -> Result<Vec<IpNet>, DataplaneError> {
+    let mut missing = Vec::new();
+    for want in wanted {
+        if existing.contains(want) {
+            continue;
+        }
+        let conflict = existing
+            .iter()
+            .filter(|have| !wanted.contains(have))
+            .find(|have| match (have, want) {
+                (IpNet::V4(_), IpNet::V4(_)) => true,
+                (IpNet::V6(h), IpNet::V6(w)) => h.contains(&w.addr()) || w.contains(&h.addr()),
+                _ => false,
+            });
+        if let Some(existing) = conflict {
+            return Err(DataplaneError::AddressConflict {
+                bridge: bridge.to_string(),
+                existing: *existing,
+                wanted: *want,
+            });
+        }
+        if !missing.contains(want) {
+            missing.push(*want);
+        }
+    }
+    Ok(missing)
+}
+
+/// Write 1 to a forwarding sysctl unless it already holds 1. Failures only warn: in Docker's
+/// managed-plugin sandbox `/proc/sys` is read-only and the operator enables forwarding.
+///
+/// Deliberately blocking `std::fs` on the calling thread: `/proc/sys/net` shows the namespace
+/// of the thread that opens it, and `tokio::fs` would open it on a blocking-pool thread.
+fn enable_forwarding(path: &Path) {
+    match std::fs::read_to_string(path) {
+        Ok(v) if v.trim() == "1" => return,
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read forwarding sysctl; containers may not reach beyond the bridge");
+            return;
+        }
+    }
+    if let Err(e) = std::fs::write(path, b"1") {
+        tracing::warn!(path = %path.display(), error = %e, "cannot enable forwarding; enable it on the host or containers cannot reach beyond the bridge");
+    }
+}
+
+/// A failed request, with what was being done; the kinds callers act on were handled before.
+fn op_err(op: String, e: NlError) -> DataplaneError {
+    DataplaneError::Netlink {
+        op,
+        reason: e.detail,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn present_address_is_kept() {
+        let plan = plan_addresses("br0", &[net("10.1.0.1/24")], &[net("10.1.0.1/24")]).unwrap();
+        assert!(plan.is_empty());
+    }
+
+    #[test]
+    fn other_ipv4_conflicts() {
+        let err = plan_addresses("br0", &[net("10.9.0.1/24")], &[net("10.1.0.1/24")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "bridge br0 already has an IP address different from 10.1.0.1/24 (10.9.0.1/24); remove it or choose another bridge name"
+        );
+    }
+
+    #[test]
+    fn same_ipv4_other_prefix_conflicts() {
+        assert!(plan_addresses("br0", &[net("10.1.0.1/16")], &[net("10.1.0.1/24")]).is_err());
+    }
+
+    #[test]
+    fn ipv6_only_conflicts_when_overlapping() {
+        let existing = [net("fe80::1/64"), net("fd00:1::1/64")];
+        let plan = plan_addresses("br0", &existing, &[net("fd00:2::1/64")]).unwrap();
+        assert_eq!(plan, vec![net("fd00:2::1/64")]);
+        assert!(plan_addresses("br0", &existing, &[net("fd00:1::2/64")]).is_err());
+        assert!(plan_addresses("br0", &existing, &[net("fd00::1/16")]).is_err());
+    }
+
+    #[test]
+    fn ipv6_does_not_conflict_with_ipv4() {
+        let plan = plan_addresses("br0", &[net("10.1.0.1/24")], &[net("fd00::1/64")]).unwrap();
+        assert_eq!(plan, vec![net("fd00::1/64")]);
+    }
+
+    #[test]
+    fn wanted_addresses_do_not_conflict_with_each_other() {
+        let wanted = [net("10.1.0.1/24"), net("10.2.0.1/24")];
+        let plan = plan_addresses("br0", &[net("10.1.0.1/24")], &wanted).unwrap();
+        assert_eq!(plan, vec![net("10.2.0.1/24")]);
+    }
+}

@@ -1,1 +1,402 @@
 //! Recording fake of `Dataplane`.
+//!
+//! Strict on purpose: it holds bridges and veth pairs like the kernel would and refuses what the
+//! kernel refuses (a veth on a bridge it does not hold, a second address of one family on a
+//! bridge, a same-named link of another kind), so a driver test cannot pass on an order of
+//! calls that fails for real. Faults are injected per fake, not through globals.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use ipnet::IpNet;
+
+use super::netlink::plan_addresses;
+use super::{BridgeOutcome, BridgeSpec, Dataplane, DataplaneError, VethSpec};
+
+/// One call made to the fake, in the order it arrived (failed calls included).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataplaneCall {
+    /// `ensure_bridge(spec)`.
+    EnsureBridge(BridgeSpec),
+    /// `delete_bridge_if_unused(name)`.
+    DeleteBridgeIfUnused(String),
+    /// `create_veth(spec)`.
+    CreateVeth(VethSpec),
+    /// `delete_link(name)`.
+    DeleteLink(String),
+    /// `link_exists(name)`.
+    LinkExists(String),
+}
+
+/// A bridge the fake holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeBridge {
+    /// MTU it was created with.
+    pub mtu: Option<u32>,
+    /// Addresses on it, in the order they were added.
+    pub addresses: Vec<IpNet>,
+}
+
+/// A veth pair the fake holds, keyed by its host end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeVeth {
+    /// Name of the container end.
+    pub peer_name: String,
+    /// Bridge the host end is enslaved to; `None` once that bridge was deleted under it.
+    pub bridge: Option<String>,
+    /// MTU of both ends.
+    pub mtu: Option<u32>,
+    /// MAC of the container end.
+    pub peer_mac: Option<[u8; 6]>,
+}
+
+type Predicate = Box<dyn Fn(&DataplaneCall) -> bool + Send + Sync>;
+
+#[derive(Default)]
+struct State {
+    calls: Vec<DataplaneCall>,
+    bridges: BTreeMap<String, FakeBridge>,
+    veths: BTreeMap<String, FakeVeth>,
+    /// Links of any other kind (e.g. a NIC or dummy that happens to carry a wanted name).
+    foreign: Vec<String>,
+    fail_calls: Vec<usize>,
+    fail_when: Vec<Predicate>,
+}
+
+impl State {
+    fn holds(&self, name: &str) -> bool {
+        self.bridges.contains_key(name)
+            || self.veths.contains_key(name)
+            || self.veths.values().any(|v| v.peer_name == name)
+            || self.foreign.iter().any(|f| f == name)
+    }
+
+    fn ports_of(&self, bridge: &str) -> usize {
+        self.veths
+            .values()
+            .filter(|v| v.bridge.as_deref() == Some(bridge))
+            .count()
+    }
+
+    /// Record the call and decide whether an injected fault fires for it.
+    fn record(&mut self, call: DataplaneCall) -> Result<(), DataplaneError> {
+        let number = self.calls.len() + 1;
+        let fail = self.fail_calls.contains(&number) || self.fail_when.iter().any(|p| p(&call));
+        let op = format!("{call:?}");
+        self.calls.push(call);
+        if fail {
+            return Err(DataplaneError::Netlink {
+                op,
+                reason: format!("fault injected into call {number} by RecordingDataplane"),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Strict in-memory `Dataplane`. Clones share one state, so a test keeps one handle and gives
+/// another to the code under test.
+#[derive(Clone, Default)]
+pub struct RecordingDataplane {
+    state: Arc<Mutex<State>>,
+}
+
+impl RecordingDataplane {
+    /// An empty fake: no links, no faults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A test that panicked while holding the lock already failed; keep the state readable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every call so far, in order.
+    pub fn calls(&self) -> Vec<DataplaneCall> {
+        self.lock().calls.clone()
+    }
+
+    /// Return the calls so far and start a new record.
+    pub fn take_calls(&self) -> Vec<DataplaneCall> {
+        std::mem::take(&mut self.lock().calls)
+    }
+
+    /// Fail the `n`-th call (1-based over the fake's whole life, so the call that becomes
+    /// `calls()[n - 1]`). The failed call changes nothing.
+    pub fn fail_nth_call(&self, n: usize) {
+        self.lock().fail_calls.push(n);
+    }
+
+    /// Fail every call for which `pred` is true, until `clear_faults`.
+    pub fn fail_when(&self, pred: impl Fn(&DataplaneCall) -> bool + Send + Sync + 'static) {
+        self.lock().fail_when.push(Box::new(pred));
+    }
+
+    /// Remove every injected fault.
+    pub fn clear_faults(&self) {
+        let mut s = self.lock();
+        s.fail_calls.clear();
+        s.fail_when.clear();
+    }
+
+    /// Pretend a bridge already exists (made by someone else), for adoption tests.
+    pub fn insert_bridge(&self, name: &str, bridge: FakeBridge) {
+        self.lock().bridges.insert(name.to_string(), bridge);
+    }
+
+    /// Pretend a link of another kind holds `name` (for `WrongKind` tests).
+    pub fn insert_foreign_link(&self, name: &str) {
+        self.lock().foreign.push(name.to_string());
+    }
+
+    /// The bridge of that name, if held.
+    pub fn bridge(&self, name: &str) -> Option<FakeBridge> {
+        self.lock().bridges.get(name).cloned()
+    }
+
+    /// Names of all bridges held.
+    pub fn bridges(&self) -> Vec<String> {
+        self.lock().bridges.keys().cloned().collect()
+    }
+
+    /// The veth pair whose host end has that name, if held.
+    pub fn veth(&self, host_name: &str) -> Option<FakeVeth> {
+        self.lock().veths.get(host_name).cloned()
+    }
+
+    /// Host-end names of all veth pairs held.
+    pub fn veths(&self) -> Vec<String> {
+        self.lock().veths.keys().cloned().collect()
+    }
+
+    /// Whether any link (bridge, either veth end, foreign) has that name.
+    pub fn has_link(&self, name: &str) -> bool {
+        self.lock().holds(name)
+    }
+}
+
+impl Dataplane for RecordingDataplane {
+    async fn ensure_bridge(&self, spec: &BridgeSpec) -> Result<BridgeOutcome, DataplaneError> {
+        let mut s = self.lock();
+        s.record(DataplaneCall::EnsureBridge(spec.clone()))?;
+        let outcome = match s.bridges.get(&spec.name) {
+            Some(_) => BridgeOutcome::Existed,
+            None if s.holds(&spec.name) => {
+                return Err(DataplaneError::WrongKind {
+                    name: spec.name.clone(),
+                    wanted: "bridge",
+                })
+            }
+            None => BridgeOutcome::Created,
+        };
+        let existing = s
+            .bridges
+            .get(&spec.name)
+            .map(|b| b.addresses.clone())
+            .unwrap_or_default();
+        // Same rule as the real one, checked before anything changes.
+        let missing = plan_addresses(&spec.name, &existing, &spec.addresses)?;
+        let bridge = s
+            .bridges
+            .entry(spec.name.clone())
+            .or_insert_with(|| FakeBridge {
+                mtu: spec.mtu,
+                addresses: Vec::new(),
+            });
+        bridge.addresses.extend(missing);
+        Ok(outcome)
+    }
+
+    async fn delete_bridge_if_unused(&self, name: &str) -> Result<bool, DataplaneError> {
+        let mut s = self.lock();
+        s.record(DataplaneCall::DeleteBridgeIfUnused(name.to_string()))?;
+        if !s.bridges.contains_key(name) {
+            if s.holds(name) {
+                return Err(DataplaneError::WrongKind {
+                    name: name.to_string(),
+                    wanted: "bridge",
+                });
+            }
+            return Ok(false);
+        }
+        if s.ports_of(name) > 0 {
+            return Ok(false);
+        }
+        s.bridges.remove(name);
+        Ok(true)
+    }
+
+    async fn create_veth(&self, spec: &VethSpec) -> Result<(), DataplaneError> {
+        let mut s = self.lock();
+        s.record(DataplaneCall::CreateVeth(spec.clone()))?;
+        if !s.bridges.contains_key(&spec.bridge) {
+            if s.holds(&spec.bridge) {
+                return Err(DataplaneError::WrongKind {
+                    name: spec.bridge.clone(),
+                    wanted: "bridge",
+                });
+            }
+            return Err(DataplaneError::NotFound(spec.bridge.clone()));
+        }
+        let wanted = FakeVeth {
+            peer_name: spec.peer_name.clone(),
+            bridge: Some(spec.bridge.clone()),
+            mtu: spec.mtu,
+            peer_mac: spec.peer_mac,
+        };
+        if let Some(v) = s.veths.get(&spec.host_name) {
+            if v.peer_name == spec.peer_name && v.bridge.as_deref() == Some(spec.bridge.as_str()) {
+                return Ok(());
+            }
+        }
+        for name in [&spec.host_name, &spec.peer_name] {
+            let foreign =
+                s.bridges.contains_key(name.as_str()) || s.foreign.iter().any(|f| f == name);
+            if foreign {
+                return Err(DataplaneError::WrongKind {
+                    name: name.to_string(),
+                    wanted: "veth",
+                });
+            }
+        }
+        // Stale halves go, as with the real dataplane: deleting either end removes the pair.
+        s.veths.retain(|host, v| {
+            host != &spec.host_name
+                && host != &spec.peer_name
+                && v.peer_name != spec.host_name
+                && v.peer_name != spec.peer_name
+        });
+        s.veths.insert(spec.host_name.clone(), wanted);
+        Ok(())
+    }
+
+    async fn delete_link(&self, name: &str) -> Result<(), DataplaneError> {
+        let mut s = self.lock();
+        s.record(DataplaneCall::DeleteLink(name.to_string()))?;
+        if s.bridges.remove(name).is_some() {
+            // The kernel detaches the ports of a deleted bridge; they stay as unattached links.
+            for v in s.veths.values_mut() {
+                if v.bridge.as_deref() == Some(name) {
+                    v.bridge = None;
+                }
+            }
+        }
+        s.veths
+            .retain(|host, v| host != name && v.peer_name != name);
+        s.foreign.retain(|f| f != name);
+        Ok(())
+    }
+
+    async fn link_exists(&self, name: &str) -> Result<bool, DataplaneError> {
+        let mut s = self.lock();
+        s.record(DataplaneCall::LinkExists(name.to_string()))?;
+        Ok(s.holds(name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bridge_spec(addrs: &[&str]) -> BridgeSpec {
+        BridgeSpec {
+            name: "br0".into(),
+            mtu: Some(1400),
+            addresses: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+        }
+    }
+
+    fn veth_spec(host: &str, peer: &str) -> VethSpec {
+        VethSpec {
+            host_name: host.into(),
+            peer_name: peer.into(),
+            bridge: "br0".into(),
+            mtu: Some(1400),
+            peer_mac: Some([2, 0, 0, 0, 0, 1]),
+        }
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn veth_needs_the_bridge() {
+        let dp = RecordingDataplane::new();
+        block_on(async {
+            let err = dp.create_veth(&veth_spec("vh0", "vp0")).await.unwrap_err();
+            assert!(matches!(err, DataplaneError::NotFound(ref n) if n == "br0"));
+            dp.ensure_bridge(&bridge_spec(&["10.1.0.1/24"]))
+                .await
+                .unwrap();
+            dp.create_veth(&veth_spec("vh0", "vp0")).await.unwrap();
+            dp.create_veth(&veth_spec("vh0", "vp0")).await.unwrap();
+        });
+        assert_eq!(dp.veths(), vec!["vh0".to_string()]);
+        assert_eq!(dp.calls().len(), 4);
+    }
+
+    #[test]
+    fn bridge_with_ports_is_kept_and_conflicts_are_refused() {
+        let dp = RecordingDataplane::new();
+        let handle = dp.clone();
+        block_on(async {
+            assert_eq!(
+                dp.ensure_bridge(&bridge_spec(&["10.1.0.1/24"]))
+                    .await
+                    .unwrap(),
+                BridgeOutcome::Created
+            );
+            assert_eq!(
+                dp.ensure_bridge(&bridge_spec(&["10.1.0.1/24"]))
+                    .await
+                    .unwrap(),
+                BridgeOutcome::Existed
+            );
+            let err = dp
+                .ensure_bridge(&bridge_spec(&["10.2.0.1/24"]))
+                .await
+                .unwrap_err();
+            assert!(matches!(err, DataplaneError::AddressConflict { .. }));
+            dp.create_veth(&veth_spec("vh0", "vp0")).await.unwrap();
+            assert!(!dp.delete_bridge_if_unused("br0").await.unwrap());
+            dp.delete_link("vh0").await.unwrap();
+            dp.delete_link("vh0").await.unwrap();
+            assert!(dp.delete_bridge_if_unused("br0").await.unwrap());
+            assert!(!dp.delete_bridge_if_unused("br0").await.unwrap());
+        });
+        assert!(handle.bridges().is_empty());
+        assert!(!handle.has_link("vp0"));
+    }
+
+    #[test]
+    fn faults_fire_on_the_chosen_calls_and_change_nothing() {
+        let dp = RecordingDataplane::new();
+        dp.fail_nth_call(1);
+        dp.fail_when(|c| matches!(c, DataplaneCall::DeleteLink(n) if n == "vh0"));
+        block_on(async {
+            assert!(dp.ensure_bridge(&bridge_spec(&[])).await.is_err());
+            assert!(dp.bridge("br0").is_none());
+            dp.ensure_bridge(&bridge_spec(&[])).await.unwrap();
+            dp.create_veth(&veth_spec("vh0", "vp0")).await.unwrap();
+            assert!(dp.delete_link("vh0").await.is_err());
+            assert!(dp.has_link("vh0"));
+            dp.clear_faults();
+            dp.delete_link("vh0").await.unwrap();
+        });
+        assert_eq!(dp.take_calls().len(), 5);
+        assert!(dp.calls().is_empty());
+    }
+
+    #[test]
+    fn foreign_link_is_wrong_kind() {
+        let dp = RecordingDataplane::new();
+        dp.insert_foreign_link("br0");
+        let err = block_on(dp.ensure_bridge(&bridge_spec(&[]))).unwrap_err();
+        assert_eq!(err.to_string(), "br0 already exists but is not a bridge");
+    }
+}

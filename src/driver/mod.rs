@@ -1,1 +1,436 @@
-//! The orchestration: one function per CNM operation.
+//! The orchestration: one function per CNM operation, calling ipam, dataplane, firewall and
+//! state. Every handler is idempotent (Docker re-sends on timeouts) and validates before it
+//! touches anything.
+//!
+//! Locking: each network has its own async mutex, so Join/Leave/DeleteEndpoint on different
+//! networks never wait for each other; the map of networks is held only to look an entry up.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
+
+use ipnet::IpNet;
+
+use crate::dataplane::{BridgeSpec, Dataplane, DataplaneError};
+use crate::firewall::{Firewall, FirewallError, NetworkRules};
+use crate::ipam::{Ipam, IpamError, Owner};
+use crate::state::records::{EndpointRecord, FamilyData, NetworkRecord, ENDPOINTS, NETWORKS};
+use crate::state::{Durability, StateDir, StateError};
+
+mod endpoint;
+pub mod names;
+pub mod options;
+
+/// Driver failures; the CNM layer sends `to_string()` as `{"Err": …}`.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// The request is invalid; the text names the field and the value.
+    #[error("{0}")]
+    Invalid(String),
+    /// CreateEndpoint/Join on a network this plugin does not know.
+    #[error("network {0} is not known to cnibridge (was it created while cnibridge used another --state-dir?); remove and re-create the network")]
+    UnknownNetwork(String),
+    /// Join on an endpoint that was never created.
+    #[error("endpoint {endpoint} of network {network} is not known to cnibridge")]
+    UnknownEndpoint { network: String, endpoint: String },
+    #[error("{context}: {source}")]
+    Dataplane {
+        context: String,
+        #[source]
+        source: DataplaneError,
+    },
+    #[error("{context}: {source}")]
+    Firewall {
+        context: String,
+        #[source]
+        source: FirewallError,
+    },
+    #[error(transparent)]
+    Ipam(#[from] IpamError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// Several teardown steps failed; all were attempted.
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    Many(Vec<DriverError>),
+    /// A blocking task died.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+fn dp_err(context: impl Into<String>) -> impl FnOnce(DataplaneError) -> DriverError {
+    let context = context.into();
+    move |source| DriverError::Dataplane { context, source }
+}
+
+fn fw_err(context: impl Into<String>) -> impl FnOnce(FirewallError) -> DriverError {
+    let context = context.into();
+    move |source| DriverError::Firewall { context, source }
+}
+
+/// One network and its endpoints, guarded by the network's own lock.
+#[derive(Debug)]
+pub(crate) struct NetState {
+    pub(crate) net: NetworkRecord,
+    pub(crate) endpoints: BTreeMap<String, EndpointRecord>,
+}
+
+type NetEntry = Arc<tokio::sync::Mutex<NetState>>;
+
+/// The network driver.
+pub struct Driver<D, F> {
+    dp: D,
+    fw: F,
+    ipam: Arc<Ipam>,
+    state: StateDir,
+    nets: RwLock<HashMap<String, NetEntry>>,
+}
+
+/// Short ids for logs and names.
+pub fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+fn parse_net(what: &str, s: &str) -> Result<IpNet, DriverError> {
+    s.parse().map_err(|_| {
+        DriverError::Invalid(format!(
+            "{what} {s:?} is not an address with prefix length (CIDR)"
+        ))
+    })
+}
+
+fn firewall_rules(net: &NetworkRecord) -> NetworkRules {
+    NetworkRules {
+        network_id: net.id.clone(),
+        bridge: net.bridge.clone(),
+        subnets: net.families().map(|f| f.pool).collect(),
+        internal: net.internal,
+    }
+}
+
+fn bridge_spec(net: &NetworkRecord) -> BridgeSpec {
+    BridgeSpec {
+        name: net.bridge.clone(),
+        mtu: net.mtu,
+        addresses: net.families().filter_map(|f| f.gateway).collect(),
+    }
+}
+
+/// Run blocking IPAM work off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, IpamError> + Send + 'static,
+) -> Result<T, DriverError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| DriverError::Internal(e.to_string()))?
+        .map_err(DriverError::from)
+}
+
+impl<D: Dataplane, F: Firewall> Driver<D, F> {
+    /// Load networks and endpoints from the state dir and reconcile them with the kernel:
+    /// bridges of known networks exist again (after a reboot) and the firewall holds exactly
+    /// the known networks' rules. Runs before the socket opens.
+    pub async fn open(dp: D, fw: F, ipam: Arc<Ipam>, state: StateDir) -> Result<Self, DriverError> {
+        let nets: Vec<NetworkRecord> = state.load_all(NETWORKS)?;
+        let eps: Vec<EndpointRecord> = state.load_all(ENDPOINTS)?;
+        let mut map: HashMap<String, NetState> = nets
+            .into_iter()
+            .map(|n| {
+                (
+                    n.id.clone(),
+                    NetState {
+                        net: n,
+                        endpoints: BTreeMap::new(),
+                    },
+                )
+            })
+            .collect();
+        for ep in eps {
+            match map.get_mut(&ep.network_id) {
+                Some(ns) => {
+                    ns.endpoints.insert(ep.id.clone(), ep);
+                }
+                None => {
+                    tracing::warn!(
+                        endpoint = short(&ep.id),
+                        "dropping endpoint of unknown network"
+                    );
+                    state.remove(ENDPOINTS, &ep.id)?;
+                }
+            }
+        }
+        let rules: Vec<NetworkRules> = map.values().map(|ns| firewall_rules(&ns.net)).collect();
+        fw.reconcile(&rules)
+            .await
+            .map_err(fw_err("restoring firewall rules of known networks"))?;
+        for ns in map.values_mut() {
+            match dp.ensure_bridge(&bridge_spec(&ns.net)).await {
+                Ok(crate::dataplane::BridgeOutcome::Created) => {
+                    tracing::info!(network = short(&ns.net.id), bridge = %ns.net.bridge, "re-created missing bridge");
+                    ns.net.bridge_created = true;
+                    state.write(NETWORKS, &ns.net.id, &ns.net, Durability::PowerLoss)?;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(network = short(&ns.net.id), bridge = %ns.net.bridge, error = %e, "cannot restore bridge")
+                }
+            }
+        }
+        tracing::info!(networks = map.len(), "state loaded");
+        let nets = map
+            .into_iter()
+            .map(|(k, v)| (k, Arc::new(tokio::sync::Mutex::new(v))))
+            .collect();
+        Ok(Self {
+            dp,
+            fw,
+            ipam,
+            state,
+            nets: RwLock::new(nets),
+        })
+    }
+
+    /// The IPAM this driver shares pools with.
+    pub fn ipam(&self) -> &Arc<Ipam> {
+        &self.ipam
+    }
+
+    fn entry(&self, network_id: &str) -> Option<NetEntry> {
+        self.nets.read().ok()?.get(network_id).cloned()
+    }
+
+    /// Ids of the networks known, for diagnostics and tests.
+    pub fn network_ids(&self) -> Vec<String> {
+        self.nets
+            .read()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// CreateNetwork: validate everything, then bridge, firewall, record; undo on failure.
+    pub async fn create_network(
+        &self,
+        req: &crate::cnm::types::CreateNetworkRequest,
+    ) -> Result<(), DriverError> {
+        if req.network_id.is_empty() {
+            return Err(DriverError::Invalid("NetworkID is missing".into()));
+        }
+        if self.entry(&req.network_id).is_some() {
+            return Ok(());
+        }
+        let opts = options::parse(&req.options)?;
+        let ipv4 = self.family("IPv4", &req.ipv4_data, false)?;
+        let ipv6 = self.family("IPv6", &req.ipv6_data, true)?;
+        let bridge = opts
+            .bridge
+            .clone()
+            .unwrap_or_else(|| names::default_bridge(&req.network_id));
+        if let Some(other) = self.network_on_bridge(&bridge).await {
+            return Err(DriverError::Invalid(format!(
+                "bridge {bridge} is already used by network {}; choose another -o bridge=NAME",
+                short(&other)
+            )));
+        }
+        let mut net = NetworkRecord {
+            id: req.network_id.clone(),
+            bridge,
+            bridge_created: false,
+            mtu: opts.mtu,
+            iface_prefix: opts.iface_prefix,
+            internal: opts.internal,
+            ipv4,
+            ipv6,
+            options: opts.generic,
+        };
+        let outcome = self
+            .dp
+            .ensure_bridge(&bridge_spec(&net))
+            .await
+            .map_err(dp_err(format!("setting up bridge {}", net.bridge)))?;
+        net.bridge_created = outcome == crate::dataplane::BridgeOutcome::Created;
+        let rules = firewall_rules(&net);
+        if let Err(e) = self.fw.add_network(&rules).await {
+            self.undo_bridge(&net).await;
+            return Err(fw_err(format!(
+                "installing firewall rules for bridge {}",
+                net.bridge
+            ))(e));
+        }
+        if let Err(e) = self.bind_pools(&net).await {
+            let _ = self.fw.del_network(&rules).await;
+            self.undo_bridge(&net).await;
+            return Err(e);
+        }
+        if let Err(e) = self
+            .state
+            .write(NETWORKS, &net.id, &net, Durability::PowerLoss)
+        {
+            let _ = self.fw.del_network(&rules).await;
+            self.undo_bridge(&net).await;
+            return Err(e.into());
+        }
+        tracing::info!(network = short(&net.id), bridge = %net.bridge, created = net.bridge_created, "network created");
+        if let Ok(mut map) = self.nets.write() {
+            map.insert(
+                net.id.clone(),
+                Arc::new(tokio::sync::Mutex::new(NetState {
+                    net,
+                    endpoints: BTreeMap::new(),
+                })),
+            );
+        }
+        Ok(())
+    }
+
+    async fn undo_bridge(&self, net: &NetworkRecord) {
+        if net.bridge_created {
+            if let Err(e) = self.dp.delete_bridge_if_unused(&net.bridge).await {
+                tracing::warn!(bridge = %net.bridge, error = %e, "rollback: cannot delete bridge");
+            }
+        }
+    }
+
+    async fn network_on_bridge(&self, bridge: &str) -> Option<String> {
+        let entries: Vec<NetEntry> = self.nets.read().ok()?.values().cloned().collect();
+        for e in entries {
+            let ns = e.lock().await;
+            if ns.net.bridge == bridge {
+                return Some(ns.net.id.clone());
+            }
+        }
+        None
+    }
+
+    /// Validate one family's IPAM data; at most one subnet per family, as Docker's bridge.
+    fn family(
+        &self,
+        fam: &str,
+        data: &[crate::cnm::types::IpamData],
+        v6: bool,
+    ) -> Result<Option<FamilyData>, DriverError> {
+        let Some(d) = data.first() else {
+            return Ok(None);
+        };
+        if data.len() > 1 {
+            return Err(DriverError::Invalid(format!(
+                "cnibridge supports one {fam} subnet per network, got {}; pass one --subnet per address family",
+                data.len()
+            )));
+        }
+        let pool = parse_net(&format!("{fam} pool"), &d.pool)?;
+        if matches!(pool, IpNet::V6(_)) != v6 {
+            return Err(DriverError::Invalid(format!(
+                "{fam} pool {pool} is of the other address family"
+            )));
+        }
+        let gateway = if d.gateway.is_empty() {
+            None
+        } else {
+            let g = parse_net(&format!("{fam} gateway"), &d.gateway)?;
+            if !pool.contains(&g.addr()) {
+                return Err(DriverError::Invalid(format!(
+                    "gateway {} is not in subnet {pool}",
+                    g.addr()
+                )));
+            }
+            Some(g)
+        };
+        let mut aux = BTreeMap::new();
+        for (name, a) in &d.aux_addresses {
+            aux.insert(name.clone(), parse_net(&format!("aux address {name}"), a)?);
+        }
+        let pool_id = self.ipam.find_pool(&d.address_space, &pool).map(|p| p.id);
+        Ok(Some(FamilyData {
+            address_space: d.address_space.clone(),
+            pool,
+            gateway,
+            aux_addresses: aux,
+            pool_id,
+        }))
+    }
+
+    /// Tie our pools to the network, and label the gateway and aux files as such.
+    async fn bind_pools(&self, net: &NetworkRecord) -> Result<(), DriverError> {
+        for fam in net.families() {
+            let Some(pool_id) = fam.pool_id.clone() else {
+                continue;
+            };
+            let ipam = self.ipam.clone();
+            let net_id = net.id.clone();
+            let aux: Vec<IpAddr> = fam.aux_addresses.values().map(|a| a.addr()).collect();
+            blocking(move || {
+                ipam.bind_network(&pool_id, Some(&net_id))?;
+                for a in aux {
+                    if let Err(e) = ipam.set_owner(&pool_id, a, &Owner::Aux) {
+                        tracing::warn!(address = %a, error = %e, "cannot label aux address file");
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// DeleteNetwork: unknown is fine. Leftover endpoints (their DeleteEndpoint was lost) are
+    /// removed too; the bridge goes last and only if cnibridge made it and nothing is attached.
+    pub async fn delete_network(&self, network_id: &str) -> Result<(), DriverError> {
+        let Some(entry) = self.entry(network_id) else {
+            return Ok(());
+        };
+        let mut ns = entry.lock().await;
+        let mut errors = Vec::new();
+        let eps: Vec<EndpointRecord> = ns.endpoints.values().cloned().collect();
+        for ep in eps {
+            match self.dp.delete_link(&ep.host_veth).await {
+                Ok(()) => {
+                    ns.endpoints.remove(&ep.id);
+                    if let Err(e) = self.state.remove(ENDPOINTS, &ep.id) {
+                        errors.push(e.into());
+                    }
+                }
+                Err(e) => errors.push(dp_err(format!("deleting veth {}", ep.host_veth))(e)),
+            }
+        }
+        if let Err(e) = self.fw.del_network(&firewall_rules(&ns.net)).await {
+            errors.push(fw_err(format!(
+                "removing firewall rules of bridge {}",
+                ns.net.bridge
+            ))(e));
+        }
+        if ns.net.bridge_created {
+            match self.dp.delete_bridge_if_unused(&ns.net.bridge).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(bridge = %ns.net.bridge, "bridge kept: other interfaces are still attached")
+                }
+                Err(e) => errors.push(dp_err(format!("deleting bridge {}", ns.net.bridge))(e)),
+            }
+        }
+        for fam in ns.net.families() {
+            if let Some(pool_id) = fam.pool_id.clone() {
+                let ipam = self.ipam.clone();
+                // The pool is normally released already; only unbind if it still exists.
+                if let Err(e) = blocking(move || match ipam.pool(&pool_id) {
+                    Some(_) => ipam.bind_network(&pool_id, None),
+                    None => Ok(()),
+                })
+                .await
+                {
+                    errors.push(e);
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(DriverError::Many(errors));
+        }
+        self.state.remove(NETWORKS, network_id)?;
+        drop(ns);
+        if let Ok(mut map) = self.nets.write() {
+            map.remove(network_id);
+        }
+        tracing::info!(network = short(network_id), "network deleted");
+        Ok(())
+    }
+}
+#[cfg(test)]
+mod tests;

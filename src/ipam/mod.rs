@@ -2,19 +2,39 @@
 //!
 //! `Ipam` is what the CNM layer and the driver call. Under it: pure range-set maths and the
 //! host-local cursor (`range`, `allocator`), the on-disk store in host-local's exact format
-//! (`disk`), and the pool table with default pools and overlap checks (`pools`).
+//! (`disk`), the pool table with default pools and overlap checks (`pools`), and the ledger of
+//! the allocation files cnibridge wrote (`ledger`), so that it only ever deletes or relabels
+//! its own. `address` holds the address half of the facade.
 //! All methods block (file I/O, `flock`); async callers use `spawn_blocking`.
+//!
+//! Locking: the pool table's mutex is held only briefly; each pool has its own mutex, held
+//! across the flock of its host-local directory, so a CNI runtime holding that flock stalls
+//! that pool only.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::state::{StateDir, StateError};
+use crate::state::{Durability, StateDir, StateError};
+
+mod address;
+pub mod allocator;
+pub mod disk;
+#[cfg(test)]
+mod fake;
+mod ledger;
+pub mod pools;
+pub mod range;
+
+use allocator::{holder_of, locked, release, Outcome};
+use disk::DiskStore;
+use ledger::{Ledger, LedgerRecord};
+use range::{next_ip, Range, RangeSet};
 
 /// Address space names we answer with, so CreateNetwork can tell our pools from Docker's IPAM.
 pub const LOCAL_ADDRESS_SPACE: &str = "CniLocal";
@@ -32,9 +52,9 @@ pub struct DefaultPool {
 impl FromStr for DefaultPool {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (base, size) = s
-            .rsplit_once(':')
-            .ok_or_else(|| format!("default pool {s:?}: expected BASE/LEN:SIZE, e.g. 10.210.0.0/16:24"))?;
+        let (base, size) = s.rsplit_once(':').ok_or_else(|| {
+            format!("default pool {s:?}: expected BASE/LEN:SIZE, e.g. 10.210.0.0/16:24")
+        })?;
         let base: IpNet = base
             .parse()
             .map_err(|_| format!("default pool {s:?}: {base:?} is not a CIDR"))?;
@@ -42,7 +62,10 @@ impl FromStr for DefaultPool {
             .parse()
             .map_err(|_| format!("default pool {s:?}: size {size:?} is not a prefix length"))?;
         if base.trunc() != base {
-            return Err(format!("default pool {s:?}: {base} has host bits set; did you mean {}?", base.trunc()));
+            return Err(format!(
+                "default pool {s:?}: {base} has host bits set; did you mean {}?",
+                base.trunc()
+            ));
         }
         if size < base.prefix_len() || size > base.max_prefix_len() {
             return Err(format!(
@@ -170,55 +193,334 @@ pub struct IpamConfig {
     pub default_pools: Vec<DefaultPool>,
 }
 
+/// Kind of the pool records in the state dir (fsynced).
+const POOLS_KIND: &str = "pools";
+/// Kind of the ledgers: which allocation files cnibridge wrote, and with what content.
+const LEDGER_KIND: &str = "allocations";
+
+/// Per-pool work state; its mutex serialises this pool's store operations (and so waits for
+/// the flock) without blocking other pools or readers of the record.
+#[derive(Debug, Default)]
+struct Work {
+    ledger: Ledger,
+    /// Set by release_pool, so a caller that looked the slot up before sees it gone.
+    released: bool,
+}
+
+#[derive(Debug)]
+struct Slot {
+    /// Read without waiting for store work; written only while `work` is held.
+    record: RwLock<PoolRecord>,
+    work: Mutex<Work>,
+}
+
 /// The IPAM half of the plugin.
 pub struct Ipam {
-    _cfg: IpamConfig,
+    cfg: IpamConfig,
+    /// Held only for look-ups and for RequestPool's check-and-insert, never across a flock.
+    table: Mutex<BTreeMap<String, Arc<Slot>>>,
+}
+
+// Handlers call the IPAM from many threads at once.
+const _: fn() = || {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Ipam>();
+};
+
+// A panicking thread must not take the IPAM down with it: the data behind these locks is
+// only replaced whole, so it is consistent even after a panic elsewhere.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The range set host-local would build for this pool; `gateway` is what the walk skips.
+fn range_set(rec: &PoolRecord, gateway: Option<IpAddr>) -> RangeSet {
+    RangeSet(vec![Range {
+        subnet: rec.subnet,
+        range_start: rec.range_start,
+        range_end: rec.range_end,
+        gateway,
+    }])
+}
+
+/// The gateway host-local assumes when none is configured: network + 1. Until Docker asks for
+/// the gateway we keep that address out of dynamic allocation, as host-local would.
+fn effective_gateway(rec: &PoolRecord) -> IpAddr {
+    rec.gateway.unwrap_or_else(|| next_ip(rec.subnet.network()))
+}
+
+fn with_prefix(ip: IpAddr, subnet: &IpNet) -> Result<IpNet, IpamError> {
+    IpNet::new(ip, subnet.prefix_len())
+        .map_err(|e| IpamError::Invalid(format!("address {ip} with /{}: {e}", subnet.prefix_len())))
 }
 
 impl Ipam {
-    /// Load pools from the state dir.
+    /// Load pools and ledgers from the state dir, and finish what a killed predecessor left
+    /// half done.
     pub fn open(cfg: IpamConfig) -> Result<Arc<Self>, IpamError> {
-        let _ = cfg;
-        unimplemented!()
+        pools::check_default_pools(&cfg.default_pools)?;
+        let records: Vec<PoolRecord> = cfg.state.load_all(POOLS_KIND)?;
+        let mut ledgers: BTreeMap<String, LedgerRecord> = cfg
+            .state
+            .load_all::<LedgerRecord>(LEDGER_KIND)?
+            .into_iter()
+            .map(|l| (l.pool_id.clone(), l))
+            .collect();
+        let mut table = BTreeMap::new();
+        for rec in records {
+            let ledger = ledgers
+                .remove(&rec.id)
+                .map(Ledger::from_record)
+                .unwrap_or_default();
+            let slot = Slot {
+                record: RwLock::new(rec.clone()),
+                work: Mutex::new(Work {
+                    ledger,
+                    released: false,
+                }),
+            };
+            table.insert(rec.id.clone(), Arc::new(slot));
+        }
+        for id in ledgers.keys() {
+            tracing::warn!(pool = %id, "ignoring an allocation ledger without a pool record");
+        }
+        let ipam = Arc::new(Self {
+            cfg,
+            table: Mutex::new(table),
+        });
+        for slot in lock(&ipam.table).values() {
+            let mut work = lock(&slot.work);
+            if work.ledger.intent.is_none() {
+                continue;
+            }
+            let rec = read(&slot.record).clone();
+            let res = DiskStore::open(&rec.data_dir, &rec.cni_name)
+                .and_then(|mut st| locked(&mut st, |s| ipam.recover(s, &rec, &mut work)));
+            if let Err(e) = res {
+                // Retried before the pool's next store operation.
+                tracing::warn!(pool = %rec.id, error = %e, "cannot finish an interrupted allocation yet");
+            }
+        }
+        Ok(ipam)
     }
-    pub fn request_pool(&self, req: &PoolRequest) -> Result<PoolGrant, IpamError> {
-        let _ = req;
-        unimplemented!()
+
+    fn slot(&self, pool_id: &str) -> Option<Arc<Slot>> {
+        lock(&self.table).get(pool_id).cloned()
     }
-    pub fn release_pool(&self, pool_id: &str) -> Result<(), IpamError> {
-        let _ = pool_id;
-        unimplemented!()
+
+    fn save_ledger(&self, pool_id: &str, ledger: &Ledger) -> Result<(), IpamError> {
+        let rec = ledger.to_record(pool_id);
+        Ok(self
+            .cfg
+            .state
+            .write(LEDGER_KIND, pool_id, &rec, Durability::Process)?)
     }
-    pub fn request_address(
+
+    /// Persist a changed record, then publish it; on failure nothing changes. The caller holds
+    /// the slot's `work`, which serialises writers.
+    fn update_record(&self, slot: &Slot, f: impl FnOnce(&mut PoolRecord)) -> Result<(), IpamError> {
+        let mut rec = read(&slot.record).clone();
+        f(&mut rec);
+        self.cfg
+            .state
+            .write(POOLS_KIND, &rec.id, &rec, Durability::PowerLoss)?;
+        *write(&slot.record) = rec;
+        Ok(())
+    }
+
+    /// Adopt the file an interrupted write left behind (store locked).
+    fn recover(
         &self,
-        pool_id: &str,
-        address: Option<IpAddr>,
-        gateway: bool,
-    ) -> Result<IpNet, IpamError> {
-        let _ = (pool_id, address, gateway);
-        unimplemented!()
+        s: &mut DiskStore,
+        rec: &PoolRecord,
+        work: &mut Work,
+    ) -> Result<(), IpamError> {
+        if work.ledger.recover(s, &rec.id)? {
+            self.save_ledger(&rec.id, &work.ledger)?;
+        }
+        Ok(())
     }
-    pub fn release_address(&self, pool_id: &str, address: IpAddr) -> Result<(), IpamError> {
-        let _ = (pool_id, address);
-        unimplemented!()
+
+    /// Reserve a pool (RequestPool).
+    pub fn request_pool(&self, req: &PoolRequest) -> Result<PoolGrant, IpamError> {
+        if req.address_space.is_empty() {
+            return Err(IpamError::Invalid(format!(
+                "AddressSpace is empty; use {LOCAL_ADDRESS_SPACE} or {GLOBAL_ADDRESS_SPACE}"
+            )));
+        }
+        for (key, value) in &req.options {
+            tracing::warn!(%key, %value, "ignoring unknown --ipam-opt");
+        }
+        if let (Some(sub), None) = (req.sub_pool, req.pool) {
+            return Err(IpamError::Invalid(format!(
+                "--ip-range {sub} needs --subnet; give the subnet the range belongs to"
+            )));
+        }
+        let mut table = lock(&self.table);
+        // The store is host-wide: pools of every address space count.
+        let held: Vec<PoolRecord> = table.values().map(|s| read(&s.record).clone()).collect();
+        let subnet = match req.pool {
+            Some(p) => p,
+            None => {
+                let nets: Vec<IpNet> = held.iter().map(|p| p.subnet).collect();
+                pools::pick_default(&self.cfg.default_pools, req.v6, &nets).ok_or_else(|| {
+                    IpamError::NoFreePool {
+                        pools: pools::describe(&self.cfg.default_pools, req.v6),
+                    }
+                })?
+            }
+        };
+        let (range_start, range_end) = pools::plan_range(&subnet, req.sub_pool.as_ref(), req.v6)?;
+        if let Some(existing) = pools::find_overlap(&held, &subnet) {
+            return Err(IpamError::Overlap {
+                wanted: subnet,
+                existing: existing.subnet,
+                holder: pools::holder(existing),
+            });
+        }
+        let rec = PoolRecord {
+            id: subnet.to_string(),
+            address_space: req.address_space.clone(),
+            subnet,
+            sub_pool: req.sub_pool,
+            range_start,
+            range_end,
+            gateway: None,
+            cni_name: crate::cni::derived_network_name(&subnet),
+            data_dir: self.cfg.data_dir.clone(),
+            range_index: 0,
+            network_id: None,
+        };
+        // An empty ledger first, so that no stale ledger of an earlier life is ever read as ours.
+        self.save_ledger(&rec.id, &Ledger::default())?;
+        self.cfg
+            .state
+            .write(POOLS_KIND, &rec.id, &rec, Durability::PowerLoss)?;
+        let slot = Slot {
+            record: RwLock::new(rec.clone()),
+            work: Mutex::new(Work::default()),
+        };
+        table.insert(rec.id.clone(), Arc::new(slot));
+        Ok(PoolGrant {
+            pool_id: rec.id,
+            pool: subnet,
+            data: BTreeMap::new(),
+        })
     }
-    pub fn set_owner(&self, pool_id: &str, address: IpAddr, owner: &Owner) -> Result<(), IpamError> {
-        let _ = (pool_id, address, owner);
-        unimplemented!()
+
+    /// Give a pool back (ReleasePool): removes every allocation file we wrote that still holds
+    /// our content, then the records. Unknown pools are fine. Files we could not remove are
+    /// reported after the pool is gone, since Docker does not retry.
+    pub fn release_pool(&self, pool_id: &str) -> Result<(), IpamError> {
+        let Some(slot) = self.slot(pool_id) else {
+            return Ok(());
+        };
+        let mut work = lock(&slot.work);
+        if work.released {
+            return Ok(());
+        }
+        let rec = read(&slot.record).clone();
+        let mut failures = Vec::new();
+        if !work.ledger.owned.is_empty() || work.ledger.intent.is_some() {
+            let res = DiskStore::open(&rec.data_dir, &rec.cni_name).and_then(|mut st| {
+                locked(&mut st, |s| {
+                    if let Err(e) = self.recover(s, &rec, &mut work) {
+                        failures.push(e.to_string());
+                    }
+                    for (ip, owner) in &work.ledger.owned {
+                        match release(s, *ip, &owner.render()) {
+                            Ok(Outcome::Done | Outcome::Missing) => {}
+                            Ok(Outcome::Foreign(c)) => tracing::warn!(
+                                pool = %rec.id, address = %ip, holder = %holder_of(&c),
+                                "not removing an allocation file that someone else rewrote"
+                            ),
+                            Err(e) => failures.push(e.to_string()),
+                        }
+                    }
+                    Ok(())
+                })
+            });
+            if let Err(e) = res {
+                failures.push(e.to_string());
+            }
+        }
+        // Ledger before pool record: a crash in between leaves a pool with nothing to clean.
+        self.cfg.state.remove(LEDGER_KIND, &rec.id)?;
+        self.cfg.state.remove(POOLS_KIND, &rec.id)?;
+        work.released = true;
+        work.ledger = Ledger::default();
+        drop(work);
+        {
+            let mut table = lock(&self.table);
+            if table.get(pool_id).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
+                table.remove(pool_id);
+            }
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(IpamError::Store {
+                path: rec.data_dir.join(&rec.cni_name),
+                reason: format!(
+                    "pool {} was released, but these addresses stay reserved until their files \
+                     are removed by hand: {}",
+                    rec.id,
+                    failures.join("; ")
+                ),
+            })
+        }
     }
+
+    /// Record (or clear) the Docker network using a pool.
     pub fn bind_network(&self, pool_id: &str, network_id: Option<&str>) -> Result<(), IpamError> {
-        let _ = (pool_id, network_id);
-        unimplemented!()
+        let unknown = || IpamError::UnknownPool(pool_id.to_string());
+        let slot = self.slot(pool_id).ok_or_else(unknown)?;
+        let work = lock(&slot.work);
+        if work.released {
+            return Err(unknown());
+        }
+        self.update_record(&slot, |r| r.network_id = network_id.map(str::to_string))
     }
+
+    /// A pool by PoolID.
     pub fn pool(&self, pool_id: &str) -> Option<PoolRecord> {
-        let _ = pool_id;
-        unimplemented!()
+        self.slot(pool_id).map(|s| read(&s.record).clone())
     }
+
+    /// The pool of a subnet (CreateNetwork's IPv4Data/IPv6Data), preferring `address_space`;
+    /// pools never overlap, so the subnet alone decides.
     pub fn find_pool(&self, address_space: &str, subnet: &IpNet) -> Option<PoolRecord> {
-        let _ = (address_space, subnet);
-        unimplemented!()
+        let subnet = subnet.trunc();
+        let matching: Vec<PoolRecord> = self
+            .pools()
+            .into_iter()
+            .filter(|p| p.subnet == subnet)
+            .collect();
+        matching
+            .iter()
+            .find(|p| p.address_space == address_space)
+            .or(if matching.len() == 1 {
+                matching.first()
+            } else {
+                None
+            })
+            .cloned()
     }
+
+    /// Every pool held, ordered by PoolID.
     pub fn pools(&self) -> Vec<PoolRecord> {
-        unimplemented!()
+        let slots: Vec<Arc<Slot>> = lock(&self.table).values().cloned().collect();
+        slots.iter().map(|s| read(&s.record).clone()).collect()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -161,18 +161,54 @@ mod tests {
     fn records_round_trip_and_survive_reopen() {
         let tmp = tempfile::tempdir().unwrap();
         let st = StateDir::open(tmp.path()).unwrap();
-        st.write("pools", "10.1.0.0/24", &Rec { id: "a".into(), n: 1 }, Durability::PowerLoss)
-            .unwrap();
-        st.write("pools", "fd00::/64", &Rec { id: "b".into(), n: 2 }, Durability::Process)
-            .unwrap();
-        st.write("pools", "10.1.0.0/24", &Rec { id: "a".into(), n: 3 }, Durability::Process)
-            .unwrap();
+        st.write(
+            "pools",
+            "10.1.0.0/24",
+            &Rec {
+                id: "a".into(),
+                n: 1,
+            },
+            Durability::PowerLoss,
+        )
+        .unwrap();
+        st.write(
+            "pools",
+            "fd00::/64",
+            &Rec {
+                id: "b".into(),
+                n: 2,
+            },
+            Durability::Process,
+        )
+        .unwrap();
+        st.write(
+            "pools",
+            "10.1.0.0/24",
+            &Rec {
+                id: "a".into(),
+                n: 3,
+            },
+            Durability::Process,
+        )
+        .unwrap();
         // An interrupted write leaves a temp file behind; it must not be read as a record.
         fs::write(tmp.path().join("pools/.x.json.tmp"), b"{").unwrap();
         let again = StateDir::open(tmp.path()).unwrap();
         let mut recs: Vec<Rec> = again.load_all("pools").unwrap();
         recs.sort_by(|a, b| a.id.cmp(&b.id));
-        assert_eq!(recs, vec![Rec { id: "a".into(), n: 3 }, Rec { id: "b".into(), n: 2 }]);
+        assert_eq!(
+            recs,
+            vec![
+                Rec {
+                    id: "a".into(),
+                    n: 3
+                },
+                Rec {
+                    id: "b".into(),
+                    n: 2
+                }
+            ]
+        );
         assert!(!tmp.path().join("pools/.x.json.tmp").exists());
         again.remove("pools", "10.1.0.0/24").unwrap();
         again.remove("pools", "10.1.0.0/24").unwrap();

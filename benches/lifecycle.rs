@@ -1,0 +1,237 @@
+//! One endpoint's whole life, at the socket, with the real netlink dataplane — against the same
+//! attach/detach done by exec'ing the real CNI `bridge` plugin (ADD then DEL).
+//!
+//! Run as root: `cargo bench --bench lifecycle` (N=200 by default; `CNB_BENCH_N=50` to change).
+//! Everything happens inside a network namespace the bench creates (the "host"), so the real
+//! host's links are never touched; the CNI side's container namespaces are created and deleted
+//! outside the timed region.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cnibridge::cnm::{router, server};
+use cnibridge::dataplane::netlink::NetlinkDataplane;
+use cnibridge::driver::Driver;
+use cnibridge::firewall::NoFirewall;
+use cnibridge::ipam::{Ipam, IpamConfig};
+use cnibridge::state::StateDir;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyperlocal::{UnixClientExt, UnixConnector};
+use serde_json::{json, Value};
+
+const CNI_BRIDGE: &str = "/usr/lib/cni/bridge";
+
+fn stats(name: &str, mut v: Vec<Duration>) -> f64 {
+    v.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let median = ms(v[v.len() / 2]);
+    println!(
+        "{name:<28} n={:<4} median {:>8.3} ms   p90 {:>8.3} ms   min {:>8.3} ms   max {:>8.3} ms",
+        v.len(),
+        median,
+        ms(v[v.len() * 9 / 10]),
+        ms(v[0]),
+        ms(v[v.len() - 1])
+    );
+    median
+}
+
+async fn call(
+    client: &Client<UnixConnector, Full<Bytes>>,
+    sock: &Path,
+    path: &str,
+    body: Value,
+) -> Value {
+    let uri: hyper::Uri = hyperlocal::Uri::new(sock, path).into();
+    let req = hyper::Request::post(uri)
+        .body(Full::new(Bytes::from(format!("{body}\n"))))
+        .expect("request");
+    let resp = client.request(req).await.expect("plugin answers");
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    let v: Value = serde_json::from_slice(&bytes).expect("json answer");
+    assert!(status.is_success(), "{path}: {v}");
+    v
+}
+
+async fn cnibridge_lifecycles(dir: &Path, n: usize) -> Vec<Duration> {
+    let state = StateDir::open(dir.join("state")).expect("state dir");
+    let ipam = Ipam::open(IpamConfig {
+        state: state.clone(),
+        data_dir: dir.join("data"),
+        default_pools: vec![],
+    })
+    .expect("ipam");
+    let dp = NetlinkDataplane::new().expect("netlink");
+    let driver = Driver::open(dp, NoFirewall, ipam, state)
+        .await
+        .expect("driver");
+    let sock = dir.join("cnb.sock");
+    let listener = server::bind(&sock).await.expect("socket");
+    let s2 = sock.clone();
+    tokio::spawn(async move {
+        let _ = server::serve(
+            listener,
+            &s2,
+            router(Arc::new(driver)),
+            std::future::pending(),
+        )
+        .await;
+    });
+    let client: Client<UnixConnector, Full<Bytes>> = Client::unix();
+    let net = "b".repeat(64);
+    call(&client, &sock, "/IpamDriver.RequestPool", json!({"AddressSpace":"CniLocal","Pool":"10.199.0.0/16","SubPool":"","Options":{},"V6":false})).await;
+    call(&client, &sock, "/IpamDriver.RequestAddress", json!({"PoolID":"10.199.0.0/16","Address":"","Options":{"RequestAddressType":"com.docker.network.gateway"}})).await;
+    call(&client, &sock, "/NetworkDriver.CreateNetwork", json!({"NetworkID":net,"Options":{"com.docker.network.generic":{"bridge":"cnbbench0"}},"IPv4Data":[{"AddressSpace":"CniLocal","Pool":"10.199.0.0/16","Gateway":"10.199.0.1/16"}],"IPv6Data":[]})).await;
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let ep = format!("{i:012x}{}", "e".repeat(52));
+        let t = Instant::now();
+        let a = call(
+            &client,
+            &sock,
+            "/IpamDriver.RequestAddress",
+            json!({"PoolID":"10.199.0.0/16","Address":"","Options":null}),
+        )
+        .await;
+        let addr = a["Address"].as_str().expect("address").to_string();
+        call(&client, &sock, "/NetworkDriver.CreateEndpoint", json!({"NetworkID":net,"EndpointID":ep,"Interface":{"Address":addr,"AddressIPv6":"","MacAddress":""},"Options":{}})).await;
+        call(&client, &sock, "/NetworkDriver.Join", json!({"NetworkID":net,"EndpointID":ep,"SandboxKey":"/var/run/docker/netns/bench","Options":{}})).await;
+        call(
+            &client,
+            &sock,
+            "/NetworkDriver.Leave",
+            json!({"NetworkID":net,"EndpointID":ep}),
+        )
+        .await;
+        call(
+            &client,
+            &sock,
+            "/NetworkDriver.DeleteEndpoint",
+            json!({"NetworkID":net,"EndpointID":ep}),
+        )
+        .await;
+        let ip = addr.split('/').next().unwrap_or("");
+        call(
+            &client,
+            &sock,
+            "/IpamDriver.ReleaseAddress",
+            json!({"PoolID":"10.199.0.0/16","Address":ip}),
+        )
+        .await;
+        out.push(t.elapsed());
+    }
+    call(
+        &client,
+        &sock,
+        "/IpamDriver.ReleaseAddress",
+        json!({"PoolID":"10.199.0.0/16","Address":"10.199.0.1"}),
+    )
+    .await;
+    call(
+        &client,
+        &sock,
+        "/IpamDriver.ReleasePool",
+        json!({"PoolID":"10.199.0.0/16"}),
+    )
+    .await;
+    call(
+        &client,
+        &sock,
+        "/NetworkDriver.DeleteNetwork",
+        json!({"NetworkID":net}),
+    )
+    .await;
+    out
+}
+
+fn cni(cmd: &str, conf: &str, netns: &str, id: &str) {
+    let mut child = Command::new(CNI_BRIDGE)
+        .env("CNI_COMMAND", cmd)
+        .env("CNI_CONTAINERID", id)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/usr/lib/cni")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the CNI bridge plugin");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(conf.as_bytes())
+        .expect("write conf");
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        out.status.success(),
+        "bridge {cmd}: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+fn cni_lifecycles(dir: &Path, n: usize) -> Vec<Duration> {
+    let conf = json!({"cniVersion":"1.0.0","name":"cnbbench","type":"bridge","bridge":"cnbbench1","isGateway":true,
+        "ipam":{"type":"host-local","dataDir":dir.join("cni-data"),"subnet":"10.198.0.0/16"}})
+    .to_string();
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let ns = format!("cnbbench{}-{i}", std::process::id());
+        run("ip", &["netns", "add", &ns]);
+        let path = format!("/run/netns/{ns}");
+        let id = format!("bench{i}");
+        let t = Instant::now();
+        cni("ADD", &conf, &path, &id);
+        cni("DEL", &conf, &path, &id);
+        out.push(t.elapsed());
+        run("ip", &["netns", "del", &ns]);
+    }
+    out
+}
+
+fn run(cmd: &str, args: &[&str]) {
+    let st = Command::new(cmd).args(args).status().expect("run");
+    assert!(st.success(), "{cmd} {args:?}");
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("lifecycle bench: needs root (bridges and veths); skipped");
+        return;
+    }
+    if !Path::new(CNI_BRIDGE).exists() {
+        eprintln!(
+            "lifecycle bench: {CNI_BRIDGE} missing (apt-get install containernetworking-plugins)"
+        );
+        return;
+    }
+    let n: usize = std::env::var("CNB_BENCH_N")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
+    // A private "host" namespace for this process: the runtime's threads start after this and
+    // inherit it; so do the CNI plugin processes.
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare a network namespace");
+    run("ip", &["link", "set", "lo", "up"]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path: PathBuf = dir.path().to_path_buf();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let ours = rt.block_on(cnibridge_lifecycles(&path, n));
+    let theirs = cni_lifecycles(&path, n.min(100));
+    println!("endpoint lifecycle (RequestAddress, CreateEndpoint, Join, Leave, DeleteEndpoint, ReleaseAddress):");
+    let a = stats("cnibridge over its socket", ours);
+    let b = stats("CNI bridge exec ADD+DEL", theirs);
+    println!("speed-up: {:.1}x", b / a);
+}

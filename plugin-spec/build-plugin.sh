@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Builds the managed-plugin directory (config.json + rootfs/) and creates the plugin:
+#   plugin-spec/build-plugin.sh [NAME]   → docker plugin create NAME; docker plugin enable NAME:latest
+# The rootfs holds a statically linked cnibridge and the iptables tools it calls, so no image
+# registry is needed. Mount sources must exist on the host before `enable`.
+set -euo pipefail
+name=${1:-cnibridge}
+top=$(cd "$(dirname "$0")/.." && pwd)
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --target x86_64-unknown-linux-gnu --manifest-path "$top/Cargo.toml"
+mkdir -p "$out/rootfs/run/docker/plugins" "$out/rootfs/var/lib/cnibridge" "$out/rootfs/var/lib/cni/networks" "$out/rootfs/tmp"
+cp "$top/target/x86_64-unknown-linux-gnu/release/cnibridge" "$out/rootfs/cnibridge"
+# iptables-restore and its libraries, copied with their dependencies.
+for bin in /usr/sbin/xtables-nft-multi; do
+  [ -x "$bin" ] || continue
+  mkdir -p "$out/rootfs/usr/sbin"
+  cp "$bin" "$out/rootfs/usr/sbin/"
+  for t in iptables iptables-restore iptables-save ip6tables ip6tables-restore ip6tables-save; do
+    ln -sf xtables-nft-multi "$out/rootfs/usr/sbin/$t"
+  done
+  ldd "$bin" | awk '/=>/ {print $3} /ld-linux/ {print $1}' | while read -r lib; do
+    [ -f "$lib" ] && install -D "$lib" "$out/rootfs$lib"
+  done
+done
+cp "$top/plugin-spec/config.json" "$out/config.json"
+mkdir -p /var/lib/cnibridge /var/lib/cni/networks
+touch /run/xtables.lock
+docker plugin create "$name" "$out"
+echo "created $name:latest; enable it with: docker plugin enable $name:latest"

@@ -1,0 +1,303 @@
+//! One POST route per protocol method. Success is HTTP 200 with a JSON body (at least `{}`,
+//! since an empty 200 body makes Docker's decoder fail); failure is HTTP 500 with
+//! `{"Err": "…"}`; an unknown path is 404, also with `{"Err"}` so Docker prints something useful.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{json, Value};
+use tracing::Instrument;
+
+use super::types::*;
+use crate::dataplane::Dataplane;
+use crate::driver::{short, Driver, DriverError};
+use crate::firewall::Firewall;
+use crate::ipam::{IpamError, PoolRequest, GLOBAL_ADDRESS_SPACE, LOCAL_ADDRESS_SPACE};
+
+/// Requests larger than this are refused; the largest real one is a few KiB.
+pub const MAX_BODY: usize = 1 << 20;
+
+/// The content type go-plugins-helpers answer with (Docker ignores it).
+const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1.1+json";
+
+type App<D, F> = Arc<Driver<D, F>>;
+
+/// What a handler returns: a JSON value or an error to print.
+type Outcome = Result<Value, String>;
+
+fn ok<T: Serialize>(v: T) -> Outcome {
+    serde_json::to_value(v).map_err(|e| format!("internal error encoding the answer: {e}"))
+}
+
+fn reply(status: StatusCode, body: Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, CONTENT_TYPE)],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// The router serving every NetworkDriver and IpamDriver method.
+pub fn router<D: Dataplane, F: Firewall>(driver: App<D, F>) -> Router {
+    Router::new().fallback(dispatch::<D, F>).with_state(driver)
+}
+
+async fn dispatch<D: Dataplane, F: Firewall>(
+    State(app): State<App<D, F>>,
+    uri: Uri,
+    body: Body,
+) -> Response {
+    let method = uri.path().trim_start_matches('/').to_string();
+    let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(b) => b,
+        Err(_) => {
+            return reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                json!({"Err": format!("{method}: request body larger than {MAX_BODY} bytes refused")}),
+            )
+        }
+    };
+    // Ids for the span come from the raw JSON, so even a request that fails to decode is logged
+    // with what it was about.
+    let raw: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let id = |k: &str| {
+        raw.get(k)
+            .and_then(Value::as_str)
+            .map(|s| short(s).to_string())
+            .unwrap_or_default()
+    };
+    let span = tracing::info_span!("request", method = %method, network = %id("NetworkID"), endpoint = %id("EndpointID"), pool = %id("PoolID"));
+    async move {
+        let start = Instant::now();
+        let result = handle(&app, &method, &bytes).await;
+        let elapsed_us = start.elapsed().as_micros() as u64;
+        match result {
+            Some(Ok(v)) => {
+                tracing::info!(elapsed_us, "ok");
+                reply(StatusCode::OK, v)
+            }
+            Some(Err(e)) => {
+                tracing::warn!(elapsed_us, error = %e, "failed");
+                reply(StatusCode::INTERNAL_SERVER_ERROR, json!({ "Err": e }))
+            }
+            None => {
+                tracing::warn!("unknown method");
+                reply(
+                    StatusCode::NOT_FOUND,
+                    json!({"Err": format!("cnibridge does not implement {method}")}),
+                )
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Decode a body; empty means `{}` (Activate and the capability calls send nothing).
+fn decode<T: DeserializeOwned + Default>(method: &str, bytes: &Bytes) -> Result<T, String> {
+    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(bytes).map_err(|e| format!("invalid {method} request: {e}"))
+}
+
+fn err(e: DriverError) -> String {
+    e.to_string()
+}
+
+fn ipam_err(e: IpamError) -> String {
+    e.to_string()
+}
+
+fn parse_ip(what: &str, s: &str) -> Result<Option<IpAddr>, String> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    // Docker sends plain IPs; tolerate a prefix length.
+    let plain = s.split('/').next().unwrap_or(s);
+    plain
+        .parse()
+        .map(Some)
+        .map_err(|_| format!("{what} {s:?} is not an IP address"))
+}
+
+async fn ipam_call<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, IpamError> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| format!("internal error: {e}"))?
+        .map_err(ipam_err)
+}
+
+async fn handle<D: Dataplane, F: Firewall>(
+    app: &App<D, F>,
+    method: &str,
+    b: &Bytes,
+) -> Option<Outcome> {
+    let out = match method {
+        "Plugin.Activate" => ok(ActivateResponse {
+            implements: vec!["NetworkDriver", "IpamDriver"],
+        }),
+        "NetworkDriver.GetCapabilities" => ok(CapabilitiesResponse {
+            scope: "local",
+            connectivity_scope: "local",
+            gw_alloc_checker: false,
+        }),
+        "NetworkDriver.GwAllocCheck" => ok(GwAllocCheckResponse {
+            skip_ipv4: false,
+            skip_ipv6: false,
+        }),
+        "NetworkDriver.CreateNetwork" => match decode::<CreateNetworkRequest>(method, b) {
+            Ok(req) => app
+                .create_network(&req)
+                .await
+                .map(|_| json!({}))
+                .map_err(err),
+            Err(e) => Err(e),
+        },
+        "NetworkDriver.DeleteNetwork" => match decode::<NetworkRequest>(method, b) {
+            Ok(req) => app
+                .delete_network(&req.network_id)
+                .await
+                .map(|_| json!({}))
+                .map_err(err),
+            Err(e) => Err(e),
+        },
+        "NetworkDriver.CreateEndpoint" => match decode::<CreateEndpointRequest>(method, b) {
+            Ok(req) => app.create_endpoint(&req).await.map_err(err).and_then(ok),
+            Err(e) => Err(e),
+        },
+        "NetworkDriver.Join" => match decode::<JoinRequest>(method, b) {
+            Ok(req) => app
+                .join(&req.network_id, &req.endpoint_id)
+                .await
+                .map_err(err)
+                .and_then(ok),
+            Err(e) => Err(e),
+        },
+        "NetworkDriver.Leave" => match decode::<EndpointRequest>(method, b) {
+            Ok(req) => app
+                .leave(&req.network_id, &req.endpoint_id)
+                .await
+                .map(|_| json!({}))
+                .map_err(err),
+            Err(e) => Err(e),
+        },
+        "NetworkDriver.DeleteEndpoint" => match decode::<EndpointRequest>(method, b) {
+            Ok(req) => app
+                .delete_endpoint(&req.network_id, &req.endpoint_id)
+                .await
+                .map(|_| json!({}))
+                .map_err(err),
+            Err(e) => Err(e),
+        },
+        "NetworkDriver.EndpointOperInfo" => {
+            decode::<EndpointRequest>(method, b).map(|_| json!({"Value": {}}))
+        }
+        // Published ports come with the firewall work; accepting the calls keeps `-p` usable.
+        "NetworkDriver.ProgramExternalConnectivity"
+        | "NetworkDriver.RevokeExternalConnectivity" => {
+            decode::<EndpointRequest>(method, b).map(|_| json!({}))
+        }
+        // Swarm-only calls; a local-scope driver never needs them but answers cleanly.
+        "NetworkDriver.AllocateNetwork" => {
+            decode::<Value>(method, b).map(|_| json!({"Options": {}}))
+        }
+        "NetworkDriver.FreeNetwork"
+        | "NetworkDriver.DiscoverNew"
+        | "NetworkDriver.DiscoverDelete" => decode::<Value>(method, b).map(|_| json!({})),
+        "IpamDriver.GetCapabilities" => ok(IpamCapabilitiesResponse {
+            requires_mac_address: false,
+            requires_request_replay: false,
+        }),
+        "IpamDriver.GetDefaultAddressSpaces" => ok(AddressSpacesResponse {
+            local: LOCAL_ADDRESS_SPACE,
+            global: GLOBAL_ADDRESS_SPACE,
+        }),
+        "IpamDriver.RequestPool" => request_pool(app, method, b).await,
+        "IpamDriver.ReleasePool" => match decode::<ReleasePoolRequest>(method, b) {
+            Ok(req) => {
+                let ipam = app.ipam().clone();
+                ipam_call(move || ipam.release_pool(&req.pool_id))
+                    .await
+                    .map(|_| json!({}))
+            }
+            Err(e) => Err(e),
+        },
+        "IpamDriver.RequestAddress" => request_address(app, method, b).await,
+        "IpamDriver.ReleaseAddress" => match decode::<AddressRequest>(method, b) {
+            Ok(req) => match parse_ip("Address", &req.address) {
+                Ok(Some(addr)) => {
+                    let ipam = app.ipam().clone();
+                    ipam_call(move || ipam.release_address(&req.pool_id, addr))
+                        .await
+                        .map(|_| json!({}))
+                }
+                Ok(None) => Err("ReleaseAddress needs an Address".to_string()),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        },
+        _ => return None,
+    };
+    Some(out)
+}
+
+async fn request_pool<D: Dataplane, F: Firewall>(
+    app: &App<D, F>,
+    method: &str,
+    b: &Bytes,
+) -> Outcome {
+    let req: RequestPoolRequest = decode(method, b)?;
+    let cidr = |what: &str, s: &str| -> Result<Option<ipnet::IpNet>, String> {
+        if s.is_empty() {
+            Ok(None)
+        } else {
+            s.parse()
+                .map(Some)
+                .map_err(|_| format!("{what} {s:?} is not a subnet in CIDR notation"))
+        }
+    };
+    let pr = PoolRequest {
+        address_space: req.address_space.clone(),
+        pool: cidr("subnet", &req.pool)?,
+        sub_pool: cidr("ip-range", &req.sub_pool)?,
+        options: req.options.clone(),
+        v6: req.v6,
+    };
+    let ipam = app.ipam().clone();
+    let grant = ipam_call(move || ipam.request_pool(&pr)).await?;
+    ok(RequestPoolResponse {
+        pool_id: grant.pool_id,
+        pool: grant.pool.to_string(),
+        data: grant.data,
+    })
+}
+
+async fn request_address<D: Dataplane, F: Firewall>(
+    app: &App<D, F>,
+    method: &str,
+    b: &Bytes,
+) -> Outcome {
+    let req: AddressRequest = decode(method, b)?;
+    let address = parse_ip("Address", &req.address)?;
+    let gateway =
+        req.options.get(REQUEST_ADDRESS_TYPE).map(String::as_str) == Some(GATEWAY_ADDRESS_TYPE);
+    let ipam = app.ipam().clone();
+    let pool_id = req.pool_id.clone();
+    let got = ipam_call(move || ipam.request_address(&pool_id, address, gateway)).await?;
+    ok(RequestAddressResponse {
+        address: got.to_string(),
+        data: Default::default(),
+    })
+}

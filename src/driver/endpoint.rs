@@ -1,0 +1,206 @@
+//! Endpoint operations: CreateEndpoint, Join, Leave, DeleteEndpoint, EndpointOperInfo.
+
+use ipnet::IpNet;
+
+use super::{blocking, dp_err, names, parse_net, short, Driver, DriverError, NetState};
+use crate::cnm::types::{
+    CreateEndpointRequest, CreateEndpointResponse, EndpointInterface, InterfaceName, JoinResponse,
+};
+use crate::dataplane::{Dataplane, DataplaneError, VethSpec};
+use crate::firewall::Firewall;
+use crate::ipam::Owner;
+use crate::state::records::{EndpointRecord, FamilyData, ENDPOINTS};
+use crate::state::Durability;
+
+fn optional_net(what: &str, s: &str) -> Result<Option<IpNet>, DriverError> {
+    if s.is_empty() {
+        Ok(None)
+    } else {
+        parse_net(what, s).map(Some)
+    }
+}
+
+impl<D: Dataplane, F: Firewall> Driver<D, F> {
+    /// CreateEndpoint: record the endpoint, name its address files after it, and answer a MAC
+    /// only when Docker gave none (echoing addresses makes Docker roll the endpoint back).
+    pub async fn create_endpoint(
+        &self,
+        req: &CreateEndpointRequest,
+    ) -> Result<CreateEndpointResponse, DriverError> {
+        if req.endpoint_id.is_empty() {
+            return Err(DriverError::Invalid("EndpointID is missing".into()));
+        }
+        let entry = self
+            .entry(&req.network_id)
+            .ok_or_else(|| DriverError::UnknownNetwork(short(&req.network_id).to_string()))?;
+        let address = optional_net("Interface.Address", &req.interface.address)?;
+        let address_ipv6 = optional_net("Interface.AddressIPv6", &req.interface.address_ipv6)?;
+        let given_mac = if req.interface.mac_address.is_empty() {
+            None
+        } else {
+            Some(names::parse_mac(&req.interface.mac_address).ok_or_else(|| {
+                DriverError::Invalid(format!(
+                    "Interface.MacAddress {:?} is not a MAC address",
+                    req.interface.mac_address
+                ))
+            })?)
+        };
+        let mac = given_mac.unwrap_or_else(|| names::endpoint_mac(&req.endpoint_id));
+        let answer = |mac: &str| CreateEndpointResponse {
+            interface: given_mac.is_none().then(|| EndpointInterface {
+                mac_address: mac.to_string(),
+                ..Default::default()
+            }),
+        };
+
+        let mut ns = entry.lock().await;
+        if let Some(ep) = ns.endpoints.get(&req.endpoint_id) {
+            return Ok(answer(&ep.mac));
+        }
+        let ep = EndpointRecord {
+            id: req.endpoint_id.clone(),
+            network_id: req.network_id.clone(),
+            address,
+            address_ipv6,
+            mac: names::format_mac(&mac),
+            host_veth: names::host_veth(&req.endpoint_id),
+            peer_veth: names::peer_veth(&req.endpoint_id),
+        };
+        self.claim_addresses(&ns, &ep).await;
+        self.state
+            .write(ENDPOINTS, &ep.id, &ep, Durability::Process)?;
+        let resp = answer(&ep.mac);
+        ns.endpoints.insert(ep.id.clone(), ep);
+        Ok(resp)
+    }
+
+    /// Rename the endpoint's allocation files after it (`<EndpointID>\r\n<host veth>`), so an
+    /// operator or the garbage collector can map each file to an endpoint.
+    async fn claim_addresses(&self, ns: &NetState, ep: &EndpointRecord) {
+        let pairs: [(Option<&FamilyData>, Option<IpNet>); 2] = [
+            (ns.net.ipv4.as_ref(), ep.address),
+            (ns.net.ipv6.as_ref(), ep.address_ipv6),
+        ];
+        for (fam, addr) in pairs {
+            let (Some(fam), Some(addr)) = (fam, addr) else {
+                continue;
+            };
+            let Some(pool_id) = fam.pool_id.clone() else {
+                continue;
+            };
+            let ipam = self.ipam.clone();
+            let owner = Owner::Endpoint {
+                endpoint_id: ep.id.clone(),
+                ifname: ep.host_veth.clone(),
+            };
+            if let Err(e) = blocking(move || ipam.set_owner(&pool_id, addr.addr(), &owner)).await {
+                tracing::warn!(endpoint = short(&ep.id), address = %addr, error = %e, "cannot name allocation file after endpoint");
+            }
+        }
+    }
+
+    /// Join: the veth pair in the host namespace, host end on the bridge; Docker moves the
+    /// other end into the sandbox and configures it from this answer.
+    pub async fn join(
+        &self,
+        network_id: &str,
+        endpoint_id: &str,
+    ) -> Result<JoinResponse, DriverError> {
+        let entry = self
+            .entry(network_id)
+            .ok_or_else(|| DriverError::UnknownNetwork(short(network_id).to_string()))?;
+        let mut ns = entry.lock().await;
+        let ep =
+            ns.endpoints
+                .get(endpoint_id)
+                .cloned()
+                .ok_or_else(|| DriverError::UnknownEndpoint {
+                    network: short(network_id).to_string(),
+                    endpoint: short(endpoint_id).to_string(),
+                })?;
+        let spec = VethSpec {
+            host_name: ep.host_veth.clone(),
+            peer_name: ep.peer_veth.clone(),
+            bridge: ns.net.bridge.clone(),
+            mtu: ns.net.mtu,
+            peer_mac: names::parse_mac(&ep.mac),
+        };
+        match self.dp.create_veth(&spec).await {
+            Ok(()) => {}
+            // The bridge vanished (host reboot, someone deleted it): make it again, once.
+            Err(DataplaneError::NotFound(_)) => {
+                let outcome = self
+                    .dp
+                    .ensure_bridge(&super::bridge_spec(&ns.net))
+                    .await
+                    .map_err(dp_err(format!("re-creating bridge {}", ns.net.bridge)))?;
+                if outcome == crate::dataplane::BridgeOutcome::Created && !ns.net.bridge_created {
+                    ns.net.bridge_created = true;
+                    self.state.write(
+                        crate::state::records::NETWORKS,
+                        &ns.net.id,
+                        &ns.net,
+                        Durability::PowerLoss,
+                    )?;
+                }
+                self.dp
+                    .create_veth(&spec)
+                    .await
+                    .map_err(dp_err(format!("creating veth {}", spec.host_name)))?;
+            }
+            Err(e) => return Err(dp_err(format!("creating veth {}", spec.host_name))(e)),
+        }
+        let gateway = |fam: &Option<FamilyData>, has_addr: bool| match fam {
+            Some(f) if has_addr && !ns.net.internal => {
+                f.gateway.map(|g| g.addr().to_string()).unwrap_or_default()
+            }
+            _ => String::new(),
+        };
+        Ok(JoinResponse {
+            interface_name: InterfaceName {
+                src_name: ep.peer_veth.clone(),
+                dst_prefix: ns.net.iface_prefix.clone(),
+            },
+            gateway: gateway(&ns.net.ipv4, ep.address.is_some()),
+            gateway_ipv6: gateway(&ns.net.ipv6, ep.address_ipv6.is_some()),
+            static_routes: Vec::new(),
+            // Our networks bring their own way out (or are internal): never docker_gwbridge.
+            disable_gateway_service: true,
+        })
+    }
+
+    /// Leave: the interface is still inside the container; the veth goes at DeleteEndpoint.
+    pub async fn leave(&self, _network_id: &str, _endpoint_id: &str) -> Result<(), DriverError> {
+        Ok(())
+    }
+
+    /// DeleteEndpoint: remove the veth (already gone is fine) and the record. Unknown is fine.
+    pub async fn delete_endpoint(
+        &self,
+        network_id: &str,
+        endpoint_id: &str,
+    ) -> Result<(), DriverError> {
+        let Some(entry) = self.entry(network_id) else {
+            return Ok(());
+        };
+        let mut ns = entry.lock().await;
+        let Some(ep) = ns.endpoints.get(endpoint_id).cloned() else {
+            return Ok(());
+        };
+        self.dp
+            .delete_link(&ep.host_veth)
+            .await
+            .map_err(dp_err(format!("deleting veth {}", ep.host_veth)))?;
+        self.state.remove(ENDPOINTS, endpoint_id)?;
+        ns.endpoints.remove(endpoint_id);
+        Ok(())
+    }
+
+    /// Whether an endpoint is known (EndpointOperInfo answers `{}` either way).
+    pub async fn has_endpoint(&self, network_id: &str, endpoint_id: &str) -> bool {
+        match self.entry(network_id) {
+            Some(e) => e.lock().await.endpoints.contains_key(endpoint_id),
+            None => false,
+        }
+    }
+}

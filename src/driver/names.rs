@@ -1,0 +1,85 @@
+//! Names cnibridge gives to kernel objects. Derived from Docker's ids so a re-sent request
+//! finds the same object, and so an operator can map a link back to its network or endpoint.
+
+/// Default bridge: `cnb-` + the first 11 characters of the NetworkID (15 bytes, the kernel limit).
+pub fn default_bridge(network_id: &str) -> String {
+    format!("cnb-{}", id_part(network_id, 11))
+}
+
+/// Host end of an endpoint's veth pair: `vcb` + 12 characters of the EndpointID.
+pub fn host_veth(endpoint_id: &str) -> String {
+    format!("vcb{}", id_part(endpoint_id, 12))
+}
+
+/// Container end before Docker renames it: `ccb` + 12 characters of the EndpointID.
+pub fn peer_veth(endpoint_id: &str) -> String {
+    format!("ccb{}", id_part(endpoint_id, 12))
+}
+
+/// A locally administered unicast MAC derived from the EndpointID, so a re-sent CreateEndpoint
+/// answers the same MAC.
+pub fn endpoint_mac(endpoint_id: &str) -> [u8; 6] {
+    let h = fnv1a(endpoint_id.as_bytes()).to_be_bytes();
+    [0x02, h[0], h[1], h[2], h[3], h[4]]
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Parse `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in out.iter_mut() {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
+/// Docker ids are hex; anything else (tests, other engines) is hashed so names stay valid.
+fn id_part(id: &str, len: usize) -> String {
+    match id.get(..len) {
+        Some(p) if p.chars().all(|c| c.is_ascii_alphanumeric()) => p.to_ascii_lowercase(),
+        _ => format!("{:016x}", fnv1a(id.as_bytes()))[..len].to_string(),
+    }
+}
+
+fn fnv1a(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_fit_the_kernel_limit() {
+        let id = "9dbfb9b7a99ca164c089738d00b0c39a59379e11defbd6a755856f28c0a9fbcc";
+        assert_eq!(host_veth(id), "vcb9dbfb9b7a99c");
+        assert_eq!(peer_veth(id), "ccb9dbfb9b7a99c");
+        assert_eq!(default_bridge(id), "cnb-9dbfb9b7a99");
+        for n in [host_veth("x"), peer_veth("a/b"), default_bridge("")] {
+            assert!(
+                n.len() <= 15 && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'),
+                "{n}"
+            );
+        }
+    }
+
+    #[test]
+    fn macs_are_stable_local_unicast() {
+        let m = endpoint_mac("abc");
+        assert_eq!(m, endpoint_mac("abc"));
+        assert_eq!(m[0] & 0x03, 0x02);
+        assert_eq!(parse_mac(&format_mac(&m)), Some(m));
+        assert_eq!(parse_mac("zz:00:00:00:00:00"), None);
+        assert_eq!(parse_mac("00:00:00:00:00"), None);
+    }
+}

@@ -1,0 +1,276 @@
+//! CreateNetwork options → a validated network plan, before any side effect.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
+
+use super::DriverError;
+
+/// `-o` options arrive in this map of strings.
+pub const GENERIC: &str = "com.docker.network.generic";
+/// Top-level bool for `--internal`.
+pub const INTERNAL: &str = "com.docker.network.internal";
+/// Top-level bool for `--ipv6`.
+pub const ENABLE_IPV6: &str = "com.docker.network.enable_ipv6";
+
+const BRIDGE: &str = "bridge";
+const DOCKER_BRIDGE_NAME: &str = "com.docker.network.bridge.name";
+const MTU: &str = "mtu";
+const DOCKER_MTU: &str = "com.docker.network.driver.mtu";
+const IFACE_PREFIX: &str = "com.docker.network.container_iface_prefix";
+
+/// Keys honoured now.
+const HONOURED: &[&str] = &[BRIDGE, DOCKER_BRIDGE_NAME, MTU, DOCKER_MTU, IFACE_PREFIX];
+
+/// CNI and Docker bridge keys that later work will honour (masquerade, isolation, CNI configs):
+/// accepted so existing commands keep working, and logged as not applied.
+const RECORDED: &[&str] = &[
+    "ipMasq",
+    "com.docker.network.bridge.enable_ip_masquerade",
+    "com.docker.network.bridge.enable_icc",
+    "com.docker.network.bridge.host_binding_ipv4",
+    "isGateway",
+    "isDefaultGateway",
+    "hairpinMode",
+    "promiscMode",
+    "forceAddress",
+    "cni.conf",
+];
+
+/// Keys Docker or compose set that mean nothing to this driver.
+const IGNORED: &[&str] = &[
+    "com.docker.network.bridge.default_bridge",
+    "com.docker.network.enable_ipv4",
+    "com.docker.network.enable_ipv6",
+    "com.docker.network.advertise_addr_nmsgs",
+    "com.docker.network.advertise_addr_ms",
+];
+
+/// What the options of one CreateNetwork ask for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkOptions {
+    pub bridge: Option<String>,
+    pub mtu: Option<u32>,
+    pub iface_prefix: String,
+    pub internal: bool,
+    pub enable_ipv6: bool,
+    /// The `-o` map as sent.
+    pub generic: BTreeMap<String, String>,
+}
+
+/// Go's `strconv.ParseBool`, which is what Docker uses for these options.
+pub fn parse_go_bool(key: &str, value: &str) -> Result<bool, DriverError> {
+    match value {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
+        _ => Err(DriverError::Invalid(format!(
+            "option {key}={value:?} is not a boolean; use true or false"
+        ))),
+    }
+}
+
+/// Linux interface name rules (the kernel's `dev_valid_name`).
+pub fn check_ifname(what: &str, name: &str) -> Result<(), DriverError> {
+    let bad = name.is_empty()
+        || name.len() > 15
+        || name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace());
+    if bad {
+        return Err(DriverError::Invalid(format!(
+            "{what} {name:?} is not a valid interface name: 1 to 15 bytes, no '/', ':' or spaces"
+        )));
+    }
+    Ok(())
+}
+
+fn top_bool(options: &Map<String, Value>, key: &str) -> Result<bool, DriverError> {
+    match options.get(key) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(Value::String(s)) => parse_go_bool(key, s),
+        Some(other) => Err(DriverError::Invalid(format!(
+            "option {key} must be a boolean, got {other}"
+        ))),
+    }
+}
+
+/// One value given under two spellings must agree.
+fn one_of(
+    generic: &BTreeMap<String, String>,
+    a: &str,
+    b: &str,
+) -> Result<Option<String>, DriverError> {
+    match (generic.get(a), generic.get(b)) {
+        (Some(x), Some(y)) if x != y => Err(DriverError::Invalid(format!(
+            "options {a}={x:?} and {b}={y:?} contradict each other; give one of them"
+        ))),
+        (Some(x), _) | (None, Some(x)) => Ok(Some(x.clone())),
+        (None, None) => Ok(None),
+    }
+}
+
+/// Parse and validate CreateNetwork's `Options`.
+pub fn parse(options: &Map<String, Value>) -> Result<NetworkOptions, DriverError> {
+    let mut generic = BTreeMap::new();
+    match options.get(GENERIC) {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(map)) => {
+            for (k, v) in map {
+                let v = match v {
+                    Value::String(s) => s.clone(),
+                    Value::Bool(b) => b.to_string(),
+                    Value::Number(n) => n.to_string(),
+                    other => {
+                        return Err(DriverError::Invalid(format!(
+                            "option {k} must be a string, got {other}"
+                        )))
+                    }
+                };
+                generic.insert(k.clone(), v);
+            }
+        }
+        Some(other) => {
+            return Err(DriverError::Invalid(format!(
+                "{GENERIC} must be a map of strings, got {other}"
+            )))
+        }
+    }
+    for key in generic.keys() {
+        let known = HONOURED.contains(&key.as_str())
+            || RECORDED.contains(&key.as_str())
+            || IGNORED.contains(&key.as_str())
+            || key.starts_with("com.docker.network.driver.private.");
+        if !known {
+            let mut all: Vec<&str> = HONOURED.iter().chain(RECORDED).copied().collect();
+            all.sort_unstable();
+            return Err(DriverError::Invalid(format!(
+                "unknown option -o {key}; known options: {}",
+                all.join(", ")
+            )));
+        }
+        if RECORDED.contains(&key.as_str()) {
+            tracing::warn!(option = %key, "option accepted but not applied by this version of cnibridge");
+        }
+    }
+
+    let bridge = one_of(&generic, BRIDGE, DOCKER_BRIDGE_NAME)?;
+    if let Some(name) = &bridge {
+        check_ifname("bridge name", name)?;
+    }
+    let mtu = match one_of(&generic, MTU, DOCKER_MTU)? {
+        None => None,
+        Some(s) => match s.trim().parse::<i64>() {
+            Ok(0) => None,
+            Ok(n) if (68..=65535).contains(&n) => Some(n as u32),
+            _ => {
+                return Err(DriverError::Invalid(format!(
+                    "option mtu={s:?} is not a valid MTU; use a whole number from 68 to 65535"
+                )))
+            }
+        },
+    };
+    let iface_prefix = generic
+        .get(IFACE_PREFIX)
+        .cloned()
+        .unwrap_or_else(|| "eth".to_string());
+    // Docker appends an index, so leave room for it within 15 bytes.
+    if iface_prefix.len() > 13 {
+        return Err(DriverError::Invalid(format!(
+            "option {IFACE_PREFIX}={iface_prefix:?} is too long; use at most 13 bytes"
+        )));
+    }
+    check_ifname(IFACE_PREFIX, &iface_prefix)?;
+
+    Ok(NetworkOptions {
+        bridge,
+        mtu,
+        iface_prefix,
+        internal: top_bool(options, INTERNAL)?,
+        enable_ipv6: top_bool(options, ENABLE_IPV6)?,
+        generic,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn opts(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        }
+    }
+
+    #[test]
+    fn fixture_options_parse() {
+        let o = parse(&opts(json!({
+            "com.docker.network.enable_ipv6": false,
+            "com.docker.network.generic": {"bridge": "cni_bridge0", "ipMasq": "true"}
+        })))
+        .unwrap();
+        assert_eq!(o.bridge.as_deref(), Some("cni_bridge0"));
+        assert!(!o.internal && !o.enable_ipv6);
+        let o = parse(&opts(json!({
+            "com.docker.network.generic": {"com.docker.network.driver.mtu": "1400"},
+            "com.docker.network.internal": true
+        })))
+        .unwrap();
+        assert_eq!(o.mtu, Some(1400));
+        assert!(o.internal);
+        assert_eq!(o.iface_prefix, "eth");
+    }
+
+    #[test]
+    fn bad_options_say_what_is_wrong() {
+        let cases = [
+            (
+                json!({"com.docker.network.generic": {"bridg": "x"}}),
+                "unknown option -o bridg; known options: ",
+            ),
+            (
+                json!({"com.docker.network.generic": {"bridge": "a", "com.docker.network.bridge.name": "b"}}),
+                "contradict",
+            ),
+            (
+                json!({"com.docker.network.generic": {"bridge": "this-name-is-too-long"}}),
+                "not a valid interface name",
+            ),
+            (
+                json!({"com.docker.network.generic": {"mtu": "big"}}),
+                "not a valid MTU",
+            ),
+            (
+                json!({"com.docker.network.generic": {"mtu": "-1"}}),
+                "not a valid MTU",
+            ),
+            (
+                json!({"com.docker.network.generic": ["x"]}),
+                "must be a map",
+            ),
+            (
+                json!({"com.docker.network.internal": "maybe"}),
+                "not a boolean",
+            ),
+        ];
+        for (input, want) in cases {
+            let err = parse(&opts(input.clone())).unwrap_err().to_string();
+            assert!(err.contains(want), "{input}: {err}");
+        }
+    }
+
+    #[test]
+    fn go_bool_spellings() {
+        for t in ["1", "t", "T", "TRUE", "true", "True"] {
+            assert!(parse_go_bool("k", t).unwrap());
+        }
+        for f in ["0", "f", "F", "FALSE", "false", "False"] {
+            assert!(!parse_go_bool("k", f).unwrap());
+        }
+        assert!(parse_go_bool("k", "yes").is_err());
+    }
+}

@@ -1,0 +1,343 @@
+//! Driver logic against the strict recording fakes: what reaches the kernel and the firewall,
+//! in which order, and what is undone when a step fails.
+
+use std::sync::Arc;
+
+use serde_json::json;
+
+use super::*;
+use crate::cnm::types::{CreateEndpointRequest, CreateNetworkRequest, EndpointInterface};
+use crate::dataplane::testing::{DataplaneCall, FakeBridge, RecordingDataplane};
+use crate::firewall::testing::{FirewallCall, RecordingFirewall};
+use crate::ipam::{IpamConfig, PoolRequest};
+
+const NET: &str = "791e17b650f762350d6d2a4f46730c611b40a62ed86ac2c0b93956bcbab6cd6e";
+const NET2: &str = "43d84917b6f05e49005b00f0f3fec8d7e0d748efa3afc36318a422d774edf169";
+const EP: &str = "9dbfb9b7a99ca164c089738d00b0c39a59379e11defbd6a755856f28c0a9fbcc";
+const EP2: &str = "82772f1927ddc2f6e682bae163a72db920187833a719f81f9c4b5918a40ab2a0";
+
+struct Rig {
+    dir: tempfile::TempDir,
+    dp: RecordingDataplane,
+    fw: RecordingFirewall,
+    driver: Driver<RecordingDataplane, RecordingFirewall>,
+}
+
+async fn rig_in(dir: tempfile::TempDir, dp: RecordingDataplane, fw: RecordingFirewall) -> Rig {
+    let state = StateDir::open(dir.path().join("state")).unwrap();
+    let ipam = Ipam::open(IpamConfig {
+        state: state.clone(),
+        data_dir: dir.path().join("data"),
+        default_pools: vec!["10.210.0.0/16:24".parse().unwrap()],
+    })
+    .unwrap();
+    let driver = Driver::open(dp.clone(), fw.clone(), ipam, state)
+        .await
+        .unwrap();
+    Rig {
+        dir,
+        dp,
+        fw,
+        driver,
+    }
+}
+
+async fn rig() -> Rig {
+    rig_in(
+        tempfile::tempdir().unwrap(),
+        RecordingDataplane::new(),
+        RecordingFirewall::new(),
+    )
+    .await
+}
+
+fn net_req(id: &str, generic: serde_json::Value, internal: bool) -> CreateNetworkRequest {
+    let mut options = serde_json::Map::new();
+    options.insert("com.docker.network.generic".into(), generic);
+    if internal {
+        options.insert("com.docker.network.internal".into(), json!(true));
+    }
+    CreateNetworkRequest {
+        network_id: id.into(),
+        options,
+        ipv4_data: vec![crate::cnm::types::IpamData {
+            address_space: "LocalDefault".into(),
+            pool: "10.15.40.0/24".into(),
+            gateway: "10.15.40.1/24".into(),
+            aux_addresses: Default::default(),
+        }],
+        ipv6_data: vec![],
+    }
+}
+
+fn ep_req(net: &str, ep: &str, addr: &str) -> CreateEndpointRequest {
+    CreateEndpointRequest {
+        network_id: net.into(),
+        endpoint_id: ep.into(),
+        interface: EndpointInterface {
+            address: addr.into(),
+            ..Default::default()
+        },
+        options: Default::default(),
+    }
+}
+
+#[tokio::test]
+async fn create_join_delete_touches_the_firewall_once_per_network() {
+    let r = rig().await;
+    r.driver
+        .create_network(&net_req(
+            NET,
+            json!({"bridge": "cnbt0", "mtu": "1400"}),
+            false,
+        ))
+        .await
+        .unwrap();
+    let br = r.dp.bridge("cnbt0").unwrap();
+    assert_eq!(br.addresses, vec!["10.15.40.1/24".parse().unwrap()]);
+    assert_eq!(br.mtu, Some(1400));
+    assert!(r.fw.has_network(NET));
+    let fw_calls = r.fw.calls().len();
+
+    for (ep, addr) in [(EP, "10.15.40.2/24"), (EP2, "10.15.40.3/24")] {
+        let resp = r
+            .driver
+            .create_endpoint(&ep_req(NET, ep, addr))
+            .await
+            .unwrap();
+        let mac = resp.interface.unwrap().mac_address;
+        let join = r.driver.join(NET, ep).await.unwrap();
+        assert_eq!(join.gateway, "10.15.40.1");
+        assert_eq!(join.interface_name.dst_prefix, "eth");
+        assert_eq!(join.interface_name.src_name, names::peer_veth(ep));
+        let veth = r.dp.veth(&names::host_veth(ep)).unwrap();
+        assert_eq!(veth.bridge.as_deref(), Some("cnbt0"));
+        assert_eq!(veth.mtu, Some(1400));
+        assert_eq!(veth.peer_mac.map(|m| names::format_mac(&m)), Some(mac));
+    }
+    assert_eq!(
+        r.fw.calls().len(),
+        fw_calls,
+        "joining containers must cost no firewall work"
+    );
+
+    for ep in [EP, EP2] {
+        r.driver.leave(NET, ep).await.unwrap();
+        r.driver.delete_endpoint(NET, ep).await.unwrap();
+        r.driver.delete_endpoint(NET, ep).await.unwrap();
+    }
+    assert!(r.dp.veths().is_empty());
+    r.driver.delete_network(NET).await.unwrap();
+    r.driver.delete_network(NET).await.unwrap();
+    assert!(r.dp.bridges().is_empty());
+    assert!(r.fw.networks().is_empty());
+}
+
+#[tokio::test]
+async fn internal_networks_keep_the_gateway_on_the_bridge_but_give_none() {
+    let r = rig().await;
+    r.driver
+        .create_network(&net_req(NET, json!({}), true))
+        .await
+        .unwrap();
+    let bridge = names::default_bridge(NET);
+    assert_eq!(r.dp.bridge(&bridge).unwrap().addresses.len(), 1);
+    r.driver
+        .create_endpoint(&ep_req(NET, EP, "10.15.40.2/24"))
+        .await
+        .unwrap();
+    let join = r.driver.join(NET, EP).await.unwrap();
+    assert!(join.gateway.is_empty());
+    assert!(join.disable_gateway_service);
+}
+
+#[tokio::test]
+async fn a_failed_firewall_step_leaves_nothing_behind() {
+    let fw = RecordingFirewall::new();
+    fw.fail_when(|c| matches!(c, FirewallCall::AddNetwork(_)));
+    let r = rig_in(tempfile::tempdir().unwrap(), RecordingDataplane::new(), fw).await;
+    let err = r
+        .driver
+        .create_network(&net_req(NET, json!({"bridge": "cnbt0"}), false))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("installing firewall rules for bridge cnbt0"),
+        "{err}"
+    );
+    assert!(r.dp.bridges().is_empty(), "bridge must be rolled back");
+    assert!(r.driver.network_ids().is_empty());
+    assert!(!r
+        .dir
+        .path()
+        .join("state/networks")
+        .read_dir()
+        .unwrap()
+        .any(|_| true));
+}
+
+#[tokio::test]
+async fn an_adopted_bridge_is_never_deleted() {
+    let dp = RecordingDataplane::new();
+    dp.insert_bridge(
+        "cnbt0",
+        FakeBridge {
+            mtu: None,
+            addresses: vec![],
+        },
+    );
+    let r = rig_in(tempfile::tempdir().unwrap(), dp, RecordingFirewall::new()).await;
+    r.driver
+        .create_network(&net_req(NET, json!({"bridge": "cnbt0"}), false))
+        .await
+        .unwrap();
+    r.driver.delete_network(NET).await.unwrap();
+    assert_eq!(r.dp.bridges(), vec!["cnbt0".to_string()]);
+}
+
+#[tokio::test]
+async fn bad_options_and_shared_bridges_are_refused_before_any_change() {
+    let r = rig().await;
+    let err = r
+        .driver
+        .create_network(&net_req(NET, json!({"bridg": "x"}), false))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("unknown option -o bridg"), "{err}");
+    assert!(r.dp.calls().is_empty());
+    r.driver
+        .create_network(&net_req(NET, json!({"bridge": "cnbt0"}), false))
+        .await
+        .unwrap();
+    let err = r
+        .driver
+        .create_network(&net_req(NET2, json!({"bridge": "cnbt0"}), false))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("already used by network 791e17b650f7"),
+        "{err}"
+    );
+    // A re-sent CreateNetwork is harmless.
+    r.driver
+        .create_network(&net_req(NET, json!({"bridge": "cnbt0"}), false))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn unknown_network_or_endpoint_errors_are_readable() {
+    let r = rig().await;
+    let err = r
+        .driver
+        .create_endpoint(&ep_req(NET, EP, ""))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("network 791e17b650f7 is not known to cnibridge"),
+        "{err}"
+    );
+    r.driver
+        .create_network(&net_req(NET, json!({}), false))
+        .await
+        .unwrap();
+    let err = r.driver.join(NET, EP).await.unwrap_err().to_string();
+    assert!(err.contains("endpoint 9dbfb9b7a99c"), "{err}");
+}
+
+#[tokio::test]
+async fn a_restarted_driver_serves_networks_of_its_earlier_life() {
+    let r = rig().await;
+    r.driver
+        .create_network(&net_req(NET, json!({"bridge": "cnbt0"}), false))
+        .await
+        .unwrap();
+    r.driver
+        .create_endpoint(&ep_req(NET, EP, "10.15.40.2/24"))
+        .await
+        .unwrap();
+    r.driver.join(NET, EP).await.unwrap();
+    let Rig {
+        dir,
+        dp,
+        fw,
+        driver,
+    } = r;
+    drop(driver);
+    let r = rig_in(dir, dp, fw).await;
+    assert_eq!(r.driver.network_ids(), vec![NET.to_string()]);
+    assert!(r
+        .fw
+        .calls()
+        .iter()
+        .any(|c| matches!(c, FirewallCall::Reconcile(n) if n.len() == 1)));
+    // Docker re-creates endpoints of restart-policy containers without a CreateNetwork.
+    r.driver
+        .create_endpoint(&ep_req(NET, EP2, "10.15.40.3/24"))
+        .await
+        .unwrap();
+    r.driver.join(NET, EP2).await.unwrap();
+    // The endpoint of the earlier life is still known and cleaned up.
+    r.driver.delete_endpoint(NET, EP).await.unwrap();
+    assert!(r.dp.veth(&names::host_veth(EP)).is_none());
+}
+
+#[tokio::test]
+async fn join_recreates_a_vanished_bridge() {
+    let r = rig().await;
+    r.driver
+        .create_network(&net_req(NET, json!({"bridge": "cnbt0"}), false))
+        .await
+        .unwrap();
+    // Someone (or a reboot) removed the bridge.
+    r.dp.delete_bridge_if_unused("cnbt0").await.unwrap();
+    r.driver
+        .create_endpoint(&ep_req(NET, EP, "10.15.40.2/24"))
+        .await
+        .unwrap();
+    r.driver.join(NET, EP).await.unwrap();
+    assert!(r.dp.bridge("cnbt0").is_some());
+    assert!(
+        r.dp.calls()
+            .iter()
+            .filter(|c| matches!(c, DataplaneCall::EnsureBridge(_)))
+            .count()
+            >= 2
+    );
+}
+
+#[tokio::test]
+async fn endpoint_files_are_named_after_the_endpoint() {
+    let r = rig().await;
+    let ipam: Arc<Ipam> = r.driver.ipam().clone();
+    let grant = ipam
+        .request_pool(&PoolRequest {
+            address_space: "CniLocal".into(),
+            pool: Some("10.15.50.0/24".parse().unwrap()),
+            ..Default::default()
+        })
+        .unwrap();
+    let gw = ipam.request_address(&grant.pool_id, None, true).unwrap();
+    let mut req = net_req(NET, json!({}), false);
+    req.ipv4_data[0].address_space = "CniLocal".into();
+    req.ipv4_data[0].pool = "10.15.50.0/24".into();
+    req.ipv4_data[0].gateway = gw.to_string();
+    r.driver.create_network(&req).await.unwrap();
+    let addr = ipam.request_address(&grant.pool_id, None, false).unwrap();
+    r.driver
+        .create_endpoint(&ep_req(NET, EP, &addr.to_string()))
+        .await
+        .unwrap();
+    let file = r
+        .dir
+        .path()
+        .join("data/cnibridge-10.15.50.0-24")
+        .join(addr.addr().to_string());
+    assert_eq!(
+        std::fs::read(file).unwrap(),
+        format!("{EP}\r\n{}", names::host_veth(EP)).into_bytes()
+    );
+}

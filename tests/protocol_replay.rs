@@ -1,0 +1,550 @@
+//! Protocol tier: every request dockerd 20.10 sent in the recorded scenarios
+//! (`../shared/fixtures/dockerd-20.10/*.jsonl`) is replayed in order against the real router over
+//! a real unix socket, with recording fakes in place of the kernel. Each answer must have the
+//! shape Docker expects, and after each scenario nothing may be left: no veth, no bridge, no
+//! address file. At the restart markers the plugin itself is restarted from its state dir.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use cnibridge::cnm::{router, server};
+use cnibridge::dataplane::testing::RecordingDataplane;
+use cnibridge::dataplane::Dataplane;
+use cnibridge::driver::Driver;
+use cnibridge::firewall::testing::RecordingFirewall;
+use cnibridge::ipam::{Ipam, IpamConfig};
+use cnibridge::state::StateDir;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyperlocal::{UnixClientExt, UnixConnector};
+use ipnet::IpNet;
+use serde_json::Value;
+
+fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/dockerd-20.10")
+}
+
+/// One in-process plugin over a unix socket, restartable from the same dirs.
+struct Plugin {
+    dir: tempfile::TempDir,
+    dp: RecordingDataplane,
+    fw: RecordingFirewall,
+    pools: String,
+    task: Option<tokio::task::JoinHandle<()>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Plugin {
+    async fn start(pools: &str) -> Plugin {
+        let mut p = Plugin {
+            dir: tempfile::tempdir().unwrap(),
+            dp: RecordingDataplane::new(),
+            fw: RecordingFirewall::new(),
+            pools: pools.to_string(),
+            task: None,
+            stop: None,
+        };
+        p.spawn().await;
+        p
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("cnbt.sock")
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    async fn spawn(&mut self) {
+        let state = StateDir::open(self.dir.path().join("state")).unwrap();
+        let ipam = Ipam::open(IpamConfig {
+            state: state.clone(),
+            data_dir: self.data_dir(),
+            default_pools: self.pools.split(',').map(|p| p.parse().unwrap()).collect(),
+        })
+        .unwrap();
+        let driver = Driver::open(self.dp.clone(), self.fw.clone(), ipam, state)
+            .await
+            .unwrap();
+        let sock = self.socket();
+        let listener = server::bind(&sock).await.unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        self.stop = Some(tx);
+        self.task = Some(tokio::spawn(async move {
+            server::serve(listener, &sock, router(Arc::new(driver)), async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        }));
+    }
+
+    /// Stop serving and start again from the state dir, as after a crash of the plugin.
+    async fn restart(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.unwrap();
+        }
+        self.spawn().await;
+    }
+
+    async fn call(&self, path: &str, body: &str) -> (u16, Value) {
+        let client: Client<UnixConnector, Full<Bytes>> = Client::unix();
+        let uri: hyper::Uri = hyperlocal::Uri::new(self.socket(), path).into();
+        let req = hyper::Request::post(uri)
+            .header("Accept", "application/vnd.docker.plugins.v1.2+json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let v = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            panic!(
+                "{path}: answer is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&bytes)
+            )
+        });
+        (status, v)
+    }
+}
+
+/// Every IP found in a JSON value (plain or with a prefix length), in order.
+fn ips_in(v: &Value, out: &mut Vec<IpAddr>) {
+    match v {
+        Value::String(s) => {
+            if let Ok(ip) = s.parse::<IpAddr>() {
+                out.push(ip);
+            } else if let Ok(n) = s.parse::<IpNet>() {
+                out.push(n.addr());
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| ips_in(x, out)),
+        Value::Object(m) => m.values().for_each(|x| ips_in(x, out)),
+        _ => {}
+    }
+}
+
+/// Replace recorded addresses by the ones this plugin handed out.
+fn substitute(v: &mut Value, map: &BTreeMap<IpAddr, IpAddr>) {
+    match v {
+        Value::String(s) => {
+            if let Ok(ip) = s.parse::<IpAddr>() {
+                if let Some(n) = map.get(&ip) {
+                    *s = n.to_string();
+                }
+            } else if let Ok(net) = s.parse::<IpNet>() {
+                if let Some(n) = map.get(&net.addr()) {
+                    *s = format!("{n}/{}", net.prefix_len());
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(|x| substitute(x, map)),
+        Value::Object(m) => m.values_mut().for_each(|x| substitute(x, map)),
+        _ => {}
+    }
+}
+
+struct Line {
+    path: String,
+    body: String,
+}
+
+fn load(file: &Path) -> Vec<Line> {
+    std::fs::read_to_string(file)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            Line {
+                path: v["path"].as_str().unwrap().to_string(),
+                body: v
+                    .get("body")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+            }
+        })
+        .collect()
+}
+
+fn body_json(body: &str) -> Value {
+    if body.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(body).unwrap()
+    }
+}
+
+fn check_shape(path: &str, req: &Value, resp: &Value, internal_nets: &BTreeSet<String>) {
+    let obj = resp
+        .as_object()
+        .unwrap_or_else(|| panic!("{path}: answer is not an object: {resp}"));
+    assert!(!obj.contains_key("Err"), "{path}: error {resp}");
+    match path {
+        "/Plugin.Activate" => {
+            let imp: Vec<&str> = resp["Implements"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+            assert_eq!(imp, ["NetworkDriver", "IpamDriver"]);
+        }
+        "/NetworkDriver.GetCapabilities" => assert_eq!(resp["Scope"], "local"),
+        "/IpamDriver.GetCapabilities" => {
+            assert!(
+                resp["RequiresMACAddress"].is_boolean()
+                    && resp["RequiresRequestReplay"].is_boolean()
+            )
+        }
+        "/IpamDriver.GetDefaultAddressSpaces" => {
+            assert!(
+                resp["LocalDefaultAddressSpace"].is_string()
+                    && resp["GlobalDefaultAddressSpace"].is_string()
+            )
+        }
+        "/IpamDriver.RequestPool" => {
+            assert!(!resp["PoolID"].as_str().unwrap().is_empty());
+            let pool: IpNet = resp["Pool"].as_str().unwrap().parse().unwrap();
+            if let Some(want) = req["Pool"].as_str().filter(|s| !s.is_empty()) {
+                assert_eq!(pool.to_string(), want);
+            }
+            assert!(resp["Data"].is_object() || resp["Data"].is_null());
+        }
+        "/IpamDriver.RequestAddress" => {
+            let got: IpNet = resp["Address"].as_str().unwrap().parse().unwrap();
+            if let Some(want) = req["Address"].as_str().filter(|s| !s.is_empty()) {
+                assert_eq!(
+                    got.addr().to_string(),
+                    want,
+                    "a requested address must be given exactly"
+                );
+            }
+        }
+        "/NetworkDriver.CreateEndpoint" => {
+            let iface = &resp["Interface"];
+            assert!(
+                iface.get("Address").is_none() && iface.get("AddressIPv6").is_none(),
+                "addresses echoed: {resp}"
+            );
+            if req["Interface"]["MacAddress"]
+                .as_str()
+                .unwrap_or("")
+                .is_empty()
+            {
+                let mac = iface["MacAddress"].as_str().unwrap();
+                assert_eq!(mac.len(), 17, "{mac}");
+            } else {
+                assert!(iface.get("MacAddress").is_none());
+            }
+        }
+        "/NetworkDriver.Join" => {
+            let src = resp["InterfaceName"]["SrcName"].as_str().unwrap();
+            assert!(!src.is_empty() && src.len() <= 15);
+            assert_eq!(resp["InterfaceName"]["DstPrefix"], "eth");
+            let net = req["NetworkID"].as_str().unwrap();
+            if internal_nets.contains(net) {
+                assert!(
+                    resp.get("Gateway").is_none(),
+                    "internal network got a gateway: {resp}"
+                );
+            } else {
+                resp["Gateway"].as_str().unwrap().parse::<IpAddr>().unwrap();
+            }
+            assert!(resp["StaticRoutes"].is_array());
+        }
+        "/NetworkDriver.EndpointOperInfo" => assert!(resp["Value"].is_object()),
+        _ => assert!(obj.is_empty(), "{path}: expected {{}}, got {resp}"),
+    }
+}
+
+async fn replay(name: &str, pools: &str) {
+    let lines = load(&fixtures_dir().join(name));
+    let mut plugin = Plugin::start(pools).await;
+    // Addresses this recording asked for by value: they map to themselves.
+    let explicit: BTreeSet<IpAddr> = lines
+        .iter()
+        .filter(|l| l.path == "/IpamDriver.RequestAddress")
+        .filter_map(|l| {
+            body_json(&l.body)["Address"]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+        })
+        .collect();
+    let mut map: BTreeMap<IpAddr, IpAddr> = BTreeMap::new();
+    let mut internal = BTreeSet::new();
+    let mut links = BTreeSet::new();
+    for (i, line) in lines.iter().enumerate() {
+        if line.path.starts_with('#') {
+            if line.path.contains("started again") {
+                plugin.restart().await;
+            }
+            continue;
+        }
+        let mut req = body_json(&line.body);
+        substitute(&mut req, &map);
+        if line.path == "/NetworkDriver.CreateNetwork"
+            && req["Options"]["com.docker.network.internal"] == true
+        {
+            internal.insert(req["NetworkID"].as_str().unwrap().to_string());
+        }
+        // Keep Docker's framing: a body ending in a newline, or no body at all.
+        let body = if req.is_null() {
+            String::new()
+        } else {
+            format!("{req}\n")
+        };
+        let (status, resp) = plugin.call(&line.path, &body).await;
+        assert_eq!(
+            status,
+            200,
+            "{name} line {}: {} {body} -> {resp}",
+            i + 1,
+            line.path
+        );
+        check_shape(&line.path, &req, &resp, &internal);
+        if line.path == "/NetworkDriver.Join" {
+            links.insert(
+                resp["InterfaceName"]["SrcName"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            );
+        }
+        if line.path == "/IpamDriver.RequestAddress" && req["Address"].as_str() == Some("") {
+            // What the recorder handed out is the first address of this pool that later
+            // requests use and that no other request explains.
+            let pool: IpNet = req["PoolID"].as_str().unwrap().parse().unwrap();
+            let ours: IpNet = resp["Address"].as_str().unwrap().parse().unwrap();
+            let mut later = Vec::new();
+            for l in &lines[i + 1..] {
+                ips_in(&body_json(&l.body), &mut later);
+            }
+            let recorded = later.into_iter().find(|ip| {
+                pool.contains(ip)
+                    && !explicit.contains(ip)
+                    && !map.contains_key(ip)
+                    && *ip != pool.network()
+            });
+            if let Some(r) = recorded {
+                map.insert(r, ours.addr());
+            }
+        }
+    }
+    // Nothing left behind: every veth gone, every bridge cnibridge made gone, no address file.
+    for l in &links {
+        assert!(
+            !plugin.dp.link_exists(l).await.unwrap(),
+            "{name}: {l} left behind"
+        );
+        let host = l.replacen("ccb", "vcb", 1);
+        assert!(
+            !plugin.dp.link_exists(&host).await.unwrap(),
+            "{name}: {host} left behind"
+        );
+    }
+    assert!(
+        plugin.dp.bridges().is_empty(),
+        "{name}: bridges left: {:?}",
+        plugin.dp.bridges()
+    );
+    let mut files = Vec::new();
+    if let Ok(dirs) = std::fs::read_dir(plugin.data_dir()) {
+        for d in dirs.flatten() {
+            for f in std::fs::read_dir(d.path()).unwrap().flatten() {
+                let n = f.file_name().to_string_lossy().to_string();
+                if n != "lock" && !n.starts_with("last_reserved_ip") {
+                    files.push(format!("{}/{n}", d.file_name().to_string_lossy()));
+                }
+            }
+        }
+    }
+    assert!(files.is_empty(), "{name}: address files left: {files:?}");
+    assert!(
+        plugin.fw.networks().is_empty(),
+        "{name}: firewall rules left"
+    );
+}
+
+#[tokio::test]
+async fn replay_01_create_run_publish_rm() {
+    replay("01-create-run-publish-rm.jsonl", "10.210.0.0/16:24").await;
+}
+
+#[tokio::test]
+async fn replay_02_ipv6_iprange_internal_auto_pool() {
+    // The recorder picked 10.77.2.0/24 for the network made without --subnet.
+    replay(
+        "02-ipv6-iprange-internal-auto-pool.jsonl",
+        "10.77.2.0/24:24,fd7b::/48:64",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn replay_03_default_ipam_driver_only() {
+    replay("03-default-ipam-driver-only.jsonl", "10.210.0.0/16:24").await;
+}
+
+#[tokio::test]
+async fn replay_04_dockerd_restart() {
+    replay(
+        "04-dockerd-restart-with-restart-policy-container.jsonl",
+        "10.210.0.0/16:24",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn replay_05_dockerd_sigkill() {
+    replay(
+        "05-dockerd-sigkill-with-restart-policy-container.jsonl",
+        "10.210.0.0/16:24",
+    )
+    .await;
+}
+
+async fn expect_err(p: &Plugin, path: &str, body: &str, status: u16, needle: &str) {
+    let (s, v) = p.call(path, body).await;
+    assert_eq!(s, status, "{path} {body:?} -> {v}");
+    let e = v["Err"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{path}: no Err in {v}"));
+    assert!(
+        e.contains(needle),
+        "{path} {body:?}: {e:?} does not mention {needle:?}"
+    );
+}
+
+#[tokio::test]
+async fn malformed_requests_get_readable_errors() {
+    let p = Plugin::start("10.210.0.0/16:24").await;
+    expect_err(
+        &p,
+        "/NetworkDriver.CreateNetwork",
+        "{not json",
+        500,
+        "invalid NetworkDriver.CreateNetwork request",
+    )
+    .await;
+    expect_err(
+        &p,
+        "/NetworkDriver.CreateNetwork",
+        r#"{"NetworkID": 5}"#,
+        500,
+        "invalid type",
+    )
+    .await;
+    expect_err(
+        &p,
+        "/NetworkDriver.CreateNetwork",
+        "",
+        500,
+        "NetworkID is missing",
+    )
+    .await;
+    expect_err(
+        &p,
+        "/IpamDriver.RequestPool",
+        r#"{"Pool": ["x"]}"#,
+        500,
+        "invalid IpamDriver.RequestPool request",
+    )
+    .await;
+    expect_err(
+        &p,
+        "/IpamDriver.RequestPool",
+        r#"{"AddressSpace":"CniLocal","Pool":"10.1.0.5/33"}"#,
+        500,
+        "not a subnet",
+    )
+    .await;
+    expect_err(
+        &p,
+        "/IpamDriver.RequestAddress",
+        r#"{"PoolID":"nope","Address":""}"#,
+        500,
+        "unknown pool",
+    )
+    .await;
+    expect_err(
+        &p,
+        "/NetworkDriver.Join",
+        r#"{"NetworkID":"abc","EndpointID":"def"}"#,
+        500,
+        "not known to cnibridge",
+    )
+    .await;
+    expect_err(
+        &p,
+        "/NetworkDriver.NoSuchMethod",
+        "{}",
+        404,
+        "does not implement",
+    )
+    .await;
+    expect_err(&p, "/Plugin.Nope", "", 404, "does not implement").await;
+    let big = format!(r#"{{"NetworkID":"{}"}}"#, "a".repeat(2 << 20));
+    expect_err(&p, "/NetworkDriver.CreateNetwork", &big, 500, "larger than").await;
+
+    // Lenient where Docker is: null collections, unknown fields, trailing newline, deletes of
+    // unknown ids.
+    let (s, v) = p
+        .call(
+            "/NetworkDriver.CreateEndpoint",
+            "{\"NetworkID\":\"x\",\"EndpointID\":\"y\",\"Interface\":null,\"Options\":null,\"Future\":1}\n",
+        )
+        .await;
+    assert_eq!(s, 500, "{v}");
+    for path in [
+        "/NetworkDriver.DeleteNetwork",
+        "/NetworkDriver.DeleteEndpoint",
+        "/NetworkDriver.Leave",
+    ] {
+        let (s, v) = p
+            .call(
+                path,
+                "{\"NetworkID\":\"gone\",\"EndpointID\":\"gone\",\"Extra\":null}\n",
+            )
+            .await;
+        assert_eq!((s, v.to_string()), (200, "{}".to_string()), "{path}");
+    }
+    let (s, v) = p
+        .call(
+            "/IpamDriver.ReleaseAddress",
+            r#"{"PoolID":"10.9.9.0/24","Address":"10.9.9.9"}"#,
+        )
+        .await;
+    assert_eq!((s, v.to_string()), (200, "{}".to_string()));
+    let (s, v) = p
+        .call("/IpamDriver.ReleasePool", r#"{"PoolID":"10.9.9.0/24"}"#)
+        .await;
+    assert_eq!((s, v.to_string()), (200, "{}".to_string()));
+    for path in [
+        "/NetworkDriver.ProgramExternalConnectivity",
+        "/NetworkDriver.RevokeExternalConnectivity",
+        "/NetworkDriver.FreeNetwork",
+        "/NetworkDriver.DiscoverNew",
+        "/NetworkDriver.DiscoverDelete",
+    ] {
+        let (s, v) = p.call(path, "{}\n").await;
+        assert_eq!((s, v.to_string()), (200, "{}".to_string()), "{path}");
+    }
+    let (s, v) = p
+        .call("/NetworkDriver.AllocateNetwork", "{\"NetworkID\":\"n\"}")
+        .await;
+    assert_eq!(s, 200);
+    assert!(v["Options"].is_object());
+    let (s, v) = p
+        .call("/NetworkDriver.GwAllocCheck", "{\"Options\":{}}")
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(v["SkipIPv4"], false);
+}
