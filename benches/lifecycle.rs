@@ -89,42 +89,35 @@ async fn cnibridge_lifecycles(dir: &Path, n: usize) -> Vec<Duration> {
     call(&client, &sock, "/IpamDriver.RequestAddress", json!({"PoolID":"10.199.0.0/16","Address":"","Options":{"RequestAddressType":"com.docker.network.gateway"}})).await;
     call(&client, &sock, "/NetworkDriver.CreateNetwork", json!({"NetworkID":net,"Options":{"com.docker.network.generic":{"bridge":"cnbbench0"}},"IPv4Data":[{"AddressSpace":"CniLocal","Pool":"10.199.0.0/16","Gateway":"10.199.0.1/16"}],"IPv6Data":[]})).await;
     let mut out = Vec::with_capacity(n);
+    let names = ["RequestAddress", "CreateEndpoint", "Join", "Leave", "DeleteEndpoint", "ReleaseAddress"];
+    let mut steps: Vec<Vec<Duration>> = vec![Vec::new(); names.len()];
     for i in 0..n {
         let ep = format!("{i:012x}{}", "e".repeat(52));
         let t = Instant::now();
-        let a = call(
-            &client,
-            &sock,
-            "/IpamDriver.RequestAddress",
-            json!({"PoolID":"10.199.0.0/16","Address":"","Options":null}),
-        )
-        .await;
-        let addr = a["Address"].as_str().expect("address").to_string();
-        call(&client, &sock, "/NetworkDriver.CreateEndpoint", json!({"NetworkID":net,"EndpointID":ep,"Interface":{"Address":addr,"AddressIPv6":"","MacAddress":""},"Options":{}})).await;
-        call(&client, &sock, "/NetworkDriver.Join", json!({"NetworkID":net,"EndpointID":ep,"SandboxKey":"/var/run/docker/netns/bench","Options":{}})).await;
-        call(
-            &client,
-            &sock,
-            "/NetworkDriver.Leave",
-            json!({"NetworkID":net,"EndpointID":ep}),
-        )
-        .await;
-        call(
-            &client,
-            &sock,
-            "/NetworkDriver.DeleteEndpoint",
-            json!({"NetworkID":net,"EndpointID":ep}),
-        )
-        .await;
-        let ip = addr.split('/').next().unwrap_or("");
-        call(
-            &client,
-            &sock,
-            "/IpamDriver.ReleaseAddress",
-            json!({"PoolID":"10.199.0.0/16","Address":ip}),
-        )
-        .await;
+        let mut addr = String::new();
+        for (k, step) in names.iter().enumerate() {
+            let lap = Instant::now();
+            let ip = addr.split('/').next().unwrap_or("").to_string();
+            let (path, body) = match *step {
+                "RequestAddress" => ("/IpamDriver.RequestAddress", json!({"PoolID":"10.199.0.0/16","Address":"","Options":null})),
+                "CreateEndpoint" => ("/NetworkDriver.CreateEndpoint", json!({"NetworkID":net,"EndpointID":ep,"Interface":{"Address":addr,"AddressIPv6":"","MacAddress":""},"Options":{}})),
+                "Join" => ("/NetworkDriver.Join", json!({"NetworkID":net,"EndpointID":ep,"SandboxKey":"/var/run/docker/netns/bench","Options":{}})),
+                "Leave" => ("/NetworkDriver.Leave", json!({"NetworkID":net,"EndpointID":ep})),
+                "DeleteEndpoint" => ("/NetworkDriver.DeleteEndpoint", json!({"NetworkID":net,"EndpointID":ep})),
+                _ => ("/IpamDriver.ReleaseAddress", json!({"PoolID":"10.199.0.0/16","Address":ip})),
+            };
+            let v = call(&client, &sock, path, body).await;
+            if k == 0 {
+                addr = v["Address"].as_str().expect("address").to_string();
+            }
+            steps[k].push(lap.elapsed());
+        }
         out.push(t.elapsed());
+    }
+    if std::env::var_os("CNB_BENCH_STEPS").is_some() {
+        for (name, v) in names.iter().zip(steps) {
+            stats(&format!("  {name}"), v);
+        }
     }
     call(
         &client,
@@ -213,6 +206,9 @@ fn main() {
             "lifecycle bench: {CNI_BRIDGE} missing (apt-get install containernetworking-plugins)"
         );
         return;
+    }
+    if std::env::var_os("CNB_BENCH_LOG").is_some() {
+        tracing_subscriber::fmt().with_writer(std::io::stderr).init();
     }
     let n: usize = std::env::var("CNB_BENCH_N")
         .ok()

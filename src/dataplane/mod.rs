@@ -94,6 +94,12 @@ pub trait Dataplane: Send + Sync + 'static {
     /// Delete a link by name (the veth peer goes with it). Already gone is `Ok`.
     fn delete_link(&self, name: &str) -> impl Future<Output = Result<(), DataplaneError>> + Send;
 
+    /// Names of the links attached to the bridge; a missing bridge has none.
+    fn bridge_ports(
+        &self,
+        bridge: &str,
+    ) -> impl Future<Output = Result<Vec<String>, DataplaneError>> + Send;
+
     /// Whether a link of that name exists in the host namespace.
     fn link_exists(&self, name: &str) -> impl Future<Output = Result<bool, DataplaneError>> + Send;
 }

@@ -18,11 +18,74 @@ use rtnetlink::{LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth};
 use super::rtnl::{Link, LinkKind, NlError, NlKind, Rtnl};
 use super::{BridgeOutcome, BridgeSpec, Dataplane, DataplaneError, VethSpec};
 
-/// The real dataplane: one rtnetlink connection, its handle cloned per request.
+/// A connection whose socket I/O runs on a thread of its own. A netlink `sendmsg` executes the
+/// kernel's handler in the caller's context, so a slow `RTM_DELLINK` blocks whichever thread
+/// drives the connection; on a runtime worker it would also hold up every task queued there
+/// (the answer to the very DeleteEndpoint that started it).
+fn connect_on_own_thread() -> Result<Rtnl, DataplaneError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("cnibridge-teardown".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                match rtnetlink::new_connection() {
+                    Ok((mut connection, handle, _)) => {
+                        connection.set_forward_done(true);
+                        let _ = tx.send(Ok(handle));
+                        // Ends when every handle is dropped.
+                        connection.await;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e.to_string()));
+                    }
+                }
+            });
+        });
+    let fail = |reason: String| DataplaneError::Netlink {
+        op: "open rtnetlink teardown connection".into(),
+        reason,
+    };
+    spawned.map_err(|e| fail(e.to_string()))?;
+    match rx.recv() {
+        Ok(Ok(handle)) => Ok(Rtnl::new(handle)),
+        Ok(Err(e)) => Err(fail(e)),
+        Err(e) => Err(fail(e.to_string())),
+    }
+}
+
+/// The real dataplane: one rtnetlink connection for building, its handle cloned per request,
+/// and a second one for deleting links.
 #[derive(Clone)]
 pub struct NetlinkDataplane {
     rtnl: Rtnl,
+    /// Deleting a veth costs the kernel 15–20 ms (RCU grace periods while the device is
+    /// unregistered); on its own socket and thread that wait never queues a Join's
+    /// `RTM_NEWLINK` or an HTTP answer behind it.
+    teardown: Rtnl,
     proc_sys: PathBuf,
+}
+
+fn connect(runtime: &tokio::runtime::Handle) -> Result<Rtnl, DataplaneError> {
+    let (mut connection, handle, _) =
+        rtnetlink::new_connection().map_err(|e| DataplaneError::Netlink {
+            op: "open rtnetlink connection".into(),
+            reason: e.to_string(),
+        })?;
+    // Forward NLMSG_DONE so dumps can see NLM_F_DUMP_INTR, which the kernel may set on the
+    // DONE message only.
+    connection.set_forward_done(true);
+    runtime.spawn(connection);
+    Ok(Rtnl::new(handle))
 }
 
 impl NetlinkDataplane {
@@ -38,17 +101,9 @@ impl NetlinkDataplane {
                 op: "open rtnetlink connection".into(),
                 reason: format!("no tokio runtime on this thread: {e}"),
             })?;
-        let (mut connection, handle, _) =
-            rtnetlink::new_connection().map_err(|e| DataplaneError::Netlink {
-                op: "open rtnetlink connection".into(),
-                reason: e.to_string(),
-            })?;
-        // Forward NLMSG_DONE so dumps can see NLM_F_DUMP_INTR, which the kernel may set on the
-        // DONE message only.
-        connection.set_forward_done(true);
-        runtime.spawn(connection);
         Ok(NetlinkDataplane {
-            rtnl: Rtnl::new(handle),
+            rtnl: connect(&runtime)?,
+            teardown: connect_on_own_thread()?,
             proc_sys: PathBuf::from("/proc/sys"),
         })
     }
@@ -311,11 +366,29 @@ impl Dataplane for NetlinkDataplane {
     }
 
     async fn delete_link(&self, name: &str) -> Result<(), DataplaneError> {
-        match self.rtnl.del_link_by_name(name).await {
+        match self.teardown.del_link_by_name(name).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind == NlKind::NotFound => Ok(()),
             Err(e) => Err(op_err(format!("delete link {name}"), e)),
         }
+    }
+
+    async fn bridge_ports(&self, bridge: &str) -> Result<Vec<String>, DataplaneError> {
+        let op = || format!("list ports of bridge {bridge}");
+        let Some(link) = self
+            .rtnl
+            .link_by_name(bridge)
+            .await
+            .map_err(|e| op_err(op(), e))?
+        else {
+            return Ok(Vec::new());
+        };
+        let ports = self
+            .rtnl
+            .links_with_controller(link.index)
+            .await
+            .map_err(|e| op_err(op(), e))?;
+        Ok(ports.into_iter().map(|l| l.name).collect())
     }
 
     async fn link_exists(&self, name: &str) -> Result<bool, DataplaneError> {

@@ -26,6 +26,8 @@ pub enum DataplaneCall {
     DeleteLink(String),
     /// `link_exists(name)`.
     LinkExists(String),
+    /// `bridge_ports(bridge)`.
+    BridgePorts(String),
 }
 
 /// A bridge the fake holds.
@@ -286,6 +288,16 @@ impl Dataplane for RecordingDataplane {
             .retain(|host, v| host != name && v.peer_name != name);
         s.foreign.retain(|f| f != name);
         Ok(())
+    }
+
+    async fn bridge_ports(&self, bridge: &str) -> Result<Vec<String>, DataplaneError> {
+        let mut s = self.lock();
+        s.record(DataplaneCall::BridgePorts(bridge.to_string()))?;
+        Ok(s.veths
+            .iter()
+            .filter(|(_, v)| v.bridge.as_deref() == Some(bridge))
+            .map(|(host, _)| host.clone())
+            .collect())
     }
 
     async fn link_exists(&self, name: &str) -> Result<bool, DataplaneError> {

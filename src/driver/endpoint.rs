@@ -174,7 +174,12 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
         Ok(())
     }
 
-    /// DeleteEndpoint: remove the veth (already gone is fine) and the record. Unknown is fine.
+    /// DeleteEndpoint: forget the endpoint and delete its veth. Unknown is fine.
+    ///
+    /// The kernel needs 15–20 ms to unregister a veth (RCU grace periods), ten times the rest
+    /// of an endpoint's life, so the deletion runs in the background: the name is never reused
+    /// (it derives from the EndpointID), DeleteNetwork and shutdown wait for it, and a crash
+    /// before it finishes leaves a port that the next start collects.
     pub async fn delete_endpoint(
         &self,
         network_id: &str,
@@ -187,12 +192,15 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
         let Some(ep) = ns.endpoints.get(endpoint_id).cloned() else {
             return Ok(());
         };
-        self.dp
-            .delete_link(&ep.host_veth)
-            .await
-            .map_err(dp_err(format!("deleting veth {}", ep.host_veth)))?;
         self.state.remove(ENDPOINTS, endpoint_id)?;
         ns.endpoints.remove(endpoint_id);
+        ns.teardowns.retain(|t| !t.is_finished());
+        let dp = self.dp.clone();
+        ns.teardowns.push(tokio::spawn(async move {
+            if let Err(e) = dp.delete_link(&ep.host_veth).await {
+                tracing::warn!(veth = %ep.host_veth, error = %e, "cannot delete veth");
+            }
+        }));
         Ok(())
     }
 

@@ -72,13 +72,25 @@ fn fw_err(context: impl Into<String>) -> impl FnOnce(FirewallError) -> DriverErr
 pub(crate) struct NetState {
     pub(crate) net: NetworkRecord,
     pub(crate) endpoints: BTreeMap<String, EndpointRecord>,
+    /// Veth deletions still running in the background (see `delete_endpoint`).
+    pub(crate) teardowns: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl NetState {
+    fn new(net: NetworkRecord) -> Self {
+        NetState {
+            net,
+            endpoints: BTreeMap::new(),
+            teardowns: Vec::new(),
+        }
+    }
 }
 
 type NetEntry = Arc<tokio::sync::Mutex<NetState>>;
 
 /// The network driver.
 pub struct Driver<D, F> {
-    dp: D,
+    dp: Arc<D>,
     fw: F,
     ipam: Arc<Ipam>,
     state: StateDir,
@@ -115,6 +127,27 @@ fn bridge_spec(net: &NetworkRecord) -> BridgeSpec {
     }
 }
 
+/// Ports of our veth naming on a network's bridge that belong to no known endpoint were left by
+/// a crash between forgetting an endpoint and deleting its veth: delete them now.
+async fn collect_orphan_veths<D: Dataplane>(dp: &D, ns: &NetState) {
+    let ports = match dp.bridge_ports(&ns.net.bridge).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(bridge = %ns.net.bridge, error = %e, "cannot list bridge ports");
+            return;
+        }
+    };
+    for port in ports {
+        let known = ns.endpoints.values().any(|ep| ep.host_veth == port);
+        if port.starts_with(names::HOST_VETH_PREFIX) && !known {
+            match dp.delete_link(&port).await {
+                Ok(()) => tracing::info!(veth = %port, "deleted veth of a forgotten endpoint"),
+                Err(e) => tracing::warn!(veth = %port, error = %e, "cannot delete orphan veth"),
+            }
+        }
+    }
+}
+
 /// Run blocking IPAM work off the async workers.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, IpamError> + Send + 'static,
@@ -134,15 +167,7 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
         let eps: Vec<EndpointRecord> = state.load_all(ENDPOINTS)?;
         let mut map: HashMap<String, NetState> = nets
             .into_iter()
-            .map(|n| {
-                (
-                    n.id.clone(),
-                    NetState {
-                        net: n,
-                        endpoints: BTreeMap::new(),
-                    },
-                )
-            })
+            .map(|n| (n.id.clone(), NetState::new(n)))
             .collect();
         for ep in eps {
             match map.get_mut(&ep.network_id) {
@@ -174,6 +199,7 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
                     tracing::error!(network = short(&ns.net.id), bridge = %ns.net.bridge, error = %e, "cannot restore bridge")
                 }
             }
+            collect_orphan_veths(&dp, ns).await;
         }
         tracing::info!(networks = map.len(), "state loaded");
         let nets = map
@@ -181,12 +207,27 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
             .map(|(k, v)| (k, Arc::new(tokio::sync::Mutex::new(v))))
             .collect();
         Ok(Self {
-            dp,
+            dp: Arc::new(dp),
             fw,
             ipam,
             state,
             nets: RwLock::new(nets),
         })
+    }
+
+    /// Wait for every background veth deletion; called at shutdown so a clean stop leaves no
+    /// veth behind.
+    pub async fn settle(&self) {
+        let entries: Vec<NetEntry> = match self.nets.read() {
+            Ok(m) => m.values().cloned().collect(),
+            Err(_) => return,
+        };
+        for e in entries {
+            let pending: Vec<_> = e.lock().await.teardowns.drain(..).collect();
+            for t in pending {
+                let _ = t.await;
+            }
+        }
     }
 
     /// The IPAM this driver shares pools with.
@@ -272,10 +313,7 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
         if let Ok(mut map) = self.nets.write() {
             map.insert(
                 net.id.clone(),
-                Arc::new(tokio::sync::Mutex::new(NetState {
-                    net,
-                    endpoints: BTreeMap::new(),
-                })),
+                Arc::new(tokio::sync::Mutex::new(NetState::new(net))),
             );
         }
         Ok(())
@@ -378,6 +416,10 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
             return Ok(());
         };
         let mut ns = entry.lock().await;
+        // The bridge can only go once the last veth deletion has finished.
+        for t in ns.teardowns.drain(..) {
+            let _ = t.await;
+        }
         let mut errors = Vec::new();
         let eps: Vec<EndpointRecord> = ns.endpoints.values().cloned().collect();
         for ep in eps {

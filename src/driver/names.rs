@@ -6,9 +6,12 @@ pub fn default_bridge(network_id: &str) -> String {
     format!("cnb-{}", id_part(network_id, 11))
 }
 
+/// Prefix of every host-side veth cnibridge makes.
+pub const HOST_VETH_PREFIX: &str = "vcb";
+
 /// Host end of an endpoint's veth pair: `vcb` + 12 characters of the EndpointID.
 pub fn host_veth(endpoint_id: &str) -> String {
-    format!("vcb{}", id_part(endpoint_id, 12))
+    format!("{HOST_VETH_PREFIX}{}", id_part(endpoint_id, 12))
 }
 
 /// Container end before Docker renames it: `ccb` + 12 characters of the EndpointID.

@@ -126,6 +126,7 @@ async fn create_join_delete_touches_the_firewall_once_per_network() {
         r.driver.delete_endpoint(NET, ep).await.unwrap();
         r.driver.delete_endpoint(NET, ep).await.unwrap();
     }
+    r.driver.settle().await;
     assert!(r.dp.veths().is_empty());
     r.driver.delete_network(NET).await.unwrap();
     r.driver.delete_network(NET).await.unwrap();
@@ -282,7 +283,53 @@ async fn a_restarted_driver_serves_networks_of_its_earlier_life() {
     r.driver.join(NET, EP2).await.unwrap();
     // The endpoint of the earlier life is still known and cleaned up.
     r.driver.delete_endpoint(NET, EP).await.unwrap();
+    r.driver.settle().await;
     assert!(r.dp.veth(&names::host_veth(EP)).is_none());
+}
+
+#[tokio::test]
+async fn a_veth_whose_endpoint_was_forgotten_is_collected_at_start() {
+    let r = rig().await;
+    r.driver
+        .create_network(&net_req(NET, json!({"bridge": "cnbt0"}), false))
+        .await
+        .unwrap();
+    for ep in [EP, EP2] {
+        r.driver
+            .create_endpoint(&ep_req(NET, ep, ""))
+            .await
+            .unwrap();
+        r.driver.join(NET, ep).await.unwrap();
+    }
+    // A crash right after the record of EP2 was removed, before its veth was deleted.
+    std::fs::remove_file(r.dir.path().join(format!("state/endpoints/{EP2}.json"))).unwrap();
+    let Rig {
+        dir,
+        dp,
+        fw,
+        driver,
+    } = r;
+    drop(driver);
+    let r = rig_in(dir, dp, fw).await;
+    assert_eq!(r.dp.veths(), vec![names::host_veth(EP)]);
+}
+
+#[tokio::test]
+async fn delete_network_waits_for_veth_teardown() {
+    let r = rig().await;
+    r.driver
+        .create_network(&net_req(NET, json!({"bridge": "cnbt0"}), false))
+        .await
+        .unwrap();
+    r.driver
+        .create_endpoint(&ep_req(NET, EP, ""))
+        .await
+        .unwrap();
+    r.driver.join(NET, EP).await.unwrap();
+    r.driver.delete_endpoint(NET, EP).await.unwrap();
+    // No settle(): the bridge can only be deleted after the veth is gone.
+    r.driver.delete_network(NET).await.unwrap();
+    assert!(r.dp.bridges().is_empty() && r.dp.veths().is_empty());
 }
 
 #[tokio::test]
