@@ -89,7 +89,14 @@ async fn cnibridge_lifecycles(dir: &Path, n: usize) -> Vec<Duration> {
     call(&client, &sock, "/IpamDriver.RequestAddress", json!({"PoolID":"10.199.0.0/16","Address":"","Options":{"RequestAddressType":"com.docker.network.gateway"}})).await;
     call(&client, &sock, "/NetworkDriver.CreateNetwork", json!({"NetworkID":net,"Options":{"com.docker.network.generic":{"bridge":"cnbbench0"}},"IPv4Data":[{"AddressSpace":"CniLocal","Pool":"10.199.0.0/16","Gateway":"10.199.0.1/16"}],"IPv6Data":[]})).await;
     let mut out = Vec::with_capacity(n);
-    let names = ["RequestAddress", "CreateEndpoint", "Join", "Leave", "DeleteEndpoint", "ReleaseAddress"];
+    let names = [
+        "RequestAddress",
+        "CreateEndpoint",
+        "Join",
+        "Leave",
+        "DeleteEndpoint",
+        "ReleaseAddress",
+    ];
     let mut steps: Vec<Vec<Duration>> = vec![Vec::new(); names.len()];
     for i in 0..n {
         let ep = format!("{i:012x}{}", "e".repeat(52));
@@ -99,12 +106,30 @@ async fn cnibridge_lifecycles(dir: &Path, n: usize) -> Vec<Duration> {
             let lap = Instant::now();
             let ip = addr.split('/').next().unwrap_or("").to_string();
             let (path, body) = match *step {
-                "RequestAddress" => ("/IpamDriver.RequestAddress", json!({"PoolID":"10.199.0.0/16","Address":"","Options":null})),
-                "CreateEndpoint" => ("/NetworkDriver.CreateEndpoint", json!({"NetworkID":net,"EndpointID":ep,"Interface":{"Address":addr,"AddressIPv6":"","MacAddress":""},"Options":{}})),
-                "Join" => ("/NetworkDriver.Join", json!({"NetworkID":net,"EndpointID":ep,"SandboxKey":"/var/run/docker/netns/bench","Options":{}})),
-                "Leave" => ("/NetworkDriver.Leave", json!({"NetworkID":net,"EndpointID":ep})),
-                "DeleteEndpoint" => ("/NetworkDriver.DeleteEndpoint", json!({"NetworkID":net,"EndpointID":ep})),
-                _ => ("/IpamDriver.ReleaseAddress", json!({"PoolID":"10.199.0.0/16","Address":ip})),
+                "RequestAddress" => (
+                    "/IpamDriver.RequestAddress",
+                    json!({"PoolID":"10.199.0.0/16","Address":"","Options":null}),
+                ),
+                "CreateEndpoint" => (
+                    "/NetworkDriver.CreateEndpoint",
+                    json!({"NetworkID":net,"EndpointID":ep,"Interface":{"Address":addr,"AddressIPv6":"","MacAddress":""},"Options":{}}),
+                ),
+                "Join" => (
+                    "/NetworkDriver.Join",
+                    json!({"NetworkID":net,"EndpointID":ep,"SandboxKey":"/var/run/docker/netns/bench","Options":{}}),
+                ),
+                "Leave" => (
+                    "/NetworkDriver.Leave",
+                    json!({"NetworkID":net,"EndpointID":ep}),
+                ),
+                "DeleteEndpoint" => (
+                    "/NetworkDriver.DeleteEndpoint",
+                    json!({"NetworkID":net,"EndpointID":ep}),
+                ),
+                _ => (
+                    "/IpamDriver.ReleaseAddress",
+                    json!({"PoolID":"10.199.0.0/16","Address":ip}),
+                ),
             };
             let v = call(&client, &sock, path, body).await;
             if k == 0 {
@@ -194,7 +219,9 @@ fn run(cmd: &str, args: &[&str]) {
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
+    // `cargo test --all-targets` runs bench binaries too; measure only under `cargo bench`.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("lifecycle bench: run it with `cargo bench --bench lifecycle`");
         return;
     }
     if !nix::unistd::geteuid().is_root() {
@@ -208,7 +235,9 @@ fn main() {
         return;
     }
     if std::env::var_os("CNB_BENCH_LOG").is_some() {
-        tracing_subscriber::fmt().with_writer(std::io::stderr).init();
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .init();
     }
     let n: usize = std::env::var("CNB_BENCH_N")
         .ok()

@@ -1,0 +1,390 @@
+//! Docker e2e tier (design.md): the real `docker` CLI against a private dockerd, with cnibridge serving as
+//! a legacy network + IPAM plugin. One dockerd, one image and one plugin for the whole suite (starting
+//! dockerd costs seconds), scenarios run in order, and teardown runs whatever happened.
+//!
+//! `harness = false`: we need one shared setup, an ordered run, and a teardown that is itself checked
+//! (scenario g), which libtest cannot express. Extra arguments select scenarios by substring;
+//! `g_nothing_left` always runs. `CNBT_PLUGIN_BIN` replaces the daemon binary
+//! under test; `CNBT_KEEP_LOGS=<dir>` keeps the logs.
+
+mod support;
+
+#[path = "e2e/basic.rs"]
+mod basic;
+#[path = "e2e/ctx.rs"]
+mod ctx;
+#[path = "e2e/ipam.rs"]
+mod ipam;
+#[path = "e2e/lifecycle.rs"]
+mod lifecycle;
+
+use std::any::Any;
+use std::io::Write;
+use std::panic::{self, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use ctx::Ctx;
+use support::host::{all_ip_files, check_subnets_unused, iptables_mentions};
+use support::process::pids_referencing;
+use support::{base_dir, import_busybox, sweep_stale_runs, Cleanup, Dockerd, Plugin, TEST_PREFIX};
+
+/// The daemon's pools for networks created without `--subnet`.
+pub const DEFAULT_POOL_V4: &str = "10.235.0.0/16";
+const DEFAULT_POOL_V6: &str = "fd00:cb35::/48";
+/// Every subnet the scenarios use; checked against the host's routes before anything starts.
+const SUBNETS: &[&str] = &[
+    "10.231.0.0/16",
+    "10.232.0.0/16",
+    "10.233.0.0/16",
+    "10.234.0.0/16",
+    DEFAULT_POOL_V4,
+    "10.236.0.0/16",
+    "10.237.0.0/16",
+    "10.238.0.0/16",
+    "fd00:cb34::/64",
+    DEFAULT_POOL_V6,
+];
+
+/// Every bridge name the scenarios give with `-o bridge=`; a dead earlier run's copies are swept at start.
+const BRIDGES: &[&str] = &[
+    "cnbtb", "cnbtip", "cnbtrng", "cnbtv6", "cnbtex", "cnbtd1", "cnbtd2", "cnbtd3", "cnbte",
+];
+
+type Scenario = fn(&mut Ctx);
+
+const SCENARIOS: &[(&str, Scenario)] = &[
+    ("harness_smoke", basic::harness_smoke),
+    ("b_basic", basic::b_basic),
+    ("c_static_ip", ipam::c_static_ip),
+    ("c_ip_range_aux", ipam::c_ip_range_aux),
+    ("c_ipv6", ipam::c_ipv6),
+    ("c_default_pools", ipam::c_default_pools),
+    ("c_exhaustion", ipam::c_exhaustion),
+    ("d_connect_disconnect", lifecycle::d_connect_disconnect),
+    ("d_stop_start_rm", lifecycle::d_stop_start_rm),
+    ("e_plugin_sigkill", lifecycle::e_plugin_sigkill),
+];
+
+/// The message of the last panic, recorded by our hook (the default hook would print it mid-report).
+static LAST_PANIC: Mutex<Option<String>> = Mutex::new(None);
+
+fn install_panic_hook() {
+    panic::set_hook(Box::new(|info| {
+        let msg = match info.payload().downcast_ref::<&str>() {
+            Some(s) => s.to_string(),
+            None => info
+                .payload()
+                .downcast_ref::<String>()
+                .cloned()
+                .unwrap_or_else(|| "panic".into()),
+        };
+        let at = info
+            .location()
+            .map(|l| format!(" (at {}:{})", l.file(), l.line()))
+            .unwrap_or_default();
+        *LAST_PANIC.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("{msg}{at}"));
+    }));
+}
+
+/// The recorded message with its location, else whatever the payload says.
+fn panic_message(payload: Box<dyn Any + Send>) -> String {
+    let recorded = LAST_PANIC.lock().unwrap_or_else(|e| e.into_inner()).take();
+    recorded.unwrap_or_else(|| match payload.downcast::<String>() {
+        Ok(s) => *s,
+        Err(p) => p.downcast_ref::<&str>().map_or("panic", |s| s).to_string(),
+    })
+}
+
+/// Runs one named step, prints its `test … ok|FAILED` line, returns whether it passed.
+fn run_one(name: &str, f: impl FnOnce()) -> bool {
+    let started = Instant::now();
+    let result = panic::catch_unwind(AssertUnwindSafe(f));
+    let secs = started.elapsed().as_secs_f32();
+    let passed = match result {
+        Ok(()) => {
+            println!("test {name} ... ok");
+            true
+        }
+        Err(payload) => {
+            let msg = panic_message(payload);
+            let mut lines = msg.lines();
+            println!(
+                "test {name} ... FAILED: {}",
+                lines.next().unwrap_or_default()
+            );
+            for line in lines {
+                println!("    {line}");
+            }
+            false
+        }
+    };
+    // Timing on stderr keeps the stdout report in the plain libtest-like shape.
+    eprintln!("    ({name}: {secs:.1}s)");
+    let _ = std::io::stdout().flush();
+    passed
+}
+
+/// What teardown found: `items` fail scenario g, `notes` are printed only.
+#[derive(Default)]
+struct Leftovers {
+    items: Vec<String>,
+    notes: Vec<String>,
+}
+
+struct Suite {
+    base: PathBuf,
+    cleanup: Cleanup,
+    ctx: Option<Ctx>,
+}
+
+impl Suite {
+    fn setup(&mut self) {
+        check_subnets_unused(SUBNETS).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir_all(&self.base)
+            .unwrap_or_else(|e| panic!("create {}: {e}", self.base.display()));
+        let dockerd = Dockerd::start(&self.base.join("d")).unwrap_or_else(|e| panic!("{e}"));
+        println!(
+            "note: dockerd up (storage driver {}), log {}",
+            dockerd.storage_driver(),
+            dockerd.log_path().display()
+        );
+        let image = import_busybox(&dockerd);
+        let name = format!("{TEST_PREFIX}{}", std::process::id());
+        let pools = format!("{DEFAULT_POOL_V4}:24,{DEFAULT_POOL_V6}:64");
+        let mut plugin = Plugin::new(&plugin_binary(), &self.base.join("p"), &name, &pools);
+        // Tolerated: the scenarios that need the plugin fail fast with this reason; the rest still run.
+        let plugin_error = plugin.start().err();
+        match &plugin_error {
+            None => println!(
+                "note: plugin {name} serving {}, log {}",
+                plugin.socket().display(),
+                plugin.log().display()
+            ),
+            Some(e) => println!("warning: plugin {name} did not start: {e}"),
+        }
+        self.ctx = Some(Ctx {
+            dockerd,
+            plugin,
+            plugin_error,
+            image,
+        });
+    }
+
+    /// Ends everything, recording what the scenarios and the daemon left behind before sweeping it up.
+    fn teardown(&mut self) -> Leftovers {
+        let mut l = Leftovers::default();
+        if let Some(mut ctx) = self.ctx.take() {
+            let cli = ctx.cli();
+            // Scenarios remove their containers and networks (through the plugin) even when they fail.
+            l.items.extend(
+                Cleanup::docker_objects(&cli)
+                    .into_iter()
+                    .map(|o| format!("left in docker: {o}")),
+            );
+            l.notes.extend(
+                Cleanup::sweep_docker(&cli)
+                    .into_iter()
+                    .map(|r| format!("sweep: {r}")),
+            );
+            // With every container and network gone, whatever remains on the host is the daemon's leak.
+            l.items.extend(
+                self.cleanup
+                    .new_links()
+                    .into_iter()
+                    .map(|n| format!("link {n} still exists")),
+            );
+            l.items.extend(
+                all_ip_files(&ctx.plugin.data_dir())
+                    .into_iter()
+                    .map(|f| format!("allocation file {}", f.display())),
+            );
+            l.notes.extend(
+                iptables_mentions(&[TEST_PREFIX, "cnb-", "vcb"])
+                    .into_iter()
+                    .map(|r| format!("iptables: {r}")),
+            );
+            keep_logs(&ctx);
+            if let Err(e) = ctx.plugin.stop() {
+                l.notes.push(format!("plugin stop: {e}"));
+            }
+            if let Err(e) = ctx.dockerd.stop() {
+                l.items.push(format!("dockerd stop: {e}"));
+            }
+            l.items.extend(
+                ctx.dockerd
+                    .mounts()
+                    .into_iter()
+                    .map(|m| format!("mount {} after dockerd stopped", m.display())),
+            );
+            let socket = ctx.plugin.socket().to_path_buf();
+            drop(ctx); // removes the plugin socket and every directory, unmounting first
+            if socket.exists() {
+                l.items
+                    .push(format!("plugin socket {} still exists", socket.display()));
+            }
+        }
+        l.notes.extend(
+            self.cleanup
+                .sweep_host()
+                .into_iter()
+                .map(|r| format!("sweep: {r}")),
+        );
+        l.items.extend(
+            self.cleanup
+                .new_netns()
+                .into_iter()
+                .map(|n| format!("netns {n} appeared during the run")),
+        );
+        l.items.extend(
+            pids_referencing(&self.base)
+                .into_iter()
+                .map(|(pid, cmd)| format!("process {pid}: {cmd}")),
+        );
+        if self.base.exists() {
+            if let Err(e) = support::host::remove_tree(&self.base) {
+                l.items.push(e);
+            }
+        }
+        l
+    }
+}
+
+/// `CNBT_KEEP_LOGS=<dir>` keeps the dockerd and cnibridge logs (e.g. as CI artifacts); the run's own
+/// directory is always removed.
+fn keep_logs(ctx: &Ctx) {
+    let Some(dir) = std::env::var_os("CNBT_KEEP_LOGS").map(PathBuf::from) else {
+        return;
+    };
+    let _ = std::fs::create_dir_all(&dir);
+    for (from, name) in [
+        (ctx.dockerd.log_path(), "dockerd.log"),
+        (ctx.plugin.log(), "cnibridge.log"),
+    ] {
+        if let Err(e) = std::fs::copy(&from, dir.join(name)) {
+            eprintln!("warning: keeping {}: {e}", from.display());
+        }
+    }
+}
+
+/// The daemon under test: this crate's binary, or `CNBT_PLUGIN_BIN` (e.g. a release or static build).
+fn plugin_binary() -> PathBuf {
+    std::env::var_os("CNBT_PLUGIN_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_cnibridge")))
+}
+
+impl Drop for Suite {
+    /// Only reached with `ctx` still set if main itself panicked; the normal path tears down explicitly.
+    fn drop(&mut self) {
+        if self.ctx.is_some() {
+            let _ = self.teardown();
+        }
+    }
+}
+
+/// Acceptance g: after the suite, nothing the tests made remains.
+fn g_nothing_left(l: &Leftovers) {
+    for note in &l.notes {
+        println!("note: {note}");
+    }
+    assert!(l.items.is_empty(), "left behind:\n{}", l.items.join("\n"));
+    assert!(
+        !base_dir().exists(),
+        "{} still exists",
+        base_dir().display()
+    );
+}
+
+fn main() {
+    install_panic_hook();
+    let ready = panic::catch_unwind(|| {
+        support::require_root()
+            && support::require_tools(&[
+                "/usr/sbin/dockerd",
+                "docker",
+                "busybox",
+                "ip",
+                "iptables",
+                "tar",
+            ])
+    });
+    match ready {
+        Ok(true) => {}
+        Ok(false) => {
+            println!("e2e skipped: environment incomplete (see note above)");
+            println!("0 passed, 0 failed");
+            return;
+        }
+        Err(p) => {
+            println!("test environment ... FAILED: {}", panic_message(p));
+            println!("0 passed, 1 failed");
+            std::process::exit(1);
+        }
+    }
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let snapshot = panic::catch_unwind(|| {
+        for line in sweep_stale_runs(BRIDGES) {
+            println!("note: stale: {line}");
+        }
+        // After the stale sweep, so a dead run's leftovers do not count as pre-existing.
+        Cleanup::new()
+    });
+    let cleanup = snapshot.unwrap_or_else(|p| {
+        println!("test setup ... FAILED: {}", panic_message(p));
+        println!("0 passed, 1 failed");
+        std::process::exit(1);
+    });
+    let mut suite = Suite {
+        base: base_dir(),
+        cleanup,
+        ctx: None,
+    };
+    let (mut passed, mut failed) = (0, 0);
+    let mut count = |ok: bool| if ok { passed += 1 } else { failed += 1 };
+
+    let setup_ok = panic::catch_unwind(AssertUnwindSafe(|| suite.setup()));
+    if let Err(p) = setup_ok {
+        println!("test setup ... FAILED: {}", panic_message(p));
+        count(false);
+    } else {
+        for (name, scenario) in SCENARIOS {
+            if filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())) {
+                let ctx = suite.ctx.as_mut().expect("set up");
+                // A daemon that crashed in one scenario would otherwise fail all later ones too.
+                if ctx.plugin_error.is_none() && !ctx.plugin.is_running() {
+                    println!("note: cnibridge is not running; starting it again before {name}");
+                    if let Err(e) = ctx.plugin.start() {
+                        println!("warning: {e}");
+                    }
+                }
+                let ok = run_one(name, || scenario(ctx));
+                if !ok && ctx.plugin_error.is_none() {
+                    println!("    cnibridge log tail:");
+                    for line in ctx.plugin.log_tail(25).lines() {
+                        println!("      {line}");
+                    }
+                }
+                count(ok);
+            }
+        }
+    }
+
+    let leftovers = match panic::catch_unwind(AssertUnwindSafe(|| suite.teardown())) {
+        Ok(l) => l,
+        Err(p) => Leftovers {
+            items: vec![format!("teardown panicked: {}", panic_message(p))],
+            notes: vec![],
+        },
+    };
+    count(run_one("g_nothing_left", || g_nothing_left(&leftovers)));
+
+    println!("{passed} passed, {failed} failed");
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,132 @@
+//! Acceptance d (connect/disconnect, stop/start, rm, network rm) and e (the daemon SIGKILLed and restarted).
+
+use crate::ctx::{endpoints, owner_content, Ctx, Endpoint};
+
+/// After an endpoint ends: its host veth and its allocation file are gone.
+fn assert_endpoint_gone(ctx: &Ctx, ep: &Endpoint, subnet: &str) {
+    ctx.wait_link_gone(&ep.veth());
+    ctx.wait_alloc_gone(subnet, ep.ipv4());
+}
+
+pub fn d_connect_disconnect(ctx: &mut Ctx) {
+    ctx.require_plugin();
+    const SUB1: &str = "10.237.0.0/24";
+    const SUB2: &str = "10.237.1.0/24";
+    let mut s = ctx.scope();
+    s.network("cnbt-d1", &["--subnet", SUB1, "-o", "bridge=cnbtd1"]);
+    s.network("cnbt-d2", &["--subnet", SUB2, "-o", "bridge=cnbtd2"]);
+    s.run_sleep("cnbt-dc", "cnbt-d1", &[]);
+
+    ctx.docker_ok(&["network", "connect", "cnbt-d2", "cnbt-dc"]);
+    let ep = ctx.endpoint("cnbt-dc", "cnbt-d2");
+    ctx.assert_alloc(SUB2, ep.ipv4(), &owner_content(&ep));
+    ctx.assert_veth_on(&ep, "cnbtd2");
+    let addrs = ctx.exec_ok("cnbt-dc", &["ip", "-4", "addr"]);
+    assert!(
+        addrs.contains(&format!("inet {}/24", ep.ipv4())),
+        "{} not in the container:\n{addrs}",
+        ep.ipv4()
+    );
+    ctx.ping(
+        "cnbt-dc",
+        "10.237.1.1".parse::<std::net::Ipv4Addr>().unwrap(),
+    );
+
+    ctx.docker_ok(&["network", "disconnect", "cnbt-d2", "cnbt-dc"]);
+    assert_endpoint_gone(ctx, &ep, SUB2);
+    assert!(
+        !endpoints(&ctx.cli(), "cnbt-dc").contains_key("cnbt-d2"),
+        "still attached after disconnect"
+    );
+
+    // The released address can be handed out again (asking for it exactly proves it is free).
+    let ip = ep.ipv4().to_string();
+    let again = s.run_sleep("cnbt-dr", "cnbt-d2", &["--ip", &ip]);
+    assert_eq!(again.ipv4(), ep.ipv4());
+    s.rm("cnbt-dr");
+    assert_endpoint_gone(ctx, &again, SUB2);
+
+    s.rm("cnbt-dc");
+    for (net, bridge, sub) in [("cnbt-d1", "cnbtd1", SUB1), ("cnbt-d2", "cnbtd2", SUB2)] {
+        s.network_rm(net);
+        ctx.wait_link_gone(bridge);
+        ctx.wait_no_allocs(sub);
+    }
+}
+
+pub fn d_stop_start_rm(ctx: &mut Ctx) {
+    ctx.require_plugin();
+    const SUB: &str = "10.237.2.0/24";
+    let mut s = ctx.scope();
+    s.network("cnbt-d3", &["--subnet", SUB, "-o", "bridge=cnbtd3"]);
+    let old = s.run_sleep("cnbt-ds", "cnbt-d3", &[]);
+
+    // -t 0: busybox sleep as PID 1 ignores SIGTERM, so a grace period would only cost time.
+    ctx.docker_ok(&["stop", "-t", "0", "cnbt-ds"]);
+    assert_endpoint_gone(ctx, &old, SUB);
+
+    let ip = old.ipv4().to_string();
+    let reuse = s.run_sleep("cnbt-dx", "cnbt-d3", &["--ip", &ip]);
+    assert_eq!(
+        reuse.ipv4(),
+        old.ipv4(),
+        "the stopped container's address was not free again"
+    );
+    s.rm("cnbt-dx");
+    assert_endpoint_gone(ctx, &reuse, SUB);
+
+    ctx.docker_ok(&["start", "cnbt-ds"]);
+    let new = ctx.endpoint("cnbt-ds", "cnbt-d3");
+    assert_ne!(
+        new.endpoint_id, old.endpoint_id,
+        "restart kept the EndpointID"
+    );
+    ctx.assert_veth_on(&new, "cnbtd3");
+    ctx.assert_alloc(SUB, new.ipv4(), &owner_content(&new));
+    ctx.ping(
+        "cnbt-ds",
+        "10.237.2.1".parse::<std::net::Ipv4Addr>().unwrap(),
+    );
+
+    s.rm("cnbt-ds");
+    assert_endpoint_gone(ctx, &new, SUB);
+    s.network_rm("cnbt-d3");
+    ctx.wait_link_gone("cnbtd3");
+    ctx.wait_no_allocs(SUB);
+}
+
+pub fn e_plugin_sigkill(ctx: &mut Ctx) {
+    ctx.require_plugin();
+    const SUB: &str = "10.238.0.0/24";
+    let gateway: std::net::Ipv4Addr = "10.238.0.1".parse().unwrap();
+    let mut s = ctx.scope();
+    s.network("cnbt-e", &["--subnet", SUB, "-o", "bridge=cnbte"]);
+    let e1 = s.run_sleep("cnbt-e1", "cnbt-e", &[]);
+    let e2 = s.run_sleep("cnbt-e2", "cnbt-e", &[]);
+    ctx.ping("cnbt-e1", e2.ipv4());
+
+    ctx.plugin.kill9();
+    ctx.plugin
+        .start()
+        .unwrap_or_else(|e| panic!("restart after SIGKILL: {e}"));
+
+    // The kernel objects outlive the daemon; the restarted one must not have disturbed them.
+    ctx.ping("cnbt-e1", e2.ipv4());
+    ctx.ping("cnbt-e1", gateway);
+    // Docker never replays CreateNetwork: this only works if the daemon reloaded the network from disk.
+    let e3 = s.run_sleep("cnbt-e3", "cnbt-e", &[]);
+    ctx.assert_alloc(SUB, e3.ipv4(), &owner_content(&e3));
+    ctx.ping("cnbt-e3", e1.ipv4());
+
+    // An endpoint from the daemon's previous life is cleaned up fully.
+    ctx.docker_ok(&["stop", "-t", "0", "cnbt-e1"]);
+    assert_endpoint_gone(ctx, &e1, SUB);
+    for c in ["cnbt-e1", "cnbt-e2", "cnbt-e3"] {
+        s.rm(c);
+    }
+    assert_endpoint_gone(ctx, &e2, SUB);
+    assert_endpoint_gone(ctx, &e3, SUB);
+    s.network_rm("cnbt-e");
+    ctx.wait_link_gone("cnbte");
+    ctx.wait_no_allocs(SUB);
+}

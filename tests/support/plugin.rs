@@ -1,0 +1,186 @@
+//! The cnibridge daemon under test, as a legacy plugin with a unique socket name in /run/docker/plugins.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use super::host::remove_tree;
+use super::process::{tail, terminate, Ended, POLL};
+
+/// dockerd only looks here for legacy plugins (cnm-protocol.md §1), so the socket must be here too.
+pub const PLUGIN_DIR: &str = "/run/docker/plugins";
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+pub struct Plugin {
+    bin: PathBuf,
+    name: String,
+    socket: PathBuf,
+    dir: PathBuf,
+    default_pools: String,
+    child: Option<Child>,
+    starts: u32,
+    made_plugin_dir: bool,
+}
+
+impl Plugin {
+    /// Prepares (does not start) a plugin called `name` whose state, data dir and log live under `dir`.
+    pub fn new(bin: &Path, dir: &Path, name: &str, default_pools: &str) -> Plugin {
+        let made_plugin_dir = !Path::new(PLUGIN_DIR).exists();
+        fs::create_dir_all(PLUGIN_DIR).unwrap_or_else(|e| panic!("create {PLUGIN_DIR}: {e}"));
+        let p = Plugin {
+            bin: bin.to_path_buf(),
+            name: name.to_string(),
+            socket: Path::new(PLUGIN_DIR).join(format!("{name}.sock")),
+            dir: dir.to_path_buf(),
+            default_pools: default_pools.to_string(),
+            child: None,
+            starts: 0,
+            made_plugin_dir,
+        };
+        for d in [p.state_dir(), p.data_dir()] {
+            fs::create_dir_all(&d).unwrap_or_else(|e| panic!("create {}: {e}", d.display()));
+        }
+        p
+    }
+
+    /// The driver and IPAM name for `docker network create -d … --ipam-driver …`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    /// The host-local store (`--cni-data-dir`): one directory per CNI network name.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("cni")
+    }
+
+    pub fn log(&self) -> PathBuf {
+        self.dir.join("cnibridge.log")
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        tail(&self.log(), lines)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Starts the daemon (again, with the same directories) and waits until its socket accepts connections.
+    /// A socket file alone is not enough: after a SIGKILL the old file is still there, answering nothing.
+    pub fn start(&mut self) -> Result<(), String> {
+        if self.is_running() {
+            return Err(format!("plugin {} is already running", self.name));
+        }
+        self.starts += 1;
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log())
+            .map_err(|e| format!("open {}: {e}", self.log().display()))?;
+        let _ = writeln!(
+            log,
+            "=== cnbt: start #{} of {}",
+            self.starts,
+            self.bin.display()
+        );
+        let child = Command::new(&self.bin)
+            .arg("serve")
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .arg("--cni-data-dir")
+            .arg(self.data_dir())
+            .args(["--default-pools", &self.default_pools])
+            .args(["--log-level", "debug"])
+            .env("RUST_BACKTRACE", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", self.bin.display()))?;
+        self.child = Some(child);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                return Err(format!(
+                    "cnibridge exited ({status}) before serving {}; log tail:\n{}",
+                    self.socket.display(),
+                    self.log_tail(15)
+                ));
+            }
+            if UnixStream::connect(&self.socket).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let _ = self.stop();
+                return Err(format!(
+                    "cnibridge not serving {} after {START_TIMEOUT:?}; log tail:\n{}",
+                    self.socket.display(),
+                    self.log_tail(15)
+                ));
+            }
+            thread::sleep(POLL);
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// SIGKILL, the way a crash or the OOM killer ends it: no cleanup, the socket file stays behind.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and a bounded wait (then SIGKILL). Ok(true): it exited with status 0, the contract for SIGTERM;
+    /// Ok(false): it was not running; Err: it exited badly or had to be killed.
+    pub fn stop(&mut self) -> Result<bool, String> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(false);
+        };
+        match terminate(&mut child, STOP_GRACE) {
+            Ended::Exited(status) if status.success() => Ok(true),
+            Ended::Exited(status) => Err(format!("cnibridge ended with {status} after SIGTERM")),
+            Ended::Killed => Err(format!(
+                "cnibridge ignored SIGTERM for {STOP_GRACE:?} and was killed"
+            )),
+        }
+    }
+}
+
+impl Drop for Plugin {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            eprintln!("warning: {e}");
+        }
+        let _ = fs::remove_file(&self.socket);
+        if let Err(e) = remove_tree(&self.dir) {
+            eprintln!("warning: {e}");
+        }
+        if self.made_plugin_dir {
+            // Only if empty: a system plugin may have appeared meanwhile.
+            let _ = fs::remove_dir(PLUGIN_DIR);
+        }
+    }
+}
