@@ -200,7 +200,8 @@ impl Suite {
                     .into_iter()
                     .map(|f| format!("allocation file {}", f.display())),
             );
-            l.notes.extend(
+            // Every network is gone, so no rule may mention a test bridge any more.
+            l.items.extend(
                 iptables_mentions(&[TEST_PREFIX, "cnb-", "vcb"])
                     .into_iter()
                     .map(|r| format!("iptables: {r}")),

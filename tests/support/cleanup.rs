@@ -4,10 +4,11 @@
 use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use super::dockerd::DockerCli;
-use super::host::{delete_link, links, netns_matching, remove_tree};
+use super::host::{delete_link, links, netns_matching, remove_tree, FirewallSnapshot};
 use super::plugin::PLUGIN_DIR;
 use super::process::{kill_referencing, pid_alive, stdout_text};
 use super::{BASE_PREFIX, DOCKER_PREFIX, TEST_PREFIX};
@@ -25,6 +26,8 @@ pub struct Cleanup {
     netns_before: HashSet<String>,
     /// `/run/docker/plugins` and `/run/docker` if they did not exist before: our dockerd creates them.
     run_dirs_made: Vec<PathBuf>,
+    /// The host's chains and FORWARD policy before our dockerd and cnibridge changed them.
+    firewall: FirewallSnapshot,
 }
 
 impl Cleanup {
@@ -38,6 +41,7 @@ impl Cleanup {
                 .map(PathBuf::from)
                 .filter(|d| !d.exists())
                 .collect(),
+            firewall: FirewallSnapshot::take(),
         }
     }
 
@@ -135,6 +139,18 @@ impl Cleanup {
                 Err(e) if e.contains("Cannot find") => {}
                 Err(e) => report.push(format!("could not delete link {name}: {e}")),
             }
+        }
+        // Chains and policy belong to whatever dockerd or cnibridge runs; only with none left are
+        // the ones ours added taken away.
+        let others = ["dockerd", "cnibridge"].iter().any(|p| {
+            Command::new("pgrep")
+                .args(["-x", p])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(true)
+        });
+        if !others {
+            report.extend(self.firewall.restore());
         }
         for dir in &self.run_dirs_made {
             // remove_dir only succeeds if empty: anything another user put there stays.

@@ -1,5 +1,6 @@
 //! Looking at (and tidying) the host: links, address files, namespaces, mounts, iptables, routes, HTTP.
 
+use std::collections::HashSet;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
@@ -252,4 +253,102 @@ pub fn http_get(ip: IpAddr, port: u16, timeout: Duration) -> Result<String, Stri
         return Err(format!("GET http://{addr}/ answered {status:?}"));
     }
     Ok(body.to_string())
+}
+
+/// The user chains of each iptables tool and table, and the policy of `FORWARD`: taken before the suite
+/// so the chains our dockerd and cnibridge add (DOCKER*, CNIBRIDGE-FORWARD) and Docker's `FORWARD DROP`
+/// can be taken away again afterwards.
+pub struct FirewallSnapshot {
+    chains: HashSet<(String, String, String)>,
+    policies: Vec<(String, String)>,
+}
+
+const FIREWALL_TOOLS: [&str; 2] = ["iptables", "ip6tables"];
+const FIREWALL_TABLES: [&str; 2] = ["filter", "nat"];
+
+fn rules_of(tool: &str, table: &str) -> Vec<String> {
+    match run_timeout(
+        Command::new(tool).args(["-w", "5", "-t", table, "-S"]),
+        CMD_TIMEOUT,
+    ) {
+        Ok(out) => stdout_text(&out).lines().map(str::to_string).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+impl FirewallSnapshot {
+    pub fn take() -> FirewallSnapshot {
+        let mut chains = HashSet::new();
+        let mut policies = Vec::new();
+        for tool in FIREWALL_TOOLS {
+            for table in FIREWALL_TABLES {
+                for rule in rules_of(tool, table) {
+                    if let Some(chain) = rule.strip_prefix("-N ") {
+                        chains.insert((tool.to_string(), table.to_string(), chain.to_string()));
+                    }
+                    if table == "filter" {
+                        if let Some(p) = rule.strip_prefix("-P FORWARD ") {
+                            policies.push((tool.to_string(), p.to_string()));
+                        }
+                    }
+                }
+            }
+        }
+        FirewallSnapshot { chains, policies }
+    }
+
+    /// Deletes the chains that appeared since the snapshot, with every rule that jumps to them, and puts
+    /// `FORWARD`'s policy back. Call only when no other dockerd or cnibridge runs: it is their state too.
+    pub fn restore(&self) -> Vec<String> {
+        let mut report = Vec::new();
+        let run = |tool: &str, args: &[&str]| {
+            run_timeout(Command::new(tool).args(["-w", "5"]).args(args), CMD_TIMEOUT)
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        };
+        for tool in FIREWALL_TOOLS {
+            for table in FIREWALL_TABLES {
+                let rules = rules_of(tool, table);
+                let new: Vec<String> = rules
+                    .iter()
+                    .filter_map(|r| r.strip_prefix("-N "))
+                    .filter(|c| {
+                        !self
+                            .chains
+                            .contains(&(tool.to_string(), table.to_string(), c.to_string()))
+                    })
+                    .map(str::to_string)
+                    .collect();
+                if new.is_empty() {
+                    continue;
+                }
+                for rule in &rules {
+                    let jumps_to_new = new.iter().any(|c| rule.ends_with(&format!("-j {c}")));
+                    if let (true, Some(spec)) = (jumps_to_new, rule.strip_prefix("-A ")) {
+                        let mut args = vec!["-t", table, "-D"];
+                        args.extend(spec.split_whitespace());
+                        if run(tool, &args) {
+                            report.push(format!("{tool} -t {table}: removed {rule}"));
+                        }
+                    }
+                }
+                for chain in &new {
+                    if run(tool, &["-t", table, "-F", chain])
+                        && run(tool, &["-t", table, "-X", chain])
+                    {
+                        report.push(format!("{tool} -t {table}: removed chain {chain}"));
+                    }
+                }
+            }
+        }
+        for (tool, policy) in &self.policies {
+            let now = rules_of(tool, "filter");
+            if !now.iter().any(|r| r == &format!("-P FORWARD {policy}"))
+                && run(tool, &["-P", "FORWARD", policy])
+            {
+                report.push(format!("{tool}: FORWARD policy back to {policy}"));
+            }
+        }
+        report
+    }
 }

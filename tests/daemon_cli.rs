@@ -1,0 +1,132 @@
+//! The daemon as a user runs it: socket handling, refusal of a second instance, a stale socket,
+//! dockerd's connect-and-close readiness probe, and a clean SIGTERM. No root needed: nothing is
+//! created in the kernel until a network is.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Daemon {
+    child: Child,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(dir: &Path, socket: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_cnibridge"))
+        .args([
+            "serve",
+            "--firewall",
+            "none",
+            "--log-level",
+            "warn",
+            "--socket",
+        ])
+        .arg(socket)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--cni-data-dir")
+        .arg(dir.join("data"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start cnibridge")
+}
+
+fn wait_serving(socket: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if UnixStream::connect(socket).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("cnibridge did not serve on {}", socket.display());
+}
+
+fn post(socket: &Path, path: &str, body: &str) -> String {
+    let mut s = UnixStream::connect(socket).expect("connect");
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: plugin\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn dirs() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("cnbtcli.sock");
+    (dir, socket)
+}
+
+#[test]
+fn serves_root_only_and_stops_cleanly_on_sigterm() {
+    let (dir, socket) = dirs();
+    let mut d = Daemon {
+        child: start(dir.path(), &socket),
+    };
+    wait_serving(&socket);
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "socket must be root-only");
+    // dockerd's readiness probe: connect and close without a request.
+    drop(UnixStream::connect(&socket).unwrap());
+    let answer = post(&socket, "/Plugin.Activate", "");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.contains(r#"{"Implements":["NetworkDriver","IpamDriver"]}"#),
+        "{answer}"
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = d.child.wait().unwrap();
+    assert!(status.success(), "SIGTERM must be a clean exit: {status}");
+    assert!(!socket.exists(), "socket left after a clean stop");
+}
+
+#[test]
+fn a_second_instance_on_a_live_socket_is_refused() {
+    let (dir, socket) = dirs();
+    let _first = Daemon {
+        child: start(dir.path(), &socket),
+    };
+    wait_serving(&socket);
+    let second = start(&dir.path().join("other"), &socket);
+    let out = second.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("another cnibridge is already serving on"),
+        "{err}"
+    );
+    // The first one still answers.
+    assert!(post(&socket, "/IpamDriver.GetCapabilities", "").starts_with("HTTP/1.1 200"));
+}
+
+#[test]
+fn a_stale_socket_is_replaced() {
+    let (dir, socket) = dirs();
+    // A socket file nobody listens on, as after a SIGKILL.
+    drop(UnixListener::bind(&socket).unwrap());
+    assert!(socket.exists());
+    let _d = Daemon {
+        child: start(dir.path(), &socket),
+    };
+    wait_serving(&socket);
+    assert!(post(&socket, "/NetworkDriver.GetCapabilities", "").contains(r#""Scope":"local""#));
+}
