@@ -86,7 +86,27 @@ impl NetState {
     }
 }
 
-type NetEntry = Arc<tokio::sync::Mutex<NetState>>;
+/// A network's lock, and what never changes about it (readable without the lock, so no lookup
+/// across networks waits for a busy one).
+pub(crate) struct NetSlot {
+    bridge: String,
+    state: tokio::sync::Mutex<NetState>,
+}
+
+impl NetSlot {
+    fn new(ns: NetState) -> Arc<Self> {
+        Arc::new(NetSlot {
+            bridge: ns.net.bridge.clone(),
+            state: tokio::sync::Mutex::new(ns),
+        })
+    }
+
+    pub(crate) async fn lock(&self) -> tokio::sync::MutexGuard<'_, NetState> {
+        self.state.lock().await
+    }
+}
+
+type NetEntry = Arc<NetSlot>;
 
 /// The network driver.
 pub struct Driver<D, F> {
@@ -202,10 +222,7 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
             collect_orphan_veths(&dp, ns).await;
         }
         tracing::info!(networks = map.len(), "state loaded");
-        let nets = map
-            .into_iter()
-            .map(|(k, v)| (k, Arc::new(tokio::sync::Mutex::new(v))))
-            .collect();
+        let nets = map.into_iter().map(|(k, v)| (k, NetSlot::new(v))).collect();
         Ok(Self {
             dp: Arc::new(dp),
             fw,
@@ -311,10 +328,7 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
         }
         tracing::info!(network = short(&net.id), bridge = %net.bridge, created = net.bridge_created, "network created");
         if let Ok(mut map) = self.nets.write() {
-            map.insert(
-                net.id.clone(),
-                Arc::new(tokio::sync::Mutex::new(NetState::new(net))),
-            );
+            map.insert(net.id.clone(), NetSlot::new(NetState::new(net)));
         }
         Ok(())
     }
@@ -328,14 +342,10 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
     }
 
     async fn network_on_bridge(&self, bridge: &str) -> Option<String> {
-        let entries: Vec<NetEntry> = self.nets.read().ok()?.values().cloned().collect();
-        for e in entries {
-            let ns = e.lock().await;
-            if ns.net.bridge == bridge {
-                return Some(ns.net.id.clone());
-            }
-        }
-        None
+        let map = self.nets.read().ok()?;
+        map.iter()
+            .find(|(_, slot)| slot.bridge == bridge)
+            .map(|(id, _)| id.clone())
     }
 
     /// Validate one family's IPAM data; at most one subnet per family, as Docker's bridge.

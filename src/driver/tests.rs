@@ -8,6 +8,7 @@ use serde_json::json;
 use super::*;
 use crate::cnm::types::{CreateEndpointRequest, CreateNetworkRequest, EndpointInterface};
 use crate::dataplane::testing::{DataplaneCall, FakeBridge, RecordingDataplane};
+use crate::dataplane::DataplaneError;
 use crate::firewall::testing::{FirewallCall, RecordingFirewall};
 use crate::ipam::{IpamConfig, PoolRequest};
 
@@ -387,4 +388,98 @@ async fn endpoint_files_are_named_after_the_endpoint() {
         std::fs::read(file).unwrap(),
         format!("{EP}\r\n{}", names::host_veth(EP)).into_bytes()
     );
+}
+
+/// A dataplane whose `create_veth` on one bridge waits until the test opens the gate.
+#[derive(Clone)]
+struct GatedDataplane {
+    inner: RecordingDataplane,
+    slow_bridge: &'static str,
+    gate: Arc<tokio::sync::Semaphore>,
+    entered: Arc<tokio::sync::Notify>,
+}
+
+impl Dataplane for GatedDataplane {
+    async fn ensure_bridge(
+        &self,
+        spec: &crate::dataplane::BridgeSpec,
+    ) -> Result<crate::dataplane::BridgeOutcome, DataplaneError> {
+        self.inner.ensure_bridge(spec).await
+    }
+    async fn delete_bridge_if_unused(&self, name: &str) -> Result<bool, DataplaneError> {
+        self.inner.delete_bridge_if_unused(name).await
+    }
+    async fn create_veth(&self, spec: &crate::dataplane::VethSpec) -> Result<(), DataplaneError> {
+        if spec.bridge == self.slow_bridge {
+            self.entered.notify_one();
+            let _permit = self.gate.acquire().await;
+        }
+        self.inner.create_veth(spec).await
+    }
+    async fn delete_link(&self, name: &str) -> Result<(), DataplaneError> {
+        self.inner.delete_link(name).await
+    }
+    async fn bridge_ports(&self, bridge: &str) -> Result<Vec<String>, DataplaneError> {
+        self.inner.bridge_ports(bridge).await
+    }
+    async fn link_exists(&self, name: &str) -> Result<bool, DataplaneError> {
+        self.inner.link_exists(name).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_join_does_not_block_other_networks() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::open(dir.path().join("state")).unwrap();
+    let ipam = Ipam::open(IpamConfig {
+        state: state.clone(),
+        data_dir: dir.path().join("data"),
+        default_pools: vec![],
+    })
+    .unwrap();
+    let dp = GatedDataplane {
+        inner: RecordingDataplane::new(),
+        slow_bridge: "cnbtslow",
+        gate: Arc::new(tokio::sync::Semaphore::new(0)),
+        entered: Arc::new(tokio::sync::Notify::new()),
+    };
+    let driver = Arc::new(
+        Driver::open(dp.clone(), RecordingFirewall::new(), ipam, state)
+            .await
+            .unwrap(),
+    );
+    driver
+        .create_network(&net_req(NET, json!({"bridge": "cnbtslow"}), false))
+        .await
+        .unwrap();
+    let mut fast = net_req(NET2, json!({"bridge": "cnbtfast"}), false);
+    fast.ipv4_data[0].pool = "10.15.41.0/24".into();
+    fast.ipv4_data[0].gateway = "10.15.41.1/24".into();
+    driver.create_network(&fast).await.unwrap();
+    driver.create_endpoint(&ep_req(NET, EP, "")).await.unwrap();
+    driver
+        .create_endpoint(&ep_req(NET2, EP2, ""))
+        .await
+        .unwrap();
+
+    let d = driver.clone();
+    let stuck = tokio::spawn(async move { d.join(NET, EP).await });
+    // The slow Join now holds its network's lock inside the kernel call.
+    dp.entered.notified().await;
+    let other = async {
+        // Creating a third network looks at every network's bridge: it must not wait either.
+        let mut third = net_req(EP, json!({"bridge": "cnbtthird"}), false);
+        third.ipv4_data[0].pool = "10.15.42.0/24".into();
+        third.ipv4_data[0].gateway = "10.15.42.1/24".into();
+        driver.create_network(&third).await.unwrap();
+        driver.join(NET2, EP2).await.unwrap();
+        driver.leave(NET2, EP2).await.unwrap();
+        driver.delete_endpoint(NET2, EP2).await.unwrap();
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), other)
+        .await
+        .expect("Join/Leave/DeleteEndpoint on another network waited for a stuck Join");
+    assert!(!stuck.is_finished());
+    dp.gate.add_permits(1);
+    stuck.await.unwrap().unwrap();
 }
