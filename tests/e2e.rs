@@ -65,6 +65,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("d_connect_disconnect", lifecycle::d_connect_disconnect),
     ("d_stop_start_rm", lifecycle::d_stop_start_rm),
     ("e_plugin_sigkill", lifecycle::e_plugin_sigkill),
+    ("e_dockerd_restart", lifecycle::e_dockerd_restart),
 ];
 
 /// The message of the last panic, recorded by our hook (the default hook would print it mid-report).
