@@ -233,13 +233,10 @@ fn each_side_releases_only_its_own() {
     f.ipam.release_address(&f.pool, b).unwrap();
     assert_eq!(f.content(b).unwrap(), "ctrB\r\neth0");
     // Our relabelled file is exactly what host-local writes: its DEL finds it by id + ifname.
-    let owner = Owner::Endpoint {
-        endpoint_id: "ep1".into(),
-        ifname: "veth1".into(),
-    };
+    let owner = Owner::endpoint("ep1");
     f.ipam.set_owner(&f.pool, y, &owner).unwrap();
     let z = f.ours();
-    f.del("ep1", "veth1");
+    f.del("ep1", owner.ifname());
     assert_eq!(f.content(y), None);
     f.ipam.release_address(&f.pool, y).unwrap();
     // Releasing the pool removes the rest of ours and leaves host-local's.

@@ -89,10 +89,7 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
                 continue;
             };
             let ipam = self.ipam.clone();
-            let owner = Owner::Endpoint {
-                endpoint_id: ep.id.clone(),
-                ifname: ep.host_veth.clone(),
-            };
+            let owner = Owner::endpoint(&ep.id);
             if let Err(e) = blocking(move || ipam.set_owner(&pool_id, addr.addr(), &owner)).await {
                 tracing::warn!(endpoint = short(&ep.id), address = %addr, error = %e, "cannot name allocation file after endpoint");
             }

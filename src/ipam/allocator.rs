@@ -6,6 +6,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use super::owner::is_ours;
 use super::range::{is_network_or_broadcast, RangeSet};
 use super::IpamError;
 
@@ -53,7 +54,11 @@ pub fn locked<S: Store + ?Sized, T>(
 
 /// The first line of an allocation file: host-local's container ID.
 pub fn holder_of(content: &str) -> String {
-    content.lines().next().unwrap_or("").trim().to_string()
+    match content.lines().next().unwrap_or("").trim() {
+        // What a writer killed between O_EXCL create and write leaves (host-local too).
+        "" => "nobody: an empty file, left by an interrupted allocation".to_string(),
+        id => id.to_string(),
+    }
 }
 
 /// What to allocate.
@@ -161,32 +166,24 @@ impl<'a, S: Store + ?Sized> Allocator<'a, S> {
 pub enum Outcome {
     /// Done.
     Done,
-    /// The file is gone (released by hand, or before a crash).
+    /// There is no file (released by hand, by host-local's DEL, or never ours).
     Missing,
-    /// The file now holds someone else's content; it was left alone.
+    /// The file holds a content that is not ours; it was left alone.
     Foreign(String),
 }
 
-fn check_ours<S: Store + ?Sized>(
-    store: &S,
-    ip: IpAddr,
-    ours: &str,
-) -> Result<Option<Outcome>, IpamError> {
+/// The file's content if it is ours, else what to report (the store must be locked).
+fn ours<S: Store + ?Sized>(store: &S, ip: IpAddr) -> Result<Result<String, Outcome>, IpamError> {
     Ok(match store.read(ip)? {
-        None => Some(Outcome::Missing),
-        // host-local compares trimmed content, so a stray newline must not make us lose a file.
-        Some(c) if c.trim() == ours.trim() => None,
-        Some(c) => Some(Outcome::Foreign(c)),
+        None => Err(Outcome::Missing),
+        Some(c) if is_ours(c.as_bytes()) => Ok(c),
+        Some(c) => Err(Outcome::Foreign(c)),
     })
 }
 
-/// Delete the file for `ip` only if it still holds `ours` (the store must be locked).
-pub fn release<S: Store + ?Sized>(
-    store: &mut S,
-    ip: IpAddr,
-    ours: &str,
-) -> Result<Outcome, IpamError> {
-    if let Some(o) = check_ours(store, ip, ours)? {
+/// Delete the file for `ip` only if its content is ours (the store must be locked).
+pub fn release<S: Store + ?Sized>(store: &mut S, ip: IpAddr) -> Result<Outcome, IpamError> {
+    if let Err(o) = ours(store, ip)? {
         return Ok(o);
     }
     Ok(if store.remove(ip)? {
@@ -196,16 +193,17 @@ pub fn release<S: Store + ?Sized>(
     })
 }
 
-/// Replace `ours` by `new` in the file for `ip`, only if it still holds `ours` (the store must
-/// be locked).
+/// Replace the content of the file for `ip` by `new`, only if its content is ours (the store
+/// must be locked). Already `new` is done without a write, so a replay costs one read.
 pub fn relabel<S: Store + ?Sized>(
     store: &mut S,
     ip: IpAddr,
-    ours: &str,
     new: &str,
 ) -> Result<Outcome, IpamError> {
-    if let Some(o) = check_ours(store, ip, ours)? {
-        return Ok(o);
+    match ours(store, ip)? {
+        Err(o) => return Ok(o),
+        Ok(c) if c == new => return Ok(Outcome::Done),
+        Ok(_) => {}
     }
     store.rewrite(ip, new)?;
     Ok(Outcome::Done)
@@ -215,6 +213,7 @@ pub fn relabel<S: Store + ?Sized>(
 mod tests {
     use super::super::fake::FakeStore;
     use super::super::range::Range;
+    use super::super::Owner;
     use super::*;
 
     fn ip(s: &str) -> IpAddr {
@@ -246,7 +245,8 @@ mod tests {
         let next = |store: &mut FakeStore, id: &str| get(store, &s, id, Request::Dynamic);
         assert_eq!(next(&mut store, "c0").unwrap(), ip("10.0.0.10"));
         assert_eq!(next(&mut store, "c1").unwrap(), ip("10.0.0.11"));
-        locked(&mut store, |s| release(s, ip("10.0.0.10"), "c0\r\neth0")).unwrap();
+        // Freed as host-local's DEL would (c0's content is not ours to release).
+        locked(&mut store, |s| s.remove(ip("10.0.0.10"))).unwrap();
         // The freed .10 comes back only after .12 (host-local: "freed .10 was reused only
         // after .11/.12"), so a crash-looping container does not get the same address.
         assert_eq!(next(&mut store, "c2").unwrap(), ip("10.0.0.12"));
@@ -339,26 +339,38 @@ mod tests {
 
     #[test]
     fn release_and_relabel_touch_only_our_content() {
+        let ep = Owner::endpoint("ep1").render();
         let mut store = FakeStore::default();
-        store.files.insert(ip("10.0.0.2"), "ours\r\npending".into());
+        store
+            .files
+            .insert(ip("10.0.0.2"), "cnibridge-pending-ab\r\npending".into());
         store.files.insert(ip("10.0.0.3"), "theirs\r\neth0".into());
-        let out = locked(&mut store, |s| {
-            relabel(s, ip("10.0.0.2"), "ours\r\npending", "ep\r\nveth1")
-        })
-        .unwrap();
+        store.files.insert(ip("10.0.0.5"), String::new());
+        let out = locked(&mut store, |s| relabel(s, ip("10.0.0.2"), &ep)).unwrap();
         assert_eq!(out, Outcome::Done);
-        assert_eq!(store.files[&ip("10.0.0.2")], "ep\r\nveth1");
-        let out = locked(&mut store, |s| {
-            release(s, ip("10.0.0.3"), "ours\r\npending")
-        })
-        .unwrap();
-        assert_eq!(out, Outcome::Foreign("theirs\r\neth0".into()));
-        assert!(store.files.contains_key(&ip("10.0.0.3")));
-        let out = locked(&mut store, |s| release(s, ip("10.0.0.4"), "x\r\ny")).unwrap();
+        assert_eq!(store.files[&ip("10.0.0.2")], ep);
+        // A replay is done too.
+        let out = locked(&mut store, |s| relabel(s, ip("10.0.0.2"), &ep)).unwrap();
+        assert_eq!(out, Outcome::Done);
+        for (addr, content) in [("10.0.0.3", "theirs\r\neth0"), ("10.0.0.5", "")] {
+            let out = locked(&mut store, |s| relabel(s, ip(addr), &ep)).unwrap();
+            assert_eq!(out, Outcome::Foreign(content.into()));
+            let out = locked(&mut store, |s| release(s, ip(addr))).unwrap();
+            assert_eq!(out, Outcome::Foreign(content.into()));
+            assert_eq!(store.files[&ip(addr)], content);
+        }
+        let out = locked(&mut store, |s| release(s, ip("10.0.0.4"))).unwrap();
         assert_eq!(out, Outcome::Missing);
-        let out = locked(&mut store, |s| release(s, ip("10.0.0.2"), "ep\r\nveth1")).unwrap();
+        let out = locked(&mut store, |s| relabel(s, ip("10.0.0.4"), &ep)).unwrap();
+        assert_eq!(out, Outcome::Missing);
+        let out = locked(&mut store, |s| release(s, ip("10.0.0.2"))).unwrap();
         assert_eq!(out, Outcome::Done);
         assert!(!store.files.contains_key(&ip("10.0.0.2")));
+        assert_eq!(
+            holder_of(""),
+            "nobody: an empty file, left by an interrupted allocation"
+        );
+        assert_eq!(holder_of("ctrX\r\neth0"), "ctrX");
     }
 
     #[test]

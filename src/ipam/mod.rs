@@ -2,14 +2,26 @@
 //!
 //! `Ipam` is what the CNM layer and the driver call. Under it: pure range-set maths and the
 //! host-local cursor (`range`, `allocator`), the on-disk store in host-local's exact format
-//! (`disk`), the pool table with default pools and overlap checks (`pools`), and the ledger of
-//! the allocation files cnibridge wrote (`ledger`), so that it only ever deletes or relabels
-//! its own. `address` holds the address half of the facade.
+//! (`disk`), the pool table with default pools and overlap checks (`pools`), and the
+//! self-certifying file contents that tell cnibridge's allocation files from anyone else's
+//! (`owner`), so that it only ever deletes or relabels its own. `address` holds the address
+//! half of the facade.
 //! All methods block (file I/O, `flock`); async callers use `spawn_blocking`.
+//!
+//! The allocation files are the only record of addresses: nothing else is written per
+//! address, and nothing on the address path fsyncs (host-local does not either). Only pool
+//! records are kept in the state dir, durably.
+//!
+//! Crash safety: a SIGKILL between the O_EXCL create of an address file and its write leaves
+//! an empty file, which holds the address for nobody; host-local has the same window. Such
+//! files, like `pending` files whose endpoint never came, are not recognisably anyone's and
+//! are left for a garbage collector (an empty file is never ours, so we never delete a file a
+//! host-local writer is about to fill).
 //!
 //! Locking: the pool table's mutex is held only briefly; each pool has its own mutex, held
 //! across the flock of its host-local directory, so a CNI runtime holding that flock stalls
-//! that pool only.
+//! that pool only. The flock is taken and released per operation so host-local can
+//! interleave; the directory and the lock file are opened once per pool and kept.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -27,13 +39,13 @@ pub mod allocator;
 pub mod disk;
 #[cfg(test)]
 mod fake;
-mod ledger;
+mod owner;
 pub mod pools;
 pub mod range;
 
-use allocator::{holder_of, locked, release, Outcome};
+use allocator::{locked, release, Outcome, Store};
 use disk::DiskStore;
-use ledger::{Ledger, LedgerRecord};
+pub use owner::is_ours;
 use range::{next_ip, Range, RangeSet};
 
 /// Address space names we answer with, so CreateNetwork can tell our pools from Docker's IPAM.
@@ -91,7 +103,9 @@ pub enum Owner {
     /// Handed out by RequestAddress, not yet claimed by an endpoint
     /// (`cnibridge-pending-<token>\r\npending`).
     Pending(String),
-    /// Claimed at CreateEndpoint: the EndpointID and the host veth name.
+    /// Claimed at CreateEndpoint: the EndpointID and the host veth name derived from it
+    /// (build it with [`Owner::endpoint`]; any other ifname is refused, since the pair is
+    /// what marks the file as ours).
     Endpoint { endpoint_id: String, ifname: String },
 }
 
@@ -195,16 +209,25 @@ pub struct IpamConfig {
 
 /// Kind of the pool records in the state dir (fsynced).
 const POOLS_KIND: &str = "pools";
-/// Kind of the ledgers: which allocation files cnibridge wrote, and with what content.
-const LEDGER_KIND: &str = "allocations";
 
 /// Per-pool work state; its mutex serialises this pool's store operations (and so waits for
 /// the flock) without blocking other pools or readers of the record.
 #[derive(Debug, Default)]
 struct Work {
-    ledger: Ledger,
+    /// The pool's host-local directory, opened at its first operation and kept.
+    store: Option<DiskStore>,
     /// Set by release_pool, so a caller that looked the slot up before sees it gone.
     released: bool,
+}
+
+impl Work {
+    fn store(&mut self, rec: &PoolRecord) -> Result<&mut DiskStore, IpamError> {
+        let st = match self.store.take() {
+            Some(st) => st,
+            None => DiskStore::open(&rec.data_dir, &rec.cni_name)?,
+        };
+        Ok(self.store.insert(st))
+    }
 }
 
 #[derive(Debug)]
@@ -212,6 +235,38 @@ struct Slot {
     /// Read without waiting for store work; written only while `work` is held.
     record: RwLock<PoolRecord>,
     work: Mutex<Work>,
+}
+
+impl Slot {
+    fn work(&self) -> WorkGuard<'_> {
+        WorkGuard(lock(&self.work))
+    }
+}
+
+/// A pool's locked work state. If its holder panics mid-operation, the store is dropped while
+/// unwinding: closing the lock file releases a flock that nobody would otherwise give back,
+/// so neither host-local nor our next caller waits forever; the next operation reopens it.
+struct WorkGuard<'a>(MutexGuard<'a, Work>);
+
+impl Drop for WorkGuard<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.store = None;
+        }
+    }
+}
+
+impl std::ops::Deref for WorkGuard<'_> {
+    type Target = Work;
+    fn deref(&self) -> &Work {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for WorkGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Work {
+        &mut self.0
+    }
 }
 
 /// The IPAM half of the plugin.
@@ -263,65 +318,29 @@ fn with_prefix(ip: IpAddr, subnet: &IpNet) -> Result<IpNet, IpamError> {
 }
 
 impl Ipam {
-    /// Load pools and ledgers from the state dir, and finish what a killed predecessor left
-    /// half done.
+    /// Load the pools from the state dir. Nothing to recover: the allocation files say by
+    /// themselves which are ours.
     pub fn open(cfg: IpamConfig) -> Result<Arc<Self>, IpamError> {
         pools::check_default_pools(&cfg.default_pools)?;
         let records: Vec<PoolRecord> = cfg.state.load_all(POOLS_KIND)?;
-        let mut ledgers: BTreeMap<String, LedgerRecord> = cfg
-            .state
-            .load_all::<LedgerRecord>(LEDGER_KIND)?
+        let table = records
             .into_iter()
-            .map(|l| (l.pool_id.clone(), l))
+            .map(|rec| {
+                let slot = Slot {
+                    record: RwLock::new(rec.clone()),
+                    work: Mutex::new(Work::default()),
+                };
+                (rec.id, Arc::new(slot))
+            })
             .collect();
-        let mut table = BTreeMap::new();
-        for rec in records {
-            let ledger = ledgers
-                .remove(&rec.id)
-                .map(Ledger::from_record)
-                .unwrap_or_default();
-            let slot = Slot {
-                record: RwLock::new(rec.clone()),
-                work: Mutex::new(Work {
-                    ledger,
-                    released: false,
-                }),
-            };
-            table.insert(rec.id.clone(), Arc::new(slot));
-        }
-        for id in ledgers.keys() {
-            tracing::warn!(pool = %id, "ignoring an allocation ledger without a pool record");
-        }
-        let ipam = Arc::new(Self {
+        Ok(Arc::new(Self {
             cfg,
             table: Mutex::new(table),
-        });
-        for slot in lock(&ipam.table).values() {
-            let mut work = lock(&slot.work);
-            if work.ledger.intent.is_none() {
-                continue;
-            }
-            let rec = read(&slot.record).clone();
-            let res = DiskStore::open(&rec.data_dir, &rec.cni_name)
-                .and_then(|mut st| locked(&mut st, |s| ipam.recover(s, &rec, &mut work)));
-            if let Err(e) = res {
-                // Retried before the pool's next store operation.
-                tracing::warn!(pool = %rec.id, error = %e, "cannot finish an interrupted allocation yet");
-            }
-        }
-        Ok(ipam)
+        }))
     }
 
     fn slot(&self, pool_id: &str) -> Option<Arc<Slot>> {
         lock(&self.table).get(pool_id).cloned()
-    }
-
-    fn save_ledger(&self, pool_id: &str, ledger: &Ledger) -> Result<(), IpamError> {
-        let rec = ledger.to_record(pool_id);
-        Ok(self
-            .cfg
-            .state
-            .write(LEDGER_KIND, pool_id, &rec, Durability::Process)?)
     }
 
     /// Persist a changed record, then publish it; on failure nothing changes. The caller holds
@@ -333,19 +352,6 @@ impl Ipam {
             .state
             .write(POOLS_KIND, &rec.id, &rec, Durability::PowerLoss)?;
         *write(&slot.record) = rec;
-        Ok(())
-    }
-
-    /// Adopt the file an interrupted write left behind (store locked).
-    fn recover(
-        &self,
-        s: &mut DiskStore,
-        rec: &PoolRecord,
-        work: &mut Work,
-    ) -> Result<(), IpamError> {
-        if work.ledger.recover(s, &rec.id)? {
-            self.save_ledger(&rec.id, &work.ledger)?;
-        }
         Ok(())
     }
 
@@ -399,8 +405,6 @@ impl Ipam {
             range_index: 0,
             network_id: None,
         };
-        // An empty ledger first, so that no stale ledger of an earlier life is ever read as ours.
-        self.save_ledger(&rec.id, &Ledger::default())?;
         self.cfg
             .state
             .write(POOLS_KIND, &rec.id, &rec, Durability::PowerLoss)?;
@@ -416,47 +420,44 @@ impl Ipam {
         })
     }
 
-    /// Give a pool back (ReleasePool): removes every allocation file we wrote that still holds
-    /// our content, then the records. Unknown pools are fine. Files we could not remove are
-    /// reported after the pool is gone, since Docker does not retry.
+    /// Give a pool back (ReleasePool): removes every address file of the pool's subnet whose
+    /// content is ours (never `lock`, the cursors, or anyone else's files), then the record.
+    /// Unknown pools are fine. Files we could not remove are reported after the pool is gone,
+    /// since Docker does not retry.
     pub fn release_pool(&self, pool_id: &str) -> Result<(), IpamError> {
         let Some(slot) = self.slot(pool_id) else {
             return Ok(());
         };
-        let mut work = lock(&slot.work);
+        let mut work = slot.work();
         if work.released {
             return Ok(());
         }
         let rec = read(&slot.record).clone();
         let mut failures = Vec::new();
-        if !work.ledger.owned.is_empty() || work.ledger.intent.is_some() {
-            let res = DiskStore::open(&rec.data_dir, &rec.cni_name).and_then(|mut st| {
-                locked(&mut st, |s| {
-                    if let Err(e) = self.recover(s, &rec, &mut work) {
-                        failures.push(e.to_string());
+        let res = work.store(&rec).and_then(|st| {
+            locked(st, |s| {
+                for ip in s.addresses()? {
+                    if !rec.subnet.contains(&ip) {
+                        continue;
                     }
-                    for (ip, owner) in &work.ledger.owned {
-                        match release(s, *ip, &owner.render()) {
-                            Ok(Outcome::Done | Outcome::Missing) => {}
-                            Ok(Outcome::Foreign(c)) => tracing::warn!(
-                                pool = %rec.id, address = %ip, holder = %holder_of(&c),
-                                "not removing an allocation file that someone else rewrote"
-                            ),
-                            Err(e) => failures.push(e.to_string()),
+                    match release(s, ip) {
+                        Ok(Outcome::Done | Outcome::Missing) => {}
+                        Ok(Outcome::Foreign(_)) => {
+                            tracing::debug!(pool = %rec.id, address = %ip, "leaving a file that is not ours");
                         }
+                        Err(e) => failures.push(e.to_string()),
                     }
-                    Ok(())
-                })
-            });
-            if let Err(e) = res {
-                failures.push(e.to_string());
-            }
+                }
+                Ok(())
+            })
+        });
+        if let Err(e) = res {
+            failures.push(e.to_string());
         }
-        // Ledger before pool record: a crash in between leaves a pool with nothing to clean.
-        self.cfg.state.remove(LEDGER_KIND, &rec.id)?;
         self.cfg.state.remove(POOLS_KIND, &rec.id)?;
         work.released = true;
-        work.ledger = Ledger::default();
+        // Closes the lock file: the directory is host-local's again.
+        work.store = None;
         drop(work);
         {
             let mut table = lock(&self.table);
@@ -483,7 +484,7 @@ impl Ipam {
     pub fn bind_network(&self, pool_id: &str, network_id: Option<&str>) -> Result<(), IpamError> {
         let unknown = || IpamError::UnknownPool(pool_id.to_string());
         let slot = self.slot(pool_id).ok_or_else(unknown)?;
-        let work = lock(&slot.work);
+        let work = slot.work();
         if work.released {
             return Err(unknown());
         }

@@ -1,10 +1,11 @@
 //! Tests of the `Ipam` facade against a real store in a temp dir.
 
+mod ownership;
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use super::ledger::{Intent, LedgerRecord};
 use super::*;
 
 struct Env {
@@ -330,121 +331,6 @@ fn v6_range_ends_at_the_last_address() {
 }
 
 #[test]
-fn releases_touch_only_our_own_files() {
-    let e = env();
-    let p = "10.40.0.0/24";
-    e.pool(p, None).unwrap();
-    e.addr(p, None, true).unwrap();
-    let ours = ip(e.addr(p, None, false).unwrap().split('/').next().unwrap());
-    let rewritten = ip(e.addr(p, None, false).unwrap().split('/').next().unwrap());
-    let dir = e.dir(p);
-    // Someone else's reservation (a CNI runtime's host-local) and a file of ours that someone
-    // else rewrote.
-    fs::write(dir.join("10.40.0.50"), "ctrX\r\neth0").unwrap();
-    fs::write(dir.join(rewritten.to_string()), "ctrY\r\neth0").unwrap();
-    e.ipam.release_address(p, ip("10.40.0.50")).unwrap();
-    assert_eq!(e.file(p, "10.40.0.50").unwrap(), "ctrX\r\neth0");
-    e.ipam.release_address(p, rewritten).unwrap();
-    assert_eq!(e.file(p, &rewritten.to_string()).unwrap(), "ctrY\r\neth0");
-    e.ipam.release_address(p, ours).unwrap();
-    assert_eq!(e.file(p, &ours.to_string()), None);
-    // Idempotent, also for unknown pools.
-    e.ipam.release_address(p, ours).unwrap();
-    e.ipam.release_address("10.99.0.0/24", ours).unwrap();
-    // release_pool removes what is ours and nothing else.
-    let left = ip(e.addr(p, None, false).unwrap().split('/').next().unwrap());
-    e.ipam.release_pool(p).unwrap();
-    e.ipam.release_pool(p).unwrap();
-    assert!(e.ipam.pool(p).is_none());
-    assert_eq!(e.file(p, &left.to_string()), None);
-    assert_eq!(e.file(p, "10.40.0.1"), None);
-    assert_eq!(
-        e.tree(p),
-        [
-            "10.40.0.3".to_string(),
-            "10.40.0.50".into(),
-            "last_reserved_ip.0".into(),
-            "lock".into()
-        ]
-    );
-    assert!(matches!(
-        e.addr(p, None, false),
-        Err(IpamError::UnknownPool(_))
-    ));
-    assert!(e.reopen().pools().is_empty());
-}
-
-#[test]
-fn set_owner_rewrites_the_file_byte_exact() {
-    let e = env();
-    let p = "10.50.0.0/24";
-    e.pool(p, None).unwrap();
-    let a = e.addr(p, None, false).unwrap();
-    assert_eq!(a, "10.50.0.2/24");
-    let pending = e.file(p, "10.50.0.2").unwrap();
-    let token = pending
-        .strip_prefix("cnibridge-pending-")
-        .and_then(|t| t.strip_suffix("\r\npending"))
-        .unwrap();
-    assert_eq!(token.len(), 16);
-    assert!(token.chars().all(|c| c.is_ascii_hexdigit()));
-    let owners = [
-        (
-            Owner::Endpoint {
-                endpoint_id: "3f5a0c1d9e".into(),
-                ifname: "veth3f5a0c1".into(),
-            },
-            "3f5a0c1d9e\r\nveth3f5a0c1",
-        ),
-        (Owner::Aux, "cnibridge-aux\r\naux"),
-        (Owner::Gateway, "cnibridge-gateway\r\ngateway"),
-        (
-            Owner::Pending("ab12".into()),
-            "cnibridge-pending-ab12\r\npending",
-        ),
-    ];
-    for (owner, want) in &owners {
-        assert_eq!(owner.render(), *want);
-        e.ipam.set_owner(p, ip("10.50.0.2"), owner).unwrap();
-        assert_eq!(
-            fs::read(e.dir(p).join("10.50.0.2")).unwrap(),
-            want.as_bytes()
-        );
-    }
-    let bad = Owner::Endpoint {
-        endpoint_id: "ep".into(),
-        ifname: "eth 0".into(),
-    };
-    assert!(e.ipam.set_owner(p, ip("10.50.0.2"), &bad).is_err());
-    let bad = Owner::Endpoint {
-        endpoint_id: "../x".into(),
-        ifname: "eth0".into(),
-    };
-    assert!(e.ipam.set_owner(p, ip("10.50.0.2"), &bad).is_err());
-    // Not ours: refused, the file untouched.
-    fs::write(e.dir(p).join("10.50.0.60"), "ctrX\r\neth0").unwrap();
-    let err = e
-        .ipam
-        .set_owner(p, ip("10.50.0.60"), &Owner::Aux)
-        .unwrap_err();
-    assert!(err.to_string().contains("not held by cnibridge"), "{err}");
-    assert_eq!(e.file(p, "10.50.0.60").unwrap(), "ctrX\r\neth0");
-    // Ours but rewritten by someone else: refused and forgotten.
-    fs::write(e.dir(p).join("10.50.0.2"), "ctrY\r\neth0").unwrap();
-    let err = e
-        .ipam
-        .set_owner(p, ip("10.50.0.2"), &Owner::Aux)
-        .unwrap_err();
-    assert!(err.to_string().contains("held by ctrY"), "{err}");
-    assert_eq!(e.file(p, "10.50.0.2").unwrap(), "ctrY\r\neth0");
-    assert!(matches!(
-        e.ipam
-            .set_owner("10.51.0.0/24", ip("10.51.0.2"), &Owner::Aux),
-        Err(IpamError::UnknownPool(_))
-    ));
-}
-
-#[test]
 fn disk_format_through_the_facade() {
     let e = env();
     let p = "10.60.0.0/24";
@@ -453,14 +339,7 @@ fn disk_format_through_the_facade() {
     e.addr(p, None, false).unwrap();
     e.addr(p, Some("10.60.0.9"), false).unwrap();
     e.ipam
-        .set_owner(
-            p,
-            ip("10.60.0.2"),
-            &Owner::Endpoint {
-                endpoint_id: "ep1".into(),
-                ifname: "veth1".into(),
-            },
-        )
+        .set_owner(p, ip("10.60.0.2"), &Owner::endpoint("ep1"))
         .unwrap();
     assert_eq!(
         e.tree(p),
@@ -474,7 +353,7 @@ fn disk_format_through_the_facade() {
     );
     assert_eq!(
         fs::read(e.dir(p).join("10.60.0.2")).unwrap(),
-        b"ep1\r\nveth1"
+        format!("ep1\r\n{}", crate::driver::names::host_veth("ep1")).as_bytes()
     );
     assert_eq!(
         fs::read(e.dir(p).join("last_reserved_ip.0")).unwrap(),
@@ -502,7 +381,12 @@ fn state_survives_reopen() {
     drop(e.ipam.clone());
     let again = e.reopen();
     assert_eq!(again.pools(), before);
-    // The reopened IPAM knows which files are its own.
+    // The reopened IPAM knows which files are its own: a replayed gateway request gets the
+    // same answer, and releases delete.
+    assert_eq!(
+        again.request_address(p, None, true).unwrap().to_string(),
+        "10.70.0.1/24"
+    );
     again.release_address(p, ip("10.70.0.128")).unwrap();
     again.release_address(p, ip("10.70.0.5")).unwrap();
     assert_eq!(e.file(p, "10.70.0.128"), None);
@@ -516,37 +400,6 @@ fn state_survives_reopen() {
     assert!(err.unwrap_err().to_string().contains("(network netid)"));
     again.release_pool(p).unwrap();
     assert_eq!(e.file(p, "10.70.0.1"), None);
-}
-
-#[test]
-fn a_file_written_just_before_a_kill_is_adopted() {
-    let e = env();
-    let p = "10.80.0.0/24";
-    e.pool(p, None).unwrap();
-    // What a SIGKILL between the O_EXCL create and the ledger update leaves behind.
-    let owner = Owner::Pending("deadbeefdeadbeef".into());
-    let intent = Some(Intent {
-        address: None,
-        owner: owner.clone(),
-    });
-    let ledger = LedgerRecord {
-        pool_id: p.into(),
-        held: vec![],
-        intent,
-    };
-    let state = &e.ipam.cfg.state;
-    state
-        .write("allocations", p, &ledger, Durability::Process)
-        .unwrap();
-    fs::create_dir_all(e.dir(p)).unwrap();
-    fs::write(e.dir(p).join("10.80.0.7"), owner.render()).unwrap();
-    fs::write(e.dir(p).join("10.80.0.8"), "cnibridge-pending-x\r\npending").unwrap();
-    let again = e.reopen();
-    again.set_owner(p, ip("10.80.0.7"), &Owner::Aux).unwrap();
-    again.release_address(p, ip("10.80.0.7")).unwrap();
-    again.release_address(p, ip("10.80.0.8")).unwrap();
-    assert_eq!(e.file(p, "10.80.0.7"), None);
-    assert!(e.file(p, "10.80.0.8").is_some());
 }
 
 #[test]
