@@ -65,9 +65,11 @@ fn main() -> ExitCode {
         Command::Serve(args) => {
             let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+            // Under dockerd (managed plugin) or a service manager stderr is a log file: no colours.
             tracing_subscriber::fmt()
                 .with_env_filter(filter)
                 .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .init();
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
