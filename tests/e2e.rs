@@ -17,6 +17,8 @@ mod ctx;
 mod ipam;
 #[path = "e2e/lifecycle.rs"]
 mod lifecycle;
+#[path = "e2e/managed.rs"]
+mod managed;
 
 use std::any::Any;
 use std::io::Write;
@@ -66,6 +68,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("d_stop_start_rm", lifecycle::d_stop_start_rm),
     ("e_plugin_sigkill", lifecycle::e_plugin_sigkill),
     ("e_dockerd_restart", lifecycle::e_dockerd_restart),
+    ("f_managed_plugin", managed::f_managed_plugin),
 ];
 
 /// The message of the last panic, recorded by our hook (the default hook would print it mid-report).

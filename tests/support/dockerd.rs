@@ -26,6 +26,11 @@ pub struct DockerCli {
 }
 
 impl DockerCli {
+    /// The `DOCKER_HOST` value, for tools that call `docker` themselves.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
     /// Runs `docker <args>` against this daemon; the Err case is only "could not run / timed out".
     pub fn run(&self, args: &[&str]) -> Result<Output, String> {
         self.run_timeout(args, DOCKER_TIMEOUT)
