@@ -1,6 +1,11 @@
 //! Netns tier: `IptablesFirewall` against real iptables/ip6tables, each test inside a network
 //! namespace it creates (root required), so the host's own rules are never read or written.
-//! Assertions compare `iptables-save` (comments and counters stripped) with expected text.
+//!
+//! Goldens (`tests/golden/iptables/`): for each main option combination, `<case>.restore.golden`
+//! pins the scripts `render_restore` writes (no root needed) and `<case>.golden` what the
+//! kernel holds after `add_network` (`iptables-save`/`ip6tables-save`, only our chains and the
+//! jumps, counters zeroed); after `del_network` of every network the kernel must hold exactly
+//! `cleaned.golden`. `UPDATE_GOLDEN=1` regenerates them.
 
 mod netns_support;
 use netns_support as support;
@@ -10,70 +15,173 @@ use std::time::Duration;
 
 use cnibridge::dataplane::netlink::NetlinkDataplane;
 use cnibridge::dataplane::{BridgeSpec, Dataplane, VethSpec};
-use cnibridge::firewall::iptables::{IptablesFirewall, IptablesTools};
+use cnibridge::firewall::iptables::{
+    render_restore, Family, IptablesFirewall, IptablesTools, JUMPS,
+};
 use cnibridge::firewall::{Firewall, NetworkRules};
-use support::{filter_table, in_netns, run, tcp_reaches, NamedNetns};
-
-fn net(id: &str, bridge: &str) -> NetworkRules {
-    NetworkRules {
-        network_id: id.into(),
-        bridge: bridge.into(),
-        subnets: vec![],
-        internal: false,
-    }
-}
+use support::{assert_golden, in_netns, our_rules, run, tcp_reaches, NamedNetns};
 
 const NET_A: &str = "aaaaaaaaaaaa1111111111111111111111111111111111111111111111111111";
 const NET_B: &str = "bbbbbbbbbbbb2222222222222222222222222222222222222222222222222222";
 
-fn rule(bridge: &str, id: &str) -> String {
-    format!("-A CNIBRIDGE-FORWARD -i {bridge} -o {bridge} -m comment --comment \"cnibridge net {}\" -j ACCEPT\n", &id[..12])
+fn net(id: &str, bridge: &str) -> NetworkRules {
+    NetworkRules::new(id, bridge)
 }
 
-/// The filter table a fresh namespace holds once our chain exists, with these chain rules.
-fn expected(forward_policy: &str, rules: &[String]) -> String {
+/// Network A as Docker flags make it: dual stack, IPv4 masquerade on.
+fn net_a() -> NetworkRules {
+    NetworkRules {
+        subnets: vec![
+            "10.77.0.0/24".parse().unwrap(),
+            "fd77::/64".parse().unwrap(),
+        ],
+        masquerade: true,
+        ..net(NET_A, "cnb-a")
+    }
+}
+
+/// The main option combinations, each a set of networks.
+fn cases() -> Vec<(&'static str, Vec<NetworkRules>)> {
+    let b = NetworkRules {
+        subnets: vec!["10.78.0.0/24".parse().unwrap()],
+        masquerade: true,
+        ..net(NET_B, "cnb-b")
+    };
+    vec![
+        ("masq_on", vec![net_a()]),
+        (
+            "masq_off",
+            vec![NetworkRules {
+                masquerade: false,
+                ..net_a()
+            }],
+        ),
+        (
+            "masq_ipv6",
+            vec![NetworkRules {
+                masquerade_ipv6: true,
+                ..net_a()
+            }],
+        ),
+        (
+            "icc_off",
+            vec![NetworkRules {
+                icc: false,
+                ..net_a()
+            }],
+        ),
+        (
+            "internal",
+            vec![NetworkRules {
+                internal: true,
+                masquerade: false,
+                ..net_a()
+            }],
+        ),
+        ("two_networks", vec![net_a(), b]),
+    ]
+}
+
+/// Both families' dumps of our rules, as one text.
+fn kernel_rules() -> String {
     format!(
-        "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD {forward_policy} [0:0]\n:OUTPUT ACCEPT [0:0]\n\
-         :CNIBRIDGE-FORWARD - [0:0]\n-A FORWARD -j CNIBRIDGE-FORWARD\n{}COMMIT\n",
-        rules.concat()
+        "# iptables-save\n{}# ip6tables-save\n{}",
+        our_rules("iptables-save"),
+        our_rules("ip6tables-save")
     )
 }
 
+fn ours_v4() -> String {
+    our_rules("iptables-save")
+}
+
 #[test]
-fn add_network_installs_the_jump_and_the_rule_in_both_families() {
+fn rendered_scripts_match_the_goldens() {
+    let mut all = cases();
+    all.push(("cleaned", vec![]));
+    for (name, nets) in all {
+        // As the first change writes them: every jump missing.
+        let text = format!(
+            "# iptables-restore -w --noflush\n{}# ip6tables-restore -w --noflush\n{}",
+            render_restore(Family::V4, &nets, &JUMPS),
+            render_restore(Family::V6, &nets, &JUMPS)
+        );
+        assert_golden(&format!("iptables/{name}.restore"), &text);
+    }
+}
+
+#[test]
+fn kernel_rules_match_the_goldens_and_teardown_is_exact() {
+    for (name, nets) in cases() {
+        in_netns(&format!("kernel golden {name}"), move || async move {
+            let fw = IptablesFirewall::default();
+            for n in &nets {
+                fw.add_network(n).await.unwrap();
+            }
+            assert_golden(&format!("iptables/{name}"), &kernel_rules());
+            for n in &nets {
+                fw.del_network(n).await.unwrap();
+            }
+            assert_golden("iptables/cleaned", &kernel_rules());
+        });
+    }
+}
+
+#[test]
+fn add_network_is_idempotent_and_adds_each_jump_once() {
     in_netns(
-        "add_network_installs_the_jump_and_the_rule_in_both_families",
+        "add_network_is_idempotent_and_adds_each_jump_once",
         || async {
             let fw = IptablesFirewall::default();
-            fw.add_network(&net(NET_A, "br-a")).await.unwrap();
-            let want = expected("ACCEPT", &[rule("br-a", NET_A)]);
-            assert_eq!(filter_table("iptables-save"), want);
-            assert_eq!(filter_table("ip6tables-save"), want);
-            // Idempotent: a second add changes nothing, in particular no second jump.
-            fw.add_network(&net(NET_A, "br-a")).await.unwrap();
-            assert_eq!(filter_table("iptables-save"), want);
-            assert_eq!(filter_table("ip6tables-save"), want);
+            fw.add_network(&net_a()).await.unwrap();
+            let once = kernel_rules();
+            fw.add_network(&net_a()).await.unwrap();
+            assert_eq!(kernel_rules(), once);
+            for (save, table, jump) in [
+                ("iptables", "filter", "-A FORWARD -j CNIBRIDGE-FORWARD"),
+                ("iptables", "nat", "-A POSTROUTING -j CNIBRIDGE-POSTROUTING"),
+                ("ip6tables", "filter", "-A FORWARD -j CNIBRIDGE-FORWARD"),
+                (
+                    "ip6tables",
+                    "nat",
+                    "-A POSTROUTING -j CNIBRIDGE-POSTROUTING",
+                ),
+            ] {
+                let rules = run(&[save, "-t", table, "-S"]);
+                assert_eq!(rules.matches(jump).count(), 1, "{save} {table}: {rules}");
+            }
         },
     );
 }
 
 #[test]
-fn del_network_removes_exactly_its_rule() {
-    in_netns("del_network_removes_exactly_its_rule", || async {
+fn del_network_removes_exactly_its_rules() {
+    in_netns("del_network_removes_exactly_its_rules", || async {
         let fw = IptablesFirewall::default();
-        fw.add_network(&net(NET_A, "br-a")).await.unwrap();
-        fw.add_network(&net(NET_B, "br-b")).await.unwrap();
-        let both = expected("ACCEPT", &[rule("br-a", NET_A), rule("br-b", NET_B)]);
-        assert_eq!(filter_table("iptables-save"), both);
-        assert_eq!(filter_table("ip6tables-save"), both);
+        let b = NetworkRules {
+            subnets: vec!["10.78.0.0/24".parse().unwrap()],
+            masquerade: true,
+            ..net(NET_B, "cnb-b")
+        };
+        fw.add_network(&net_a()).await.unwrap();
+        fw.add_network(&b).await.unwrap();
+        let of = |dump: &str, id: &str| -> Vec<String> {
+            let tag = format!("cnibridge net {}", &id[..12]);
+            dump.lines()
+                .filter(|l| l.contains(&tag))
+                .map(String::from)
+                .collect()
+        };
+        let both = kernel_rules();
+        assert!(!of(&both, NET_A).is_empty());
 
-        fw.del_network(&net(NET_A, "br-a")).await.unwrap();
-        let only_b = expected("ACCEPT", &[rule("br-b", NET_B)]);
-        assert_eq!(filter_table("iptables-save"), only_b);
-        assert_eq!(filter_table("ip6tables-save"), only_b);
+        fw.del_network(&net_a()).await.unwrap();
+        let only_b = kernel_rules();
+        assert!(of(&only_b, NET_A).is_empty(), "{only_b}");
+        assert_eq!(of(&only_b, NET_B), of(&both, NET_B));
         // Unknown (or already deleted) is Ok and changes nothing.
-        fw.del_network(&net(NET_A, "br-a")).await.unwrap();
-        assert_eq!(filter_table("iptables-save"), only_b);
+        fw.del_network(&net_a()).await.unwrap();
+        assert_eq!(kernel_rules(), only_b);
     });
 }
 
@@ -81,41 +189,87 @@ fn del_network_removes_exactly_its_rule() {
 fn reconcile_replaces_the_whole_set() {
     in_netns("reconcile_replaces_the_whole_set", || async {
         let fw = IptablesFirewall::default();
-        fw.add_network(&net(NET_A, "br-a")).await.unwrap();
-        // Someone flushed our chain and removed the jump: reconcile repairs both.
+        fw.add_network(&net_a()).await.unwrap();
+        // Someone flushed our chains and removed the jumps: reconcile repairs all of it.
         run(&["iptables", "-F", "CNIBRIDGE-FORWARD"]);
         run(&["iptables", "-D", "FORWARD", "-j", "CNIBRIDGE-FORWARD"]);
-        fw.reconcile(&[net(NET_A, "br-a"), net(NET_B, "br-b")])
-            .await
+        run(&["iptables", "-t", "nat", "-F", "CNIBRIDGE-POSTROUTING"]);
+        run(&[
+            "iptables",
+            "-t",
+            "nat",
+            "-D",
+            "POSTROUTING",
+            "-j",
+            "CNIBRIDGE-POSTROUTING",
+        ]);
+        let (_, two) = cases()
+            .into_iter()
+            .find(|(name, _)| *name == "two_networks")
             .unwrap();
-        let both = expected("ACCEPT", &[rule("br-a", NET_A), rule("br-b", NET_B)]);
-        assert_eq!(filter_table("iptables-save"), both);
-        assert_eq!(filter_table("ip6tables-save"), both);
+        fw.reconcile(&two).await.unwrap();
+        assert_golden("iptables/two_networks", &kernel_rules());
 
-        // A fresh process knows nothing; reconcile([]) still empties the chain.
+        // A fresh process knows nothing; reconcile([]) still empties the chains.
         let restarted = IptablesFirewall::default();
         restarted.reconcile(&[]).await.unwrap();
-        let empty = expected("ACCEPT", &[]);
-        assert_eq!(filter_table("iptables-save"), empty);
-        assert_eq!(filter_table("ip6tables-save"), empty);
+        assert_golden("iptables/cleaned", &kernel_rules());
     });
 }
 
+/// dockerd inserts its jumps at the head of `FORWARD` at every start and adds its own
+/// masquerade rules to `POSTROUTING`; ours are appended, stay behind them and are not repeated.
 #[test]
-fn jump_is_appended_after_docker_user() {
-    in_netns("jump_is_appended_after_docker_user", || async {
-        run(&["iptables", "-N", "DOCKER-USER"]);
-        run(&["iptables", "-A", "FORWARD", "-j", "DOCKER-USER"]);
-        IptablesFirewall::default()
-            .add_network(&net(NET_A, "br-a"))
-            .await
-            .unwrap();
-        let forward = run(&["iptables", "-S", "FORWARD"]);
-        assert_eq!(
-            forward,
-            "-P FORWARD ACCEPT\n-A FORWARD -j DOCKER-USER\n-A FORWARD -j CNIBRIDGE-FORWARD\n"
-        );
-    });
+fn jumps_stay_behind_dockers_across_a_dockerd_restart() {
+    in_netns(
+        "jumps_stay_behind_dockers_across_a_dockerd_restart",
+        || async {
+            let docker_start = || {
+                for chain in ["DOCKER-USER", "DOCKER-FORWARD"] {
+                    let _ = std::process::Command::new("iptables")
+                        .args(["-N", chain])
+                        .output();
+                    let _ = std::process::Command::new("iptables")
+                        .args(["-D", "FORWARD", "-j", chain])
+                        .output();
+                }
+                run(&["iptables", "-I", "FORWARD", "1", "-j", "DOCKER-FORWARD"]);
+                run(&["iptables", "-I", "FORWARD", "1", "-j", "DOCKER-USER"]);
+            };
+            docker_start();
+            run(&[
+                "iptables",
+                "-t",
+                "nat",
+                "-A",
+                "POSTROUTING",
+                "-s",
+                "172.17.0.0/16",
+                "!",
+                "-o",
+                "docker0",
+                "-j",
+                "MASQUERADE",
+            ]);
+            let fw = IptablesFirewall::default();
+            fw.add_network(&net_a()).await.unwrap();
+            let forward =
+                "-P FORWARD ACCEPT\n-A FORWARD -j DOCKER-USER\n-A FORWARD -j DOCKER-FORWARD\n\
+                       -A FORWARD -j CNIBRIDGE-FORWARD\n";
+            assert_eq!(run(&["iptables", "-S", "FORWARD"]), forward);
+            assert_eq!(
+                run(&["iptables", "-t", "nat", "-S", "POSTROUTING"]),
+                "-P POSTROUTING ACCEPT\n\
+             -A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE\n\
+             -A POSTROUTING -j CNIBRIDGE-POSTROUTING\n"
+            );
+            // dockerd restarts: its jumps are taken out and put back at the head.
+            docker_start();
+            fw.reconcile(&[net_a()]).await.unwrap();
+            assert_eq!(run(&["iptables", "-S", "FORWARD"]), forward);
+            assert_golden("iptables/masq_on", &kernel_rules());
+        },
+    );
 }
 
 #[test]
@@ -126,16 +280,16 @@ fn unusable_ip6tables_falls_back_to_ipv4() {
             restore: "/nonexistent/ip6tables-restore".into(),
         };
         let fw = IptablesFirewall::new(IptablesTools::ipv4(), broken_v6);
-        fw.add_network(&net(NET_A, "br-a")).await.unwrap();
-        fw.add_network(&net(NET_B, "br-b")).await.unwrap();
-        let both = expected("ACCEPT", &[rule("br-a", NET_A), rule("br-b", NET_B)]);
-        assert_eq!(filter_table("iptables-save"), both);
+        fw.add_network(&net_a()).await.unwrap();
+        let v4 = ours_v4();
+        assert!(v4.contains("-j MASQUERADE"), "{v4}");
+        assert_eq!(our_rules("ip6tables-save"), "");
     });
 }
 
-/// Why the rule exists: with Docker's `FORWARD DROP` policy and br_netfilter, two ports of one
-/// bridge cannot talk until `add_network`. The test namespace plays the host; two named
-/// namespaces play containers, one veth peer each.
+/// Why the forwarding rules exist: with Docker's `FORWARD DROP` policy and br_netfilter, two
+/// ports of one bridge cannot talk until `add_network`. The test namespace plays the host; two
+/// named namespaces play containers, one veth peer each.
 #[test]
 fn same_bridge_traffic_needs_the_rule_under_forward_drop() {
     in_netns(
@@ -179,11 +333,7 @@ fn same_bridge_traffic_needs_the_rule_under_forward_drop() {
 
             // br_netfilter's switch is per namespace; 1 means bridged IPv4 frames traverse the
             // iptables FORWARD chain, so the DROP policy applies between two ports of one bridge.
-            let bridged_through_iptables =
-                std::fs::read_to_string("/proc/sys/net/bridge/bridge-nf-call-iptables")
-                    .map(|v| v.trim() == "1")
-                    .unwrap_or(false);
-            eprintln!("bridge-nf-call-iptables in the test netns: {bridged_through_iptables}");
+            let bridged_through_iptables = support::bridged_through_iptables();
             let before = tcp_reaches(&a, Some(&b), to_b, wait);
             if bridged_through_iptables {
                 assert!(

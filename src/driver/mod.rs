@@ -130,12 +130,22 @@ fn parse_net(what: &str, s: &str) -> Result<IpNet, DriverError> {
     })
 }
 
+/// The firewall intent of a network, derived from its record each time (the record keeps the
+/// `-o` map as sent, so records written before these options were honoured get them too).
 fn firewall_rules(net: &NetworkRecord) -> NetworkRules {
+    let fw = options::firewall_options(&net.options, net.internal).unwrap_or_else(|e| {
+        // Only records written by a version that accepted these keys without checking them.
+        tracing::warn!(network = short(&net.id), error = %e, "stored options are invalid; using Docker's firewall defaults");
+        options::FirewallOptions::defaults(net.internal)
+    });
     NetworkRules {
         network_id: net.id.clone(),
         bridge: net.bridge.clone(),
         subnets: net.families().map(|f| f.pool).collect(),
         internal: net.internal,
+        masquerade: fw.masquerade,
+        masquerade_ipv6: fw.masquerade_ipv6,
+        icc: fw.icc,
     }
 }
 

@@ -18,16 +18,31 @@ const DOCKER_BRIDGE_NAME: &str = "com.docker.network.bridge.name";
 const MTU: &str = "mtu";
 const DOCKER_MTU: &str = "com.docker.network.driver.mtu";
 const IFACE_PREFIX: &str = "com.docker.network.container_iface_prefix";
+/// CNI bridge's masquerade switch (IPv4 here; CNI's covers every family of the attachment).
+pub const IP_MASQ: &str = "ipMasq";
+/// Docker's spelling of `ipMasq`.
+pub const DOCKER_IP_MASQ: &str = "com.docker.network.bridge.enable_ip_masquerade";
+/// cnibridge's own key for IPv6 masquerade, in CNI style; neither CNI nor Docker has one.
+pub const IP_MASQ_IPV6: &str = "ipMasqIPv6";
+/// Docker's inter-container communication switch.
+pub const DOCKER_ICC: &str = "com.docker.network.bridge.enable_icc";
 
 /// Keys honoured now.
-const HONOURED: &[&str] = &[BRIDGE, DOCKER_BRIDGE_NAME, MTU, DOCKER_MTU, IFACE_PREFIX];
+const HONOURED: &[&str] = &[
+    BRIDGE,
+    DOCKER_BRIDGE_NAME,
+    MTU,
+    DOCKER_MTU,
+    IFACE_PREFIX,
+    IP_MASQ,
+    DOCKER_IP_MASQ,
+    IP_MASQ_IPV6,
+    DOCKER_ICC,
+];
 
-/// CNI and Docker bridge keys that later work will honour (masquerade, isolation, CNI configs):
+/// CNI and Docker bridge keys that later work will honour (published ports, CNI configs):
 /// accepted so existing commands keep working, and logged as not applied.
 const RECORDED: &[&str] = &[
-    "ipMasq",
-    "com.docker.network.bridge.enable_ip_masquerade",
-    "com.docker.network.bridge.enable_icc",
     "com.docker.network.bridge.host_binding_ipv4",
     "isGateway",
     "isDefaultGateway",
@@ -54,8 +69,55 @@ pub struct NetworkOptions {
     pub iface_prefix: String,
     pub internal: bool,
     pub enable_ipv6: bool,
+    /// Masquerade and icc, as `firewall_options` reads them.
+    pub firewall: FirewallOptions,
     /// The `-o` map as sent.
     pub generic: BTreeMap<String, String>,
+}
+
+/// The firewall switches of a network (Docker's bridge defaults: masquerade and icc on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FirewallOptions {
+    /// IPv4 masquerade: `ipMasq` / `enable_ip_masquerade`, default true, off when internal.
+    pub masquerade: bool,
+    /// IPv6 masquerade: `ipMasqIPv6`, default false, off when internal.
+    pub masquerade_ipv6: bool,
+    /// `enable_icc`, default true.
+    pub icc: bool,
+}
+
+impl FirewallOptions {
+    /// What a network gets when it sets none of the keys.
+    pub fn defaults(internal: bool) -> Self {
+        FirewallOptions {
+            masquerade: !internal,
+            masquerade_ipv6: false,
+            icc: true,
+        }
+    }
+}
+
+/// Read the firewall switches from the `-o` map. `--internal` turns masquerade off whatever the
+/// options say (there is no traffic leaving the network to masquerade), as Docker does.
+pub fn firewall_options(
+    generic: &BTreeMap<String, String>,
+    internal: bool,
+) -> Result<FirewallOptions, DriverError> {
+    let defaults = FirewallOptions::defaults(internal);
+    let masquerade = bool_of(generic, IP_MASQ, DOCKER_IP_MASQ)?.unwrap_or(true);
+    let masquerade_ipv6 = match generic.get(IP_MASQ_IPV6) {
+        Some(v) => parse_go_bool(IP_MASQ_IPV6, v)?,
+        None => defaults.masquerade_ipv6,
+    };
+    let icc = match generic.get(DOCKER_ICC) {
+        Some(v) => parse_go_bool(DOCKER_ICC, v)?,
+        None => defaults.icc,
+    };
+    Ok(FirewallOptions {
+        masquerade: masquerade && !internal,
+        masquerade_ipv6: masquerade_ipv6 && !internal,
+        icc,
+    })
 }
 
 /// Go's `strconv.ParseBool`, which is what Docker uses for these options.
@@ -109,6 +171,24 @@ fn one_of(
         ))),
         (Some(x), _) | (None, Some(x)) => Ok(Some(x.clone())),
         (None, None) => Ok(None),
+    }
+}
+
+/// One boolean given under two spellings must mean the same (`1` and `true` agree).
+fn bool_of(
+    generic: &BTreeMap<String, String>,
+    a: &str,
+    b: &str,
+) -> Result<Option<bool>, DriverError> {
+    let x = generic.get(a).map(|v| parse_go_bool(a, v)).transpose()?;
+    let y = generic.get(b).map(|v| parse_go_bool(b, v)).transpose()?;
+    match (x, y) {
+        (Some(x), Some(y)) if x != y => Err(DriverError::Invalid(format!(
+            "options {a}={:?} and {b}={:?} contradict each other; give one of them",
+            generic.get(a).map(String::as_str).unwrap_or_default(),
+            generic.get(b).map(String::as_str).unwrap_or_default(),
+        ))),
+        (x, y) => Ok(x.or(y)),
     }
 }
 
@@ -183,13 +263,15 @@ pub fn parse(options: &Map<String, Value>) -> Result<NetworkOptions, DriverError
         )));
     }
     check_ifname(IFACE_PREFIX, &iface_prefix)?;
+    let internal = top_bool(options, INTERNAL)?;
 
     Ok(NetworkOptions {
         bridge,
         mtu,
         iface_prefix,
-        internal: top_bool(options, INTERNAL)?,
+        internal,
         enable_ipv6: top_bool(options, ENABLE_IPV6)?,
+        firewall: firewall_options(&generic, internal)?,
         generic,
     })
 }
@@ -260,6 +342,113 @@ mod tests {
         for (input, want) in cases {
             let err = parse(&opts(input.clone())).unwrap_err().to_string();
             assert!(err.contains(want), "{input}: {err}");
+        }
+    }
+
+    fn fw(generic: Value, internal: bool) -> Result<FirewallOptions, DriverError> {
+        parse(&opts(json!({
+            "com.docker.network.generic": generic,
+            "com.docker.network.internal": internal,
+        })))
+        .map(|o| o.firewall)
+    }
+
+    #[test]
+    fn firewall_defaults_are_docker_bridge_defaults() {
+        let want = FirewallOptions {
+            masquerade: true,
+            masquerade_ipv6: false,
+            icc: true,
+        };
+        assert_eq!(fw(json!({}), false).unwrap(), want);
+        // No generic map at all: the same.
+        assert_eq!(parse(&Map::new()).unwrap().firewall, want);
+    }
+
+    #[test]
+    fn firewall_keys_are_honoured_under_both_spellings() {
+        let cases = [
+            (json!({"ipMasq": "false"}), false, false, true),
+            (json!({"ipMasq": "0"}), false, false, true),
+            (
+                json!({"com.docker.network.bridge.enable_ip_masquerade": "false"}),
+                false,
+                false,
+                true,
+            ),
+            (
+                json!({"ipMasq": "true", "com.docker.network.bridge.enable_ip_masquerade": "1"}),
+                true,
+                false,
+                true,
+            ),
+            (
+                json!({"ipMasq": "F", "com.docker.network.bridge.enable_ip_masquerade": "false"}),
+                false,
+                false,
+                true,
+            ),
+            (json!({"ipMasqIPv6": "true"}), true, true, true),
+            (
+                json!({"ipMasq": "false", "ipMasqIPv6": "true"}),
+                false,
+                true,
+                true,
+            ),
+            (
+                json!({"com.docker.network.bridge.enable_icc": "false"}),
+                true,
+                false,
+                false,
+            ),
+            (json!({"ipMasq": true}), true, false, true),
+        ];
+        for (generic, masquerade, masquerade_ipv6, icc) in cases {
+            let want = FirewallOptions {
+                masquerade,
+                masquerade_ipv6,
+                icc,
+            };
+            assert_eq!(fw(generic.clone(), false).unwrap(), want, "{generic}");
+        }
+    }
+
+    #[test]
+    fn internal_turns_masquerade_off_but_keeps_icc() {
+        for generic in [
+            json!({}),
+            json!({"ipMasq": "true", "ipMasqIPv6": "true"}),
+            json!({"com.docker.network.bridge.enable_icc": "false"}),
+        ] {
+            let got = fw(generic.clone(), true).unwrap();
+            assert!(!got.masquerade && !got.masquerade_ipv6, "{generic}");
+            assert_eq!(
+                got.icc,
+                generic
+                    .get("com.docker.network.bridge.enable_icc")
+                    .is_none()
+            );
+        }
+    }
+
+    #[test]
+    fn bad_firewall_values_are_refused() {
+        for (generic, want) in [
+            (
+                json!({"ipMasq": "true", "com.docker.network.bridge.enable_ip_masquerade": "false"}),
+                "options ipMasq=\"true\" and com.docker.network.bridge.enable_ip_masquerade=\"false\" contradict each other",
+            ),
+            (json!({"ipMasq": "yes"}), "option ipMasq=\"yes\" is not a boolean"),
+            (json!({"ipMasqIPv6": "on"}), "option ipMasqIPv6=\"on\" is not a boolean"),
+            (
+                json!({"com.docker.network.bridge.enable_icc": ""}),
+                "option com.docker.network.bridge.enable_icc=\"\" is not a boolean",
+            ),
+        ] {
+            let err = fw(generic.clone(), false).unwrap_err().to_string();
+            assert!(err.contains(want), "{generic}: {err}");
+            // An internal network validates them too.
+            assert!(fw(generic, true).is_err());
         }
     }
 

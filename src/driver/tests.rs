@@ -483,3 +483,104 @@ async fn a_slow_join_does_not_block_other_networks() {
     dp.gate.add_permits(1);
     stuck.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn firewall_intent_follows_the_options() {
+    let cases = [
+        // (generic, internal, masquerade, masquerade_ipv6, icc)
+        (json!({}), false, true, false, true),
+        (json!({"ipMasq": "false"}), false, false, false, true),
+        (
+            json!({"com.docker.network.bridge.enable_ip_masquerade": "0", "ipMasqIPv6": "true"}),
+            false,
+            false,
+            true,
+            true,
+        ),
+        (
+            json!({"com.docker.network.bridge.enable_icc": "false"}),
+            false,
+            true,
+            false,
+            false,
+        ),
+        (
+            json!({"ipMasq": "true", "ipMasqIPv6": "1"}),
+            true,
+            false,
+            false,
+            true,
+        ),
+    ];
+    for (generic, internal, masquerade, masquerade_ipv6, icc) in cases {
+        let r = rig().await;
+        r.driver
+            .create_network(&net_req(NET, generic.clone(), internal))
+            .await
+            .unwrap();
+        let want = NetworkRules {
+            subnets: vec!["10.15.40.0/24".parse().unwrap()],
+            internal,
+            masquerade,
+            masquerade_ipv6,
+            icc,
+            ..NetworkRules::new(NET, names::default_bridge(NET))
+        };
+        assert_eq!(r.fw.networks(), vec![want.clone()], "{generic}");
+        r.driver.delete_network(NET).await.unwrap();
+        assert_eq!(
+            r.fw.calls().last(),
+            Some(&FirewallCall::DelNetwork(want)),
+            "{generic}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn contradicting_masquerade_options_are_refused_before_any_change() {
+    let r = rig().await;
+    let err = r
+        .driver
+        .create_network(&net_req(
+            NET,
+            json!({"ipMasq": "true", "com.docker.network.bridge.enable_ip_masquerade": "false"}),
+            false,
+        ))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("contradict each other"), "{err}");
+    assert!(r.dp.calls().is_empty());
+    // Only the reconcile of Driver::open.
+    assert_eq!(r.fw.calls(), vec![FirewallCall::Reconcile(vec![])]);
+}
+
+#[tokio::test]
+async fn a_record_with_a_value_an_older_version_accepted_gets_the_defaults() {
+    let r = rig().await;
+    r.driver
+        .create_network(&net_req(
+            NET,
+            json!({"bridge": "cnbt0", "com.docker.network.bridge.enable_icc": "false"}),
+            false,
+        ))
+        .await
+        .unwrap();
+    // Before masquerade was honoured, any value of ipMasq was accepted and stored.
+    let path = r.dir.path().join(format!("state/networks/{NET}.json"));
+    let mut rec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    rec["options"]["ipMasq"] = json!("yes");
+    std::fs::write(&path, serde_json::to_vec(&rec).unwrap()).unwrap();
+    let Rig {
+        dir,
+        dp,
+        fw,
+        driver,
+    } = r;
+    drop(driver);
+    let r = rig_in(dir, dp, fw).await;
+    let restored = r.fw.networks();
+    assert_eq!(restored.len(), 1);
+    // Docker's defaults for the whole set, not a half-read record.
+    assert!(restored[0].masquerade && restored[0].icc, "{restored:?}");
+}

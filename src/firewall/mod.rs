@@ -1,8 +1,10 @@
 //! Packet filter rules a network needs, behind the `Firewall` trait.
 //!
-//! Today: the rule that lets ports of one bridge talk to each other although Docker's `FORWARD`
-//! policy is `DROP` and br_netfilter sends bridged frames through iptables. The firewall issue
-//! extends this trait (masquerade, isolation, published ports, nftables).
+//! What a network gets: forwarding that works under Docker's `FORWARD DROP` policy (replies to
+//! containers, containers out, container to container), isolation from the other cnibridge
+//! networks, `enable_icc=false` and `--internal` like Docker's bridge driver, and masquerade
+//! for `ipMasq` networks (CNI's semantics). All of it is network-wide and installed once per
+//! network; published ports (per endpoint) and an nftables backend are later work.
 
 use std::future::Future;
 
@@ -14,6 +16,9 @@ pub mod iptables;
 pub mod testing;
 
 /// The network-wide firewall intent of one network; stored and replayable.
+///
+/// Fields added after the first release carry serde defaults that describe what older versions
+/// installed, so stored intent written by them still loads.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkRules {
     /// Docker NetworkID.
@@ -22,8 +27,39 @@ pub struct NetworkRules {
     pub bridge: String,
     /// The network's subnets (IPv4 and IPv6).
     pub subnets: Vec<IpNet>,
-    /// `--internal`: no traffic leaves the network.
+    /// `--internal`: no traffic leaves the network or enters it from outside; containers on it
+    /// still talk to each other (unless `icc` is off). Excludes masquerade.
     pub internal: bool,
+    /// Masquerade IPv4 traffic from the network's IPv4 subnet to anywhere outside it (except
+    /// multicast) that leaves through another interface.
+    #[serde(default)]
+    pub masquerade: bool,
+    /// The same for IPv6 (off unless asked for).
+    #[serde(default)]
+    pub masquerade_ipv6: bool,
+    /// Inter-container communication: containers of this bridge may talk to each other.
+    #[serde(default = "default_icc")]
+    pub icc: bool,
+}
+
+fn default_icc() -> bool {
+    true
+}
+
+impl NetworkRules {
+    /// A network with Docker's defaults apart from masquerade: not internal, no masquerade,
+    /// icc on. Tests and callers set the rest with struct update syntax.
+    pub fn new(network_id: impl Into<String>, bridge: impl Into<String>) -> Self {
+        NetworkRules {
+            network_id: network_id.into(),
+            bridge: bridge.into(),
+            subnets: Vec::new(),
+            internal: false,
+            masquerade: false,
+            masquerade_ipv6: false,
+            icc: true,
+        }
+    }
 }
 
 /// Firewall failures.
@@ -88,6 +124,16 @@ pub fn validate_rules(rules: &NetworkRules) -> Result<(), FirewallError> {
             reason: "must be an interface name of 1-15 letters, digits, '_', '.', '-', not starting with '-'",
         });
     }
+    if rules.internal && (rules.masquerade || rules.masquerade_ipv6) {
+        return Err(FirewallError::Invalid {
+            field: "masquerade",
+            value: format!(
+                "ipv4={} ipv6={} on an internal network",
+                rules.masquerade, rules.masquerade_ipv6
+            ),
+            reason: "an internal network has no traffic to masquerade; the caller turns it off",
+        });
+    }
     Ok(())
 }
 
@@ -107,5 +153,46 @@ impl Firewall for NoFirewall {
 
     async fn reconcile(&self, _all: &[NetworkRules]) -> Result<(), FirewallError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intent_written_before_masquerade_and_icc_loads_as_what_was_installed() {
+        let old =
+            r#"{"network_id":"n1","bridge":"br0","subnets":["10.1.0.0/24"],"internal":false}"#;
+        let rules: NetworkRules = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            rules,
+            NetworkRules {
+                subnets: vec!["10.1.0.0/24".parse().unwrap()],
+                ..NetworkRules::new("n1", "br0")
+            }
+        );
+        assert!(rules.icc && !rules.masquerade && !rules.masquerade_ipv6);
+        let round: NetworkRules =
+            serde_json::from_str(&serde_json::to_string(&rules).unwrap()).unwrap();
+        assert_eq!(round, rules);
+    }
+
+    #[test]
+    fn internal_networks_cannot_masquerade() {
+        let base = NetworkRules {
+            internal: true,
+            ..NetworkRules::new("n1", "br0")
+        };
+        assert!(validate_rules(&base).is_ok());
+        for (v4, v6) in [(true, false), (false, true)] {
+            let bad = NetworkRules {
+                masquerade: v4,
+                masquerade_ipv6: v6,
+                ..base.clone()
+            };
+            let err = validate_rules(&bad).unwrap_err().to_string();
+            assert!(err.contains("internal network"), "{err}");
+        }
     }
 }

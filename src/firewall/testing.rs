@@ -136,12 +136,7 @@ mod tests {
     use super::*;
 
     fn net(id: &str) -> NetworkRules {
-        NetworkRules {
-            network_id: id.into(),
-            bridge: format!("br-{id}"),
-            subnets: vec![],
-            internal: false,
-        }
+        NetworkRules::new(id, format!("br-{id}"))
     }
 
     #[test]
@@ -162,8 +157,15 @@ mod tests {
             assert!(fw.reconcile(&[net("c")]).await.is_ok());
             assert!(fw.add_network(&net("d")).await.is_err());
             assert!(fw.add_network(&net("")).await.is_err());
+            // Same validation as the real backend: an internal network cannot masquerade.
+            let masq_internal = NetworkRules {
+                internal: true,
+                masquerade: true,
+                ..net("e")
+            };
+            assert!(fw.add_network(&masq_internal).await.is_err());
         });
         assert_eq!(seen.networks(), vec![net("c")]);
-        assert_eq!(seen.calls().len(), 7);
+        assert_eq!(seen.calls().len(), 8);
     }
 }

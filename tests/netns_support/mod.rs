@@ -10,7 +10,7 @@
 
 use std::future::Future;
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -153,6 +153,67 @@ pub fn filter_table(save: &str) -> String {
         + "\n"
 }
 
+/// What `<tool>-save` shows of ours: for each table holding any of it, the table line, our
+/// chains (counters zeroed), their rules, the jumps into them from built-in chains and
+/// `COMMIT`. Nothing of the host's own rules, so goldens stay small and stable.
+pub fn our_rules(save: &str) -> String {
+    let dump = run(&[save]);
+    let mut out = String::new();
+    let mut table = String::new();
+    let mut ours = String::new();
+    for line in dump.lines() {
+        if let Some(name) = line.strip_prefix('*') {
+            table = name.to_string();
+            ours.clear();
+        } else if line == "COMMIT" {
+            if !ours.is_empty() {
+                out.push_str(&format!("*{table}\n{ours}COMMIT\n"));
+            }
+        } else if let Some(rest) = line.strip_prefix(":CNIBRIDGE-") {
+            let decl = rest.rsplit_once(" [").map_or(rest, |(d, _)| d);
+            ours.push_str(&format!(":CNIBRIDGE-{decl} [0:0]\n"));
+        } else if line.starts_with("-A CNIBRIDGE-") || line.contains(" -j CNIBRIDGE-") {
+            ours.push_str(line);
+            ours.push('\n');
+        }
+    }
+    out
+}
+
+/// Compare `actual` with `tests/golden/<name>.golden`; with `UPDATE_GOLDEN=1`, write it instead.
+pub fn assert_golden(name: &str, actual: &str) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(format!("{name}.golden"));
+    if std::env::var("UPDATE_GOLDEN").as_deref() == Ok("1") {
+        std::fs::create_dir_all(path.parent().expect("golden dir")).expect("create golden dir");
+        std::fs::write(&path, actual).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        return;
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "read {}: {e} (run with UPDATE_GOLDEN=1 to create it)",
+            path.display()
+        )
+    });
+    assert!(
+        want == actual,
+        "{} differs (UPDATE_GOLDEN=1 regenerates it)\n--- golden\n{want}--- actual\n{actual}",
+        path.display()
+    );
+}
+
+/// Whether bridged IPv4 frames traverse iptables in the calling thread's netns
+/// (br_netfilter's `bridge-nf-call-iptables`, per namespace); printed, since same-bridge
+/// filtering (icc) depends on it.
+pub fn bridged_through_iptables() -> bool {
+    let on = std::fs::read_to_string("/proc/sys/net/bridge/bridge-nf-call-iptables")
+        .map(|v| v.trim() == "1")
+        .unwrap_or(false);
+    eprintln!("bridge-nf-call-iptables in the test netns: {on}");
+    on
+}
+
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
 /// A named network namespace (`ip netns add`), deleted on drop.
@@ -219,6 +280,87 @@ pub fn tcp_reaches(
         let _listener = TcpListener::bind(addr).expect("bind listener");
         enter(&from_path);
         TcpStream::connect_timeout(&addr, timeout).is_ok()
+    })
+    .join()
+    .expect("probe thread")
+}
+
+/// The source address a TCP server listening at `addr` in `listen_in` sees for a connection
+/// made from `from` (None = the caller's netns for either), or None if the connection does not
+/// complete within `timeout`. Shows whether masquerade rewrote the source.
+pub fn tcp_peer(
+    from: Option<&NamedNetns>,
+    listen_in: Option<&NamedNetns>,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Option<SocketAddr> {
+    let from_path = from.map(NamedNetns::path);
+    let listen_path = listen_in.map(NamedNetns::path);
+    std::thread::spawn(move || {
+        if let Some(p) = listen_path {
+            enter(&p);
+        }
+        let listener = TcpListener::bind(addr).expect("bind listener");
+        if let Some(p) = from_path {
+            enter(&p);
+        }
+        let _conn = TcpStream::connect_timeout(&addr, timeout).ok()?;
+        // The handshake is complete, so the connection is in the backlog already.
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            match listener.accept() {
+                Ok((_, peer)) => return Some(peer),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if std::time::Instant::now() > deadline {
+                        return None;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        }
+    })
+    .join()
+    .expect("probe thread")
+}
+
+/// The source address a UDP receiver bound to `addr` in `listen_in` sees for one datagram sent
+/// from `from` (None = the caller's netns for either), or None if nothing arrives within
+/// `timeout`. One-way, so it tells apart rules that TCP's handshake needs only one of.
+pub fn udp_peer(
+    from: Option<&NamedNetns>,
+    listen_in: Option<&NamedNetns>,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Option<SocketAddr> {
+    let from_path = from.map(NamedNetns::path);
+    let listen_path = listen_in.map(NamedNetns::path);
+    std::thread::spawn(move || {
+        if let Some(p) = listen_path {
+            enter(&p);
+        }
+        let receiver = UdpSocket::bind(addr).expect("bind receiver");
+        receiver
+            .set_read_timeout(Some(timeout))
+            .expect("read timeout");
+        if let Some(p) = from_path {
+            enter(&p);
+        }
+        let any: SocketAddr = if addr.is_ipv4() {
+            "0.0.0.0:0".parse().expect("v4 any")
+        } else {
+            "[::]:0".parse().expect("v6 any")
+        };
+        let sender = UdpSocket::bind(any).expect("bind sender");
+        // No route is a result too (nothing arrives), not a test failure.
+        if sender.send_to(b"probe", addr).is_err() {
+            return None;
+        }
+        let mut buf = [0u8; 16];
+        receiver.recv_from(&mut buf).ok().map(|(_, peer)| peer)
     })
     .join()
     .expect("probe thread")

@@ -256,7 +256,7 @@ pub fn http_get(ip: IpAddr, port: u16, timeout: Duration) -> Result<String, Stri
 }
 
 /// The user chains of each iptables tool and table, and the policy of `FORWARD`: taken before the suite
-/// so the chains our dockerd and cnibridge add (DOCKER*, CNIBRIDGE-FORWARD) and Docker's `FORWARD DROP`
+/// so the chains our dockerd and cnibridge add (DOCKER*, CNIBRIDGE-*) and Docker's `FORWARD DROP`
 /// can be taken away again afterwards.
 pub struct FirewallSnapshot {
     chains: HashSet<(String, String, String)>,

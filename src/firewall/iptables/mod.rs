@@ -1,14 +1,14 @@
-//! iptables implementation of `Firewall`.
+//! iptables implementation of `Firewall`: the apply half.
 //!
 //! Why it exists: Docker sets the filter `FORWARD` policy to `DROP`, and br_netfilter sends
 //! bridged frames through iptables, so even two ports of one bridge cannot talk until a rule
-//! accepts it.
+//! accepts it; containers also need isolation and masquerade as Docker's bridge gives them.
 //!
-//! Layout: one chain of our own, `CNIBRIDGE-FORWARD`, in the filter table of iptables and
-//! ip6tables, reached by one jump appended to `FORWARD` (appended, so Docker's `DOCKER-USER`
-//! jump stays first). The chain's whole content is rendered from the set of known networks by
-//! `render_restore` and applied with one `iptables-restore --noflush` per family per change;
-//! nothing outside the chain is touched except that jump.
+//! How: the content of our own chains (see `render` for the layout) is rendered from the whole
+//! set of known networks and applied with one `iptables-restore -w --noflush` per family per
+//! change, covering the filter and nat tables in one transaction. Before it, the jumps from
+//! `FORWARD` and `POSTROUTING` are checked (`-C`, concurrently) and the missing ones are added
+//! by the same script. Nothing outside our chains is touched except those jumps.
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
@@ -20,12 +20,12 @@ use tokio::sync::Mutex;
 
 use super::{validate_rules, Firewall, FirewallError, NetworkRules};
 
-/// Our chain in the filter table of both families.
-pub const CHAIN: &str = "CNIBRIDGE-FORWARD";
+pub mod render;
 
-/// The rule comment carries this prefix and the first 12 characters of the network id, so an
-/// operator (or a later GC) can tell which network a rule belongs to.
-const COMMENT_PREFIX: &str = "cnibridge net";
+pub use render::{
+    render_restore, rule_comment, Family, Jump, FORWARD_CHAIN, ISOLATION_1, ISOLATION_2, JUMPS,
+    POSTROUTING_CHAIN,
+};
 
 /// `-w` makes legacy iptables wait for the xtables lock without bound; this bounds the whole
 /// process instead, so a wedged tool cannot hang a Docker request forever.
@@ -34,7 +34,7 @@ const TOOL_TIMEOUT: Duration = Duration::from_secs(30);
 /// The two programs used for one address family.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IptablesTools {
-    /// Checks for the `FORWARD` jump (`iptables` / `ip6tables`).
+    /// Checks for the jumps into our chains (`iptables` / `ip6tables`).
     pub iptables: String,
     /// Applies the rendered script (`iptables-restore` / `ip6tables-restore`).
     pub restore: String,
@@ -105,18 +105,18 @@ impl IptablesFirewall {
         self.state.lock().await.networks.values().cloned().collect()
     }
 
-    /// Write the chain for `networks` in both families, then remember `networks` as the set.
+    /// Write our chains for `networks` in both families, then remember `networks` as the set.
     async fn apply(
         &self,
         state: &mut State,
         networks: BTreeMap<String, NetworkRules>,
     ) -> Result<(), FirewallError> {
         let list: Vec<NetworkRules> = networks.values().cloned().collect();
-        apply_family(&self.v4, &list).await?;
+        apply_family(&self.v4, Family::V4, &list).await?;
         match state.v6 {
             V6::Disabled => {}
-            V6::Usable => apply_family(&self.v6, &list).await?,
-            V6::Unknown => match apply_family(&self.v6, &list).await {
+            V6::Usable => apply_family(&self.v6, Family::V6, &list).await?,
+            V6::Unknown => match apply_family(&self.v6, Family::V6, &list).await {
                 Ok(()) => state.v6 = V6::Usable,
                 Err(e) => {
                     tracing::warn!(error = %e, "ip6tables is not usable; managing IPv4 rules only");
@@ -165,41 +165,21 @@ impl Firewall for IptablesFirewall {
     }
 }
 
-/// The `iptables-restore --noflush` script that makes `CNIBRIDGE-FORWARD` hold exactly one
-/// ACCEPT rule per network (in the given order), and appends the `FORWARD` jump when
-/// `add_jump` is set. Pure, so it is tested as text without root.
-pub fn render_restore(networks: &[NetworkRules], add_jump: bool) -> String {
-    let mut out = String::from("*filter\n");
-    // Declaring the chain creates it if missing. With --noflush, iptables-nft 1.8.9 also
-    // flushes an existing declared chain (verified); the explicit -F does not depend on that.
-    out.push_str(&format!(":{CHAIN} - [0:0]\n-F {CHAIN}\n"));
-    for net in networks {
-        out.push_str(&format!(
-            "-A {CHAIN} -i {br} -o {br} -m comment --comment \"{}\" -j ACCEPT\n",
-            rule_comment(&net.network_id),
-            br = net.bridge,
-        ));
-    }
-    if add_jump {
-        out.push_str(&format!("-A FORWARD -j {CHAIN}\n"));
-    }
-    out.push_str("COMMIT\n");
-    out
-}
-
-/// The comment on a network's rule: `cnibridge net <first 12 characters of the id>`.
-pub fn rule_comment(network_id: &str) -> String {
-    let short: String = network_id.chars().take(12).collect();
-    format!("{COMMENT_PREFIX} {short}")
-}
-
-/// Check for the jump, then write the chain (plus the jump if it was missing) in one restore.
+/// Check for the jumps, then write our chains of both tables (plus the missing jumps) in one
+/// restore.
 async fn apply_family(
     tools: &IptablesTools,
+    family: Family,
     networks: &[NetworkRules],
 ) -> Result<(), FirewallError> {
-    let has_jump = jump_present(tools).await?;
-    let script = render_restore(networks, !has_jump);
+    let checks = futures::future::join_all(JUMPS.iter().map(|j| jump_present(tools, j))).await;
+    let mut missing = Vec::new();
+    for (jump, present) in JUMPS.iter().zip(checks) {
+        if !present? {
+            missing.push(*jump);
+        }
+    }
+    let script = render_restore(family, networks, &missing);
     let out = run(&tools.restore, &["-w", "--noflush"], Some(&script)).await?;
     if out.status.success() {
         return Ok(());
@@ -207,7 +187,7 @@ async fn apply_family(
     Err(FirewallError::Backend {
         tool: tools.restore.clone(),
         reason: format!(
-            "{} rejected the {CHAIN} update ({}): {}",
+            "{} rejected the update of the cnibridge chains ({}): {}",
             tools.restore,
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
@@ -215,10 +195,11 @@ async fn apply_family(
     })
 }
 
-/// `iptables -C FORWARD -j CNIBRIDGE-FORWARD`: exit 0 = present, 1 = no such rule,
-/// 2 with "does not exist" = our chain is not there yet (so neither is the jump).
-async fn jump_present(tools: &IptablesTools) -> Result<bool, FirewallError> {
-    let out = run(&tools.iptables, &["-w", "-C", "FORWARD", "-j", CHAIN], None).await?;
+/// `iptables -t <table> -C <from> -j <to>`: exit 0 = present, 1 = no such rule, 2 with "does
+/// not exist" = our chain is not there yet (so neither is the jump).
+async fn jump_present(tools: &IptablesTools, jump: &Jump) -> Result<bool, FirewallError> {
+    let args = ["-w", "-t", jump.table, "-C", jump.from, "-j", jump.to];
+    let out = run(&tools.iptables, &args, None).await?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     match out.status.code() {
         Some(0) => Ok(true),
@@ -227,7 +208,10 @@ async fn jump_present(tools: &IptablesTools) -> Result<bool, FirewallError> {
         _ => Err(FirewallError::Backend {
             tool: tools.iptables.clone(),
             reason: format!(
-                "checking the FORWARD jump to {CHAIN} failed ({}): {}",
+                "checking the {} jump to {} ({} table) failed ({}): {}",
+                jump.from,
+                jump.to,
+                jump.table,
                 out.status,
                 stderr.trim()
             ),
@@ -281,63 +265,7 @@ mod tests {
     use super::*;
 
     fn net(id: &str, bridge: &str) -> NetworkRules {
-        NetworkRules {
-            network_id: id.into(),
-            bridge: bridge.into(),
-            subnets: vec![],
-            internal: false,
-        }
-    }
-
-    #[test]
-    fn render_no_networks() {
-        assert_eq!(
-            render_restore(&[], false),
-            "*filter\n\
-             :CNIBRIDGE-FORWARD - [0:0]\n\
-             -F CNIBRIDGE-FORWARD\n\
-             COMMIT\n"
-        );
-    }
-
-    #[test]
-    fn render_no_networks_with_jump() {
-        assert_eq!(
-            render_restore(&[], true),
-            "*filter\n\
-             :CNIBRIDGE-FORWARD - [0:0]\n\
-             -F CNIBRIDGE-FORWARD\n\
-             -A FORWARD -j CNIBRIDGE-FORWARD\n\
-             COMMIT\n"
-        );
-    }
-
-    #[test]
-    fn render_one_network() {
-        let id = "4f1d9b2c7a3e5f60718293a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4";
-        assert_eq!(
-            render_restore(&[net(id, "cni0")], false),
-            "*filter\n\
-             :CNIBRIDGE-FORWARD - [0:0]\n\
-             -F CNIBRIDGE-FORWARD\n\
-             -A CNIBRIDGE-FORWARD -i cni0 -o cni0 -m comment --comment \"cnibridge net 4f1d9b2c7a3e\" -j ACCEPT\n\
-             COMMIT\n"
-        );
-    }
-
-    #[test]
-    fn render_two_networks_with_jump() {
-        let nets = [net("aaaaaaaaaaaaaaaa", "br-a"), net("bbbb", "br-b")];
-        assert_eq!(
-            render_restore(&nets, true),
-            "*filter\n\
-             :CNIBRIDGE-FORWARD - [0:0]\n\
-             -F CNIBRIDGE-FORWARD\n\
-             -A CNIBRIDGE-FORWARD -i br-a -o br-a -m comment --comment \"cnibridge net aaaaaaaaaaaa\" -j ACCEPT\n\
-             -A CNIBRIDGE-FORWARD -i br-b -o br-b -m comment --comment \"cnibridge net bbbb\" -j ACCEPT\n\
-             -A FORWARD -j CNIBRIDGE-FORWARD\n\
-             COMMIT\n"
-        );
+        NetworkRules::new(id, bridge)
     }
 
     #[test]

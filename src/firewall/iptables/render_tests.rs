@@ -1,0 +1,210 @@
+//! Rendering as text: the exact script for the simplest sets, and the rules each option adds
+//! or removes. The main option combinations are pinned as golden files by the netns tier
+//! (`tests/netns_firewall.rs`), next to what the kernel holds after applying them.
+
+use super::*;
+
+const ID_A: &str = "4f1d9b2c7a3e5f60718293a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4";
+const ID_B: &str = "bbbbbbbbbbbb2222";
+
+fn net(id: &str, bridge: &str, subnets: &[&str]) -> NetworkRules {
+    NetworkRules {
+        subnets: subnets.iter().map(|s| s.parse().unwrap()).collect(),
+        ..NetworkRules::new(id, bridge)
+    }
+}
+
+fn lines(script: &str) -> Vec<&str> {
+    script.lines().collect()
+}
+
+#[test]
+fn no_networks_declares_and_flushes_only_our_chains() {
+    assert_eq!(
+        render_restore(Family::V4, &[], &[]),
+        "*filter\n\
+         :CNIBRIDGE-FORWARD - [0:0]\n\
+         :CNIBRIDGE-ISOLATION-1 - [0:0]\n\
+         :CNIBRIDGE-ISOLATION-2 - [0:0]\n\
+         -F CNIBRIDGE-FORWARD\n\
+         -F CNIBRIDGE-ISOLATION-1\n\
+         -F CNIBRIDGE-ISOLATION-2\n\
+         -A CNIBRIDGE-FORWARD -j CNIBRIDGE-ISOLATION-1\n\
+         COMMIT\n\
+         *nat\n\
+         :CNIBRIDGE-POSTROUTING - [0:0]\n\
+         -F CNIBRIDGE-POSTROUTING\n\
+         COMMIT\n"
+    );
+}
+
+#[test]
+fn missing_jumps_are_appended_in_their_own_table() {
+    let script = render_restore(Family::V6, &[], &JUMPS);
+    let l = lines(&script);
+    let filter_commit = l.iter().position(|x| *x == "COMMIT").unwrap();
+    let fwd = l
+        .iter()
+        .position(|x| *x == "-A FORWARD -j CNIBRIDGE-FORWARD")
+        .unwrap();
+    let post = l
+        .iter()
+        .position(|x| *x == "-A POSTROUTING -j CNIBRIDGE-POSTROUTING")
+        .unwrap();
+    assert!(fwd < filter_commit && post > filter_commit, "{script}");
+    // Only the missing one.
+    let only_nat = render_restore(Family::V4, &[], &JUMPS[1..]);
+    assert!(!only_nat.contains("-A FORWARD "), "{only_nat}");
+    assert!(only_nat.contains("-A POSTROUTING -j CNIBRIDGE-POSTROUTING\n"));
+    // Built-in chains are never declared (which would flush them).
+    for s in [&script, &only_nat] {
+        assert!(
+            !s.contains(":FORWARD") && !s.contains(":POSTROUTING"),
+            "{s}"
+        );
+    }
+}
+
+#[test]
+fn one_masquerading_network() {
+    let n = NetworkRules {
+        masquerade: true,
+        ..net(ID_A, "cni0", &["10.88.0.0/16", "fd88::/64"])
+    };
+    let c = "-m comment --comment \"cnibridge net 4f1d9b2c7a3e\"";
+    assert_eq!(
+        render_restore(Family::V4, std::slice::from_ref(&n), &[]),
+        format!(
+            "*filter\n\
+             :CNIBRIDGE-FORWARD - [0:0]\n\
+             :CNIBRIDGE-ISOLATION-1 - [0:0]\n\
+             :CNIBRIDGE-ISOLATION-2 - [0:0]\n\
+             -F CNIBRIDGE-FORWARD\n\
+             -F CNIBRIDGE-ISOLATION-1\n\
+             -F CNIBRIDGE-ISOLATION-2\n\
+             -A CNIBRIDGE-FORWARD -j CNIBRIDGE-ISOLATION-1\n\
+             -A CNIBRIDGE-FORWARD -i cni0 -o cni0 {c} -j ACCEPT\n\
+             -A CNIBRIDGE-FORWARD -o cni0 -m conntrack --ctstate RELATED,ESTABLISHED {c} -j ACCEPT\n\
+             -A CNIBRIDGE-FORWARD -i cni0 ! -o cni0 {c} -j ACCEPT\n\
+             -A CNIBRIDGE-ISOLATION-1 -i cni0 ! -o cni0 {c} -j CNIBRIDGE-ISOLATION-2\n\
+             -A CNIBRIDGE-ISOLATION-2 -o cni0 {c} -j DROP\n\
+             COMMIT\n\
+             *nat\n\
+             :CNIBRIDGE-POSTROUTING - [0:0]\n\
+             -F CNIBRIDGE-POSTROUTING\n\
+             -A CNIBRIDGE-POSTROUTING -s 10.88.0.0/16 -d 224.0.0.0/4 {c} -j RETURN\n\
+             -A CNIBRIDGE-POSTROUTING -s 10.88.0.0/16 ! -d 10.88.0.0/16 ! -o cni0 {c} -j MASQUERADE\n\
+             COMMIT\n"
+        )
+    );
+    // IPv6 masquerade is its own switch: the filter part is the same, the nat chain empty.
+    let v6 = render_restore(Family::V6, std::slice::from_ref(&n), &[]);
+    assert!(
+        v6.ends_with("*nat\n:CNIBRIDGE-POSTROUTING - [0:0]\n-F CNIBRIDGE-POSTROUTING\nCOMMIT\n")
+    );
+    assert!(v6.contains("-A CNIBRIDGE-FORWARD -i cni0 ! -o cni0 "));
+}
+
+#[test]
+fn ipv6_masquerade_uses_the_ipv6_subnets_and_multicast() {
+    let n = NetworkRules {
+        masquerade_ipv6: true,
+        ..net(ID_A, "cni0", &["10.88.0.0/16", "fd88::/64"])
+    };
+    let v6 = render_restore(Family::V6, std::slice::from_ref(&n), &[]);
+    assert!(v6.contains("-A CNIBRIDGE-POSTROUTING -s fd88::/64 -d ff00::/8 "));
+    assert!(v6.contains("-A CNIBRIDGE-POSTROUTING -s fd88::/64 ! -d fd88::/64 ! -o cni0 "));
+    assert!(!v6.contains("10.88."));
+    let v4 = render_restore(Family::V4, std::slice::from_ref(&n), &[]);
+    assert!(!v4.contains("MASQUERADE"), "{v4}");
+}
+
+#[test]
+fn subnets_are_written_as_network_addresses() {
+    let n = NetworkRules {
+        masquerade: true,
+        ..net(ID_A, "cni0", &["10.88.7.1/16"])
+    };
+    let v4 = render_restore(Family::V4, &[n], &[]);
+    assert!(v4.contains("-s 10.88.0.0/16 ! -d 10.88.0.0/16 "), "{v4}");
+}
+
+#[test]
+fn icc_off_drops_same_bridge_traffic_and_keeps_the_way_out() {
+    let n = NetworkRules {
+        icc: false,
+        ..net(ID_A, "cni0", &[])
+    };
+    let s = render_restore(Family::V4, &[n], &[]);
+    assert!(s.contains("-A CNIBRIDGE-FORWARD -i cni0 -o cni0 -m comment --comment \"cnibridge net 4f1d9b2c7a3e\" -j DROP\n"));
+    assert!(!s
+        .contains("-i cni0 -o cni0 -m comment --comment \"cnibridge net 4f1d9b2c7a3e\" -j ACCEPT"));
+    assert!(s.contains("-A CNIBRIDGE-FORWARD -i cni0 ! -o cni0 "));
+}
+
+#[test]
+fn internal_drops_both_directions_and_never_masquerades() {
+    // `validate_rules` refuses internal + masquerade; the renderer does not rely on it.
+    let n = NetworkRules {
+        internal: true,
+        masquerade: true,
+        masquerade_ipv6: true,
+        ..net(ID_A, "cni0", &["10.88.0.0/16", "fd88::/64"])
+    };
+    for family in [Family::V4, Family::V6] {
+        let s = render_restore(family, std::slice::from_ref(&n), &[]);
+        let fwd: Vec<&str> = lines(&s)
+            .into_iter()
+            .filter(|l| {
+                l.starts_with("-A CNIBRIDGE-FORWARD -i") || l.starts_with("-A CNIBRIDGE-FORWARD !")
+            })
+            .map(|l| l.split(" -m comment").next().unwrap())
+            .collect();
+        assert_eq!(
+            fwd,
+            [
+                "-A CNIBRIDGE-FORWARD -i cni0 -o cni0",
+                "-A CNIBRIDGE-FORWARD -i cni0 ! -o cni0",
+                "-A CNIBRIDGE-FORWARD ! -i cni0 -o cni0",
+            ]
+        );
+        assert!(s.contains(
+            "! -i cni0 -o cni0 -m comment --comment \"cnibridge net 4f1d9b2c7a3e\" -j DROP\n"
+        ));
+        assert!(
+            !s.contains("RELATED,ESTABLISHED") && !s.contains("MASQUERADE"),
+            "{s}"
+        );
+    }
+}
+
+#[test]
+fn two_networks_isolate_each_other_with_two_rules_each() {
+    let nets = [net(ID_A, "br-a", &[]), net(ID_B, "br-b", &[])];
+    let s = render_restore(Family::V4, &nets, &[]);
+    let iso: Vec<&str> = lines(&s)
+        .into_iter()
+        .filter(|l| l.starts_with("-A CNIBRIDGE-ISOLATION"))
+        .collect();
+    assert_eq!(
+        iso,
+        [
+            "-A CNIBRIDGE-ISOLATION-1 -i br-a ! -o br-a -m comment --comment \"cnibridge net 4f1d9b2c7a3e\" -j CNIBRIDGE-ISOLATION-2",
+            "-A CNIBRIDGE-ISOLATION-1 -i br-b ! -o br-b -m comment --comment \"cnibridge net bbbbbbbbbbbb\" -j CNIBRIDGE-ISOLATION-2",
+            "-A CNIBRIDGE-ISOLATION-2 -o br-a -m comment --comment \"cnibridge net 4f1d9b2c7a3e\" -j DROP",
+            "-A CNIBRIDGE-ISOLATION-2 -o br-b -m comment --comment \"cnibridge net bbbbbbbbbbbb\" -j DROP",
+        ]
+    );
+    // Isolation is the first rule of our chain, before any ACCEPT.
+    let first = lines(&s)
+        .into_iter()
+        .find(|l| l.starts_with("-A CNIBRIDGE-FORWARD"))
+        .unwrap();
+    assert_eq!(first, "-A CNIBRIDGE-FORWARD -j CNIBRIDGE-ISOLATION-1");
+}
+
+#[test]
+fn comments_carry_the_short_network_id() {
+    assert_eq!(rule_comment(ID_A), "cnibridge net 4f1d9b2c7a3e");
+    assert_eq!(rule_comment("abc"), "cnibridge net abc");
+}
