@@ -1,6 +1,24 @@
-//! The CNI side: network names and (later) the config model, Docker options → CNI keys, export.
+//! The CNI side: network names, the config model of a CNI `bridge` + `host-local` network
+//! (`config`, with the IPAM section in `ipam`), selecting a config from a conf dir (`dir`),
+//! mapping it onto Docker's one-pool-per-family (`docker`), and exporting a network's
+//! effective config as a conflist (`export`).
 
 use ipnet::IpNet;
+
+mod bridge;
+pub mod config;
+pub mod dir;
+mod docker;
+mod error;
+pub mod export;
+mod ipam;
+mod json;
+#[cfg(test)]
+mod tests;
+
+pub use config::{CniVersion, IpamConf, NetConf, RangeConf, RouteConf};
+pub use docker::{DockerPools, FamilyPool};
+pub use error::CniError;
 
 /// libcni/skel's rule for network names and container ids: `^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`.
 /// The name becomes a directory under the data dir, so this is also the traversal guard.
@@ -18,35 +36,4 @@ pub fn is_valid_name(name: &str) -> bool {
 pub fn derived_network_name(pool: &IpNet) -> String {
     let addr = pool.network().to_string().replace(':', "_");
     format!("cnibridge-{addr}-{}", pool.prefix_len())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_follow_the_cni_rule() {
-        assert!(is_valid_name("mybridge"));
-        assert!(is_valid_name("a..b"));
-        assert!(!is_valid_name("../evil"));
-        assert!(!is_valid_name(""));
-        assert!(!is_valid_name("a/b"));
-        assert!(!is_valid_name("-x"));
-    }
-
-    #[test]
-    fn derived_names_are_valid() {
-        for p in ["10.15.20.0/24", "fd15:30::/64", "::/0"] {
-            let n = derived_network_name(&p.parse().unwrap());
-            assert!(is_valid_name(&n), "{n}");
-        }
-        assert_eq!(
-            derived_network_name(&"10.15.20.0/24".parse().unwrap()),
-            "cnibridge-10.15.20.0-24"
-        );
-        assert_eq!(
-            derived_network_name(&"fd15:30::/64".parse().unwrap()),
-            "cnibridge-fd15_30__-64"
-        );
-    }
 }
