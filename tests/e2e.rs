@@ -13,6 +13,8 @@ mod support;
 mod basic;
 #[path = "e2e/ctx.rs"]
 mod ctx;
+#[path = "e2e/firewall.rs"]
+mod firewall;
 #[path = "e2e/ipam.rs"]
 mod ipam;
 #[path = "e2e/lifecycle.rs"]
@@ -28,7 +30,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use ctx::Ctx;
-use support::host::{all_ip_files, check_subnets_unused, iptables_mentions};
+use support::host::{all_ip_files, check_subnets_unused, ensure_forward_drop, iptables_mentions};
 use support::process::pids_referencing;
 use support::{base_dir, import_busybox, sweep_stale_runs, Cleanup, Dockerd, Plugin, TEST_PREFIX};
 
@@ -45,6 +47,8 @@ const SUBNETS: &[&str] = &[
     "10.236.0.0/16",
     "10.237.0.0/16",
     "10.238.0.0/16",
+    "10.239.0.0/16",
+    support::outside::OUTSIDE_NET,
     "fd00:cb34::/64",
     DEFAULT_POOL_V6,
 ];
@@ -52,6 +56,7 @@ const SUBNETS: &[&str] = &[
 /// Every bridge name the scenarios give with `-o bridge=`; a dead earlier run's copies are swept at start.
 const BRIDGES: &[&str] = &[
     "cnbtb", "cnbtip", "cnbtrng", "cnbtv6", "cnbtex", "cnbtd1", "cnbtd2", "cnbtd3", "cnbte",
+    "cnbthm", "cnbthn", "cnbthn2", "cnbthr", "cnbthi1", "cnbthi2", "cnbthc", "cnbthx",
 ];
 
 type Scenario = fn(&mut Ctx);
@@ -69,6 +74,18 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("e_plugin_sigkill", lifecycle::e_plugin_sigkill),
     ("e_dockerd_restart", lifecycle::e_dockerd_restart),
     ("f_managed_plugin", managed::f_managed_plugin),
+    ("h_masquerade_egress", firewall::h_masquerade_egress),
+    ("h_no_masquerade", firewall::h_no_masquerade),
+    (
+        "h_dockerd_restart_keeps_forwarding",
+        firewall::h_dockerd_restart_keeps_forwarding,
+    ),
+    (
+        "h_isolation_between_networks",
+        firewall::h_isolation_between_networks,
+    ),
+    ("h_icc_off", firewall::h_icc_off),
+    ("h_internal", firewall::h_internal),
 ];
 
 /// The message of the last panic, recorded by our hook (the default hook would print it mid-report).
@@ -154,6 +171,13 @@ impl Suite {
             dockerd.storage_driver(),
             dockerd.log_path().display()
         );
+        // The scenarios assert what Docker's FORWARD DROP means for containers; dockerd sets it only when it
+        // turns ip_forward on itself, which it does not on a host where forwarding is on already.
+        if let Some(old) = ensure_forward_drop().unwrap_or_else(|e| panic!("{e}")) {
+            println!(
+                "note: iptables FORWARD policy was {old} (forwarding already on); DROP for the run"
+            );
+        }
         let image = import_busybox(&dockerd);
         let name = format!("{TEST_PREFIX}{}", std::process::id());
         let pools = format!("{DEFAULT_POOL_V4}:24,{DEFAULT_POOL_V6}:64");
@@ -230,6 +254,8 @@ impl Suite {
                     .push(format!("plugin socket {} still exists", socket.display()));
             }
         }
+        // The firewall scenarios' outside namespace is theirs to remove (on drop, also when they fail).
+        l.items.extend(support::outside::leftovers());
         l.notes.extend(
             self.cleanup
                 .sweep_host()

@@ -132,7 +132,7 @@ pub fn e_plugin_sigkill(ctx: &mut Ctx) {
 }
 
 /// Waits until the container runs again and returns its endpoint on `network`, which must be new.
-fn restarted_endpoint(ctx: &Ctx, container: &str, network: &str, old: &Endpoint) -> Endpoint {
+pub fn restarted_endpoint(ctx: &Ctx, container: &str, network: &str, old: &Endpoint) -> Endpoint {
     crate::support::wait_for("container restarted by dockerd", crate::ctx::SETTLE, || {
         let running = ctx.docker_ok(&["inspect", "-f", "{{.State.Running}}", container]);
         let eps = endpoints(&ctx.cli(), container);

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use super::dockerd::DockerCli;
 use super::host::{delete_link, links, netns_matching, remove_tree, FirewallSnapshot};
+use super::outside;
 use super::plugin::PLUGIN_DIR;
 use super::process::{kill_referencing, pid_alive, stdout_text};
 use super::{BASE_PREFIX, DOCKER_PREFIX, TEST_PREFIX};
@@ -119,8 +120,9 @@ impl Cleanup {
         report
     }
 
-    /// `cnbt…` network namespaces that appeared during the suite. Reported, never deleted: the e2e tier makes
-    /// none itself (dockerd keeps its sandboxes under its exec root), and a concurrent test may own them.
+    /// `cnbt…` network namespaces that appeared during the suite. Reported, never deleted here: the e2e tier
+    /// makes only its outside namespace (removed by [`outside::sweep`]; dockerd keeps its sandboxes under its
+    /// exec root), and a concurrent test may own the others.
     pub fn new_netns(&self) -> Vec<String> {
         netns_matching(TEST_PREFIX)
             .into_iter()
@@ -131,7 +133,7 @@ impl Cleanup {
     /// Deletes links made during the suite, and the run directories our dockerd created if empty. Returns
     /// what it deleted.
     pub fn sweep_host(&self) -> Vec<String> {
-        let mut report = Vec::new();
+        let mut report = outside::sweep(true);
         for name in self.new_links() {
             // Deleting one end of a veth deletes the other; ignore "cannot find" for the second.
             match delete_link(&name) {
@@ -206,10 +208,11 @@ fn live_runs() -> usize {
 
 /// Cleans up after earlier runs that died without tearing down: kills their dockerd, containerd, shims,
 /// container processes and plugin (all found through their directory), unmounts and removes the directory,
-/// deletes their plugin socket, and deletes the given (test-owned) bridges with whatever is attached to
-/// them. Returns what it did.
+/// deletes their plugin socket and outside namespace, and deletes the given (test-owned) bridges with
+/// whatever is attached to them. Returns what it did.
 pub fn sweep_stale_runs(bridges: &[&str]) -> Vec<String> {
-    let mut report = Vec::new();
+    // Outside namespaces carry their run's pid, so a dead run's are found whatever else runs.
+    let mut report = outside::sweep(false);
     for (pid, base) in stale_bases() {
         for killed in kill_referencing(&base, Duration::from_secs(10)) {
             report.push(format!("killed leftover of run {pid}: {killed}"));

@@ -352,3 +352,38 @@ impl FirewallSnapshot {
         report
     }
 }
+
+/// The `FORWARD` policy of iptables (`ACCEPT`, `DROP`), from `iptables -S FORWARD`.
+pub fn forward_policy() -> Result<String, String> {
+    let out = run_timeout(
+        Command::new("iptables").args(["-w", "5", "-S", "FORWARD"]),
+        CMD_TIMEOUT,
+    )?;
+    stdout_text(&out)
+        .lines()
+        .find_map(|l| l.strip_prefix("-P FORWARD "))
+        .map(str::to_string)
+        .ok_or_else(|| format!("no policy in iptables -S FORWARD: {}", stdout_text(&out)))
+}
+
+/// Makes `FORWARD`'s policy `DROP`, as on a host where Docker turned forwarding on: dockerd sets the policy
+/// only when it finds `ip_forward` off, so on a host where an earlier run (or anything else) left it on,
+/// the policy stays what it was. Returns the policy it replaced, if any; the suite's [`FirewallSnapshot`]
+/// puts it back at the end.
+pub fn ensure_forward_drop() -> Result<Option<String>, String> {
+    let policy = forward_policy()?;
+    if policy == "DROP" {
+        return Ok(None);
+    }
+    let out = run_timeout(
+        Command::new("iptables").args(["-w", "5", "-P", "FORWARD", "DROP"]),
+        CMD_TIMEOUT,
+    )?;
+    if !out.status.success() {
+        return Err(format!(
+            "iptables -P FORWARD DROP: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(Some(policy))
+}

@@ -9,6 +9,7 @@ pub mod cleanup;
 pub mod dockerd;
 pub mod host;
 pub mod image;
+pub mod outside;
 pub mod plugin;
 pub mod process;
 
