@@ -65,6 +65,7 @@ async fn cnibridge_lifecycles(dir: &Path, n: usize) -> Vec<Duration> {
         state: state.clone(),
         data_dir: dir.join("data"),
         default_pools: vec![],
+        cni_conf_dir: "/nonexistent/cni-conf".into(),
     })
     .expect("ipam");
     let dp = NetlinkDataplane::new().expect("netlink");

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand, ValueEnum};
 use cnibridge::cnm::{router, server};
 use cnibridge::dataplane::netlink::NetlinkDataplane;
-use cnibridge::driver::Driver;
+use cnibridge::driver::{Driver, DriverConfig, DEFAULT_EXPORT_SUBDIR};
 use cnibridge::firewall::iptables::IptablesFirewall;
 use cnibridge::firewall::Firewall;
 use cnibridge::firewall::NoFirewall;
@@ -48,6 +48,13 @@ struct ServeArgs {
     /// host-local data dir: one directory of address files per CNI network.
     #[arg(long, default_value = "/var/lib/cni/networks")]
     cni_data_dir: PathBuf,
+    /// CNI config dir that `--ipam-opt cni.conf=NAME` and `-o cni.conf=NAME` select from.
+    #[arg(long, default_value = cnibridge::cni::dir::DEFAULT_CONF_DIR)]
+    cni_conf_dir: PathBuf,
+    /// Where every network's effective config is written as `<name>.conflist`, for CNI
+    /// runtimes that are to attach to the same networks [default: <state-dir>/cni-export].
+    #[arg(long)]
+    cni_export_dir: Option<PathBuf>,
     /// Pools for networks created without --subnet: BASE/LEN:SIZE, comma-separated.
     #[arg(long, default_value = DEFAULT_POOLS, value_delimiter = ',')]
     default_pools: Vec<DefaultPool>,
@@ -105,12 +112,17 @@ async fn serve<F: Firewall>(args: ServeArgs, fw: F) -> Result<(), String> {
         state: state.clone(),
         data_dir: args.cni_data_dir.clone(),
         default_pools: args.default_pools.clone(),
+        cni_conf_dir: args.cni_conf_dir.clone(),
     })
     .map_err(|e| e.to_string())?;
     let dp = NetlinkDataplane::new().map_err(|e| e.to_string())?;
+    let export_dir = args
+        .cni_export_dir
+        .clone()
+        .unwrap_or_else(|| args.state_dir.join(DEFAULT_EXPORT_SUBDIR));
     // State is loaded and reconciled before the socket opens, so the first request already
     // sees every network of the earlier life.
-    let driver = Driver::open(dp, fw, ipam, state)
+    let driver = Driver::open_with(dp, fw, ipam, state, DriverConfig { export_dir })
         .await
         .map_err(|e| e.to_string())?;
     let listener = server::bind(&args.socket)

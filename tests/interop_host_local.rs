@@ -47,6 +47,7 @@ impl Fixture {
             state: StateDir::open(tmp.path().join("state")).unwrap(),
             data_dir: data.clone(),
             default_pools: vec![DEFAULT_POOLS.split(',').next().unwrap().parse().unwrap()],
+            cni_conf_dir: "/nonexistent/cni-conf".into(),
         })
         .unwrap();
         let grant = ipam

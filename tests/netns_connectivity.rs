@@ -105,6 +105,8 @@ impl Host {
                 name: name.into(),
                 mtu: None,
                 addresses: vec![gw.parse().unwrap()],
+                promisc: false,
+                force_address: false,
             })
             .await
             .unwrap();
@@ -124,6 +126,7 @@ impl Host {
                 bridge: bridge.into(),
                 mtu: None,
                 peer_mac: None,
+                hairpin: false,
             })
             .await
             .unwrap();

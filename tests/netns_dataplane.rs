@@ -16,6 +16,8 @@ fn bridge(addrs: &[&str]) -> BridgeSpec {
         name: "cnbr0".into(),
         mtu: Some(1400),
         addresses: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+        promisc: false,
+        force_address: false,
     }
 }
 
@@ -26,6 +28,7 @@ fn veth(host: &str, peer: &str) -> VethSpec {
         bridge: "cnbr0".into(),
         mtu: Some(1380),
         peer_mac: Some([0x02, 0x42, 0x0a, 0x58, 0x00, 0x05]),
+        hairpin: false,
     }
 }
 
@@ -129,13 +132,59 @@ fn ensure_bridge_refuses_a_second_ipv4_address() {
         assert_eq!(
             err.to_string(),
             "bridge cnbr0 already has an IP address different from 10.88.0.1/24 (10.99.0.1/24); \
-             remove it or choose another bridge name"
+             remove it, choose another bridge name, or set forceAddress to replace it"
         );
         assert_eq!(
             addresses("cnbr0"),
             vec!["10.99.0.1/24".to_string()],
             "nothing was changed"
         );
+    });
+}
+
+#[test]
+fn force_address_replaces_the_bridges_conflicting_addresses() {
+    in_netns(
+        "force_address_replaces_the_bridges_conflicting_addresses",
+        || async {
+            run(&["ip", "link", "add", "cnbr0", "type", "bridge"]);
+            run(&["ip", "addr", "add", "10.99.0.1/24", "dev", "cnbr0"]);
+            run(&["ip", "addr", "add", "fd99::1/64", "dev", "cnbr0"]);
+            let mut spec = bridge(&["10.88.0.1/24", "fd99::2/64", "fd88::1/64"]);
+            spec.force_address = true;
+            dataplane().ensure_bridge(&spec).await.unwrap();
+            let mut got = addresses("cnbr0");
+            got.sort();
+            assert_eq!(got, ["10.88.0.1/24", "fd88::1/64", "fd99::2/64"]);
+        },
+    );
+}
+
+#[test]
+fn promisc_and_hairpin_reach_the_kernel() {
+    in_netns("promisc_and_hairpin_reach_the_kernel", || async {
+        let dp = dataplane();
+        let mut spec = bridge(&["10.88.0.1/24"]);
+        spec.promisc = true;
+        dp.ensure_bridge(&spec).await.unwrap();
+        let link = link_json("cnbr0").unwrap();
+        assert!(has_flag(&link, "PROMISC"), "{link}");
+        // CNI never turns it off again: a spec without it leaves it on.
+        dp.ensure_bridge(&bridge(&["10.88.0.1/24"])).await.unwrap();
+        assert!(has_flag(&link_json("cnbr0").unwrap(), "PROMISC"));
+
+        let hairpin =
+            |name: &str| link_json(name).unwrap()["linkinfo"]["info_slave_data"]["hairpin"].clone();
+        let mut on = veth("vh0", "vp0");
+        on.hairpin = true;
+        dp.create_veth(&on).await.unwrap();
+        assert_eq!(hairpin("vh0"), true);
+        // A kept pair gets the flag it is asked for, as CNI sets it at every ADD.
+        dp.create_veth(&veth("vh0", "vp0")).await.unwrap();
+        assert_eq!(hairpin("vh0"), false);
+        dp.create_veth(&veth("vh1", "vp1")).await.unwrap();
+        assert_eq!(hairpin("vh1"), false);
+        assert!(!has_flag(&link_json("vh1").unwrap(), "PROMISC"));
     });
 }
 
@@ -176,6 +225,8 @@ fn ensure_bridge_pins_the_mac_when_it_adds_an_address() {
                 name: "cnbr1".into(),
                 mtu: None,
                 addresses: vec![],
+                promisc: false,
+                force_address: false,
             })
             .await
             .unwrap();

@@ -301,6 +301,8 @@ fn same_bridge_traffic_needs_the_rule_under_forward_drop() {
                 name: "cnbr0".into(),
                 mtu: None,
                 addresses: vec!["10.77.0.1/24".parse().unwrap()],
+                promisc: false,
+                force_address: false,
             })
             .await
             .unwrap();
@@ -316,6 +318,7 @@ fn same_bridge_traffic_needs_the_rule_under_forward_drop() {
                     bridge: "cnbr0".into(),
                     mtu: None,
                     peer_mac: None,
+                    hairpin: false,
                 })
                 .await
                 .unwrap();

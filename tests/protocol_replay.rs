@@ -65,6 +65,7 @@ impl Plugin {
             state: state.clone(),
             data_dir: self.data_dir(),
             default_pools: self.pools.split(',').map(|p| p.parse().unwrap()).collect(),
+            cni_conf_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("cni-confs"),
         })
         .unwrap();
         let driver = Driver::open(self.dp.clone(), self.fw.clone(), ipam, state)

@@ -9,6 +9,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 pub mod netlink;
+mod plan;
 mod rtnl;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
@@ -22,6 +23,12 @@ pub struct BridgeSpec {
     pub mtu: Option<u32>,
     /// Gateway addresses (with the pool's prefix length) that must be on the bridge.
     pub addresses: Vec<IpNet>,
+    /// Turn promiscuous mode on (CNI `promiscMode`; never turned off, as in CNI).
+    #[serde(default)]
+    pub promisc: bool,
+    /// Replace a conflicting address of the bridge instead of refusing (CNI `forceAddress`).
+    #[serde(default)]
+    pub force_address: bool,
 }
 
 /// One veth pair for an endpoint: the host end goes on the bridge, the peer stays in the host
@@ -38,6 +45,9 @@ pub struct VethSpec {
     pub mtu: Option<u32>,
     /// MAC of the container end, so the MAC Docker applies later is already in place.
     pub peer_mac: Option<[u8; 6]>,
+    /// Hairpin (reflective relay) on the host end's bridge port (CNI `hairpinMode`).
+    #[serde(default)]
+    pub hairpin: bool,
 }
 
 /// What `ensure_bridge` found or did.
@@ -59,7 +69,7 @@ pub enum DataplaneError {
     #[error("{name} already exists but is not a {wanted}")]
     WrongKind { name: String, wanted: &'static str },
     /// The bridge carries another address of the same family (CNI bridge's rule).
-    #[error("bridge {bridge} already has an IP address different from {wanted} ({existing}); remove it or choose another bridge name")]
+    #[error("bridge {bridge} already has an IP address different from {wanted} ({existing}); remove it, choose another bridge name, or set forceAddress to replace it")]
     AddressConflict {
         bridge: String,
         existing: IpNet,

@@ -15,6 +15,7 @@ use ipnet::IpNet;
 use netlink_packet_route::link::{InfoData, InfoVeth};
 use rtnetlink::{LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth};
 
+use super::plan::plan_addresses;
 use super::rtnl::{Link, LinkKind, NlError, NlKind, Rtnl};
 use super::{BridgeOutcome, BridgeSpec, Dataplane, DataplaneError, VethSpec};
 
@@ -169,18 +170,34 @@ impl NetlinkDataplane {
         Ok(link)
     }
 
-    /// Put the wanted addresses on the bridge; returns whether any was added.
+    /// Put the wanted addresses on the bridge, first removing conflicting ones if `force`;
+    /// returns whether any was added.
     async fn ensure_addresses(
         &self,
         bridge: &Link,
         wanted: &[IpNet],
+        force: bool,
     ) -> Result<bool, DataplaneError> {
         let existing = self
             .rtnl
             .addresses(bridge.index)
             .await
             .map_err(|e| op_err(format!("list addresses of bridge {}", bridge.name), e))?;
-        let missing = plan_addresses(&bridge.name, &existing, wanted)?;
+        let plan = plan_addresses(&bridge.name, &existing, wanted, force)?;
+        for addr in &plan.remove {
+            tracing::info!(bridge = %bridge.name, address = %addr, "forceAddress: removing the bridge's conflicting address");
+            match self.rtnl.del_address(bridge.index, *addr).await {
+                Ok(()) => {}
+                Err(e) if e.kind == NlKind::NotFound => {}
+                Err(e) => {
+                    return Err(op_err(
+                        format!("remove address {addr} from bridge {}", bridge.name),
+                        e,
+                    ))
+                }
+            }
+        }
+        let missing = plan.add;
         for addr in &missing {
             match self.rtnl.add_address(bridge.index, *addr).await {
                 Ok(()) => {}
@@ -279,13 +296,48 @@ impl NetlinkDataplane {
     }
 }
 
+impl NetlinkDataplane {
+    /// Set the hairpin flag of the bridge port `name`.
+    async fn set_hairpin(&self, name: &str, on: bool) -> Result<(), DataplaneError> {
+        let op = || {
+            format!(
+                "set hairpin mode {} on bridge port {name}",
+                if on { "on" } else { "off" }
+            )
+        };
+        let link = self
+            .rtnl
+            .link_by_name(name)
+            .await
+            .map_err(|e| op_err(op(), e))?
+            .ok_or_else(|| DataplaneError::NotFound(name.to_string()))?;
+        self.rtnl
+            .set_hairpin(link.index, on)
+            .await
+            .map_err(|e| op_err(op(), e))
+    }
+}
+
 impl Dataplane for NetlinkDataplane {
     async fn ensure_bridge(&self, spec: &BridgeSpec) -> Result<BridgeOutcome, DataplaneError> {
         let (bridge, outcome) = self.bridge_link(spec).await?;
+        if spec.promisc && !bridge.promisc {
+            self.rtnl
+                .set_link(
+                    LinkUnspec::new_with_index(bridge.index)
+                        .promiscuous(true)
+                        .build(),
+                )
+                .await
+                .map_err(|e| op_err(format!("set bridge {} promiscuous", bridge.name), e))?;
+        }
         if spec.addresses.is_empty() {
             return Ok(outcome);
         }
-        if self.ensure_addresses(&bridge, &spec.addresses).await? {
+        if self
+            .ensure_addresses(&bridge, &spec.addresses, spec.force_address)
+            .await?
+        {
             // As in CNI, pinning happens only when an address was added, so a bridge adopted
             // with its addresses in place costs no write.
             self.pin_mac(&bridge).await?;
@@ -351,18 +403,23 @@ impl Dataplane for NetlinkDataplane {
                 spec.host_name, spec.peer_name, spec.bridge
             )
         };
-        match self.rtnl.add_link(veth_message(spec, bridge.index)).await {
-            Ok(()) => return Ok(()),
-            Err(e) if e.kind == NlKind::Exists => {}
+        let created = match self.rtnl.add_link(veth_message(spec, bridge.index)).await {
+            Ok(()) => true,
+            Err(e) if e.kind == NlKind::Exists => false,
             Err(e) => return Err(op_err(op(), e)),
+        };
+        if !created && !self.repair_veth(spec, &bridge).await? {
+            self.rtnl
+                .add_link(veth_message(spec, bridge.index))
+                .await
+                .map_err(|e| op_err(op(), e))?;
         }
-        if self.repair_veth(spec, &bridge).await? {
-            return Ok(());
+        // A new port starts with hairpin off, so only "on" costs requests; a kept pair is set
+        // either way, as the CNI plugin sets the flag on/off at every ADD.
+        if spec.hairpin || !created {
+            self.set_hairpin(&spec.host_name, spec.hairpin).await?;
         }
-        self.rtnl
-            .add_link(veth_message(spec, bridge.index))
-            .await
-            .map_err(|e| op_err(op(), e))
+        Ok(())
     }
 
     async fn delete_link(&self, name: &str) -> Result<(), DataplaneError> {
@@ -421,42 +478,6 @@ fn veth_message(spec: &VethSpec, bridge_index: u32) -> netlink_packet_route::lin
     host.build()
 }
 
-/// CNI's `ensureAddr` rule, checked for every wanted address before any is added: an address
-/// already present is kept; another IPv4 address, or an overlapping IPv6 one, is a conflict
-/// (addresses that are themselves wanted never conflict, so a network may carry several
-/// gateways of one family). Returns the addresses to add.
-pub(crate) fn plan_addresses(
-    bridge: &str,
-    existing: &[IpNet],
-    wanted: &[IpNet],
-) -> Result<Vec<IpNet>, DataplaneError> {
-    let mut missing = Vec::new();
-    for want in wanted {
-        if existing.contains(want) {
-            continue;
-        }
-        let conflict = existing
-            .iter()
-            .filter(|have| !wanted.contains(have))
-            .find(|have| match (have, want) {
-                (IpNet::V4(_), IpNet::V4(_)) => true,
-                (IpNet::V6(h), IpNet::V6(w)) => h.contains(&w.addr()) || w.contains(&h.addr()),
-                _ => false,
-            });
-        if let Some(existing) = conflict {
-            return Err(DataplaneError::AddressConflict {
-                bridge: bridge.to_string(),
-                existing: *existing,
-                wanted: *want,
-            });
-        }
-        if !missing.contains(want) {
-            missing.push(*want);
-        }
-    }
-    Ok(missing)
-}
-
 /// Write 1 to a forwarding sysctl unless it already holds 1. Failures only warn: in Docker's
 /// managed-plugin sandbox `/proc/sys` is read-only and the operator enables forwarding.
 ///
@@ -481,56 +502,5 @@ fn op_err(op: String, e: NlError) -> DataplaneError {
     DataplaneError::Netlink {
         op,
         reason: e.detail,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn net(s: &str) -> IpNet {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn present_address_is_kept() {
-        let plan = plan_addresses("br0", &[net("10.1.0.1/24")], &[net("10.1.0.1/24")]).unwrap();
-        assert!(plan.is_empty());
-    }
-
-    #[test]
-    fn other_ipv4_conflicts() {
-        let err = plan_addresses("br0", &[net("10.9.0.1/24")], &[net("10.1.0.1/24")]).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "bridge br0 already has an IP address different from 10.1.0.1/24 (10.9.0.1/24); remove it or choose another bridge name"
-        );
-    }
-
-    #[test]
-    fn same_ipv4_other_prefix_conflicts() {
-        assert!(plan_addresses("br0", &[net("10.1.0.1/16")], &[net("10.1.0.1/24")]).is_err());
-    }
-
-    #[test]
-    fn ipv6_only_conflicts_when_overlapping() {
-        let existing = [net("fe80::1/64"), net("fd00:1::1/64")];
-        let plan = plan_addresses("br0", &existing, &[net("fd00:2::1/64")]).unwrap();
-        assert_eq!(plan, vec![net("fd00:2::1/64")]);
-        assert!(plan_addresses("br0", &existing, &[net("fd00:1::2/64")]).is_err());
-        assert!(plan_addresses("br0", &existing, &[net("fd00::1/16")]).is_err());
-    }
-
-    #[test]
-    fn ipv6_does_not_conflict_with_ipv4() {
-        let plan = plan_addresses("br0", &[net("10.1.0.1/24")], &[net("fd00::1/64")]).unwrap();
-        assert_eq!(plan, vec![net("fd00::1/64")]);
-    }
-
-    #[test]
-    fn wanted_addresses_do_not_conflict_with_each_other() {
-        let wanted = [net("10.1.0.1/24"), net("10.2.0.1/24")];
-        let plan = plan_addresses("br0", &[net("10.1.0.1/24")], &wanted).unwrap();
-        assert_eq!(plan, vec![net("10.2.0.1/24")]);
     }
 }

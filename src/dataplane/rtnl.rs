@@ -12,13 +12,18 @@ use std::net::IpAddr;
 use futures::StreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::link::{
+    InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, LinkProtoInfoBridge,
+};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use nix::errno::Errno;
 use rtnetlink::packet_core::{
-    NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST,
+    DefaultNla, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST,
 };
 use rtnetlink::{Handle, LinkUnspec};
+
+/// `IFLA_BRPORT_MODE`: the bridge port's hairpin switch (`linux/if_link.h`).
+const IFLA_BRPORT_MODE: u16 = 4;
 
 /// How often a dump interrupted by a concurrent change is retried; the CNI plugins'
 /// `netlinksafe` package uses the same bound.
@@ -103,6 +108,7 @@ pub(crate) struct Link {
     /// Index of the master (bridge) this link is enslaved to.
     pub(crate) controller: Option<u32>,
     pub(crate) up: bool,
+    pub(crate) promisc: bool,
     pub(crate) mac: Option<Vec<u8>>,
     /// For a veth: the peer's index (`IFLA_LINK`).
     pub(crate) peer_index: Option<u32>,
@@ -118,6 +124,7 @@ impl Link {
             kind: LinkKind::Other(String::new()),
             controller: None,
             up: msg.header.flags.contains(LinkFlags::Up),
+            promisc: msg.header.flags.contains(LinkFlags::Promisc),
             mac: None,
             peer_index: None,
             peer_in_other_netns: false,
@@ -280,6 +287,40 @@ impl Rtnl {
             .execute()
             .await
             .map_err(NlError::from)
+    }
+
+    /// Remove an address (with its prefix) from a link.
+    pub(crate) async fn del_address(&self, index: u32, addr: IpNet) -> Result<(), NlError> {
+        let mut msg = AddressMessage::default();
+        msg.header.family = match addr {
+            IpNet::V4(_) => AddressFamily::Inet,
+            IpNet::V6(_) => AddressFamily::Inet6,
+        };
+        msg.header.prefix_len = addr.prefix_len();
+        msg.header.index = index;
+        if addr.addr().is_ipv4() {
+            msg.attributes.push(AddressAttribute::Local(addr.addr()));
+        }
+        msg.attributes.push(AddressAttribute::Address(addr.addr()));
+        self.handle
+            .address()
+            .del(msg)
+            .execute()
+            .await
+            .map_err(NlError::from)
+    }
+
+    /// Set a bridge port's hairpin mode the way the CNI plugins' netlink library does: an
+    /// `AF_BRIDGE` `RTM_SETLINK` carrying a nested `IFLA_PROTINFO`, which the bridge's
+    /// `ndo_bridge_setlink` applies to the port.
+    pub(crate) async fn set_hairpin(&self, index: u32, on: bool) -> Result<(), NlError> {
+        let mut msg = LinkMessage::default();
+        msg.header.interface_family = AddressFamily::Bridge;
+        msg.header.index = index;
+        msg.attributes.push(LinkAttribute::ProtoInfoBridge(vec![
+            LinkProtoInfoBridge::Other(DefaultNla::new(IFLA_BRPORT_MODE, vec![u8::from(on)])),
+        ]));
+        self.set_link(msg).await
     }
 
     /// Run a dump, retrying when the kernel flags it `NLM_F_DUMP_INTR` (the object list changed

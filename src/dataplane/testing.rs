@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use ipnet::IpNet;
 
-use super::netlink::plan_addresses;
+use super::plan::plan_addresses;
 use super::{BridgeOutcome, BridgeSpec, Dataplane, DataplaneError, VethSpec};
 
 /// One call made to the fake, in the order it arrived (failed calls included).
@@ -198,7 +198,7 @@ impl Dataplane for RecordingDataplane {
             .map(|b| b.addresses.clone())
             .unwrap_or_default();
         // Same rule as the real one, checked before anything changes.
-        let missing = plan_addresses(&spec.name, &existing, &spec.addresses)?;
+        let plan = plan_addresses(&spec.name, &existing, &spec.addresses, spec.force_address)?;
         let bridge = s
             .bridges
             .entry(spec.name.clone())
@@ -206,7 +206,8 @@ impl Dataplane for RecordingDataplane {
                 mtu: spec.mtu,
                 addresses: Vec::new(),
             });
-        bridge.addresses.extend(missing);
+        bridge.addresses.retain(|a| !plan.remove.contains(a));
+        bridge.addresses.extend(plan.add);
         Ok(outcome)
     }
 
@@ -316,6 +317,8 @@ mod tests {
             name: "br0".into(),
             mtu: Some(1400),
             addresses: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+            promisc: false,
+            force_address: false,
         }
     }
 
@@ -326,6 +329,7 @@ mod tests {
             bridge: "br0".into(),
             mtu: Some(1400),
             peer_mac: Some([2, 0, 0, 0, 0, 1]),
+            hairpin: false,
         }
     }
 

@@ -2,7 +2,7 @@
 
 use ipnet::IpNet;
 
-use super::{blocking, dp_err, names, parse_net, short, Driver, DriverError, NetState};
+use super::{blocking, cni, dp_err, names, parse_net, short, Driver, DriverError, NetState};
 use crate::cnm::types::{
     CreateEndpointRequest, CreateEndpointResponse, EndpointInterface, InterfaceName, JoinResponse,
 };
@@ -121,6 +121,7 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
             bridge: ns.net.bridge.clone(),
             mtu: ns.net.mtu,
             peer_mac: names::parse_mac(&ep.mac),
+            hairpin: ns.net.cni.as_ref().is_some_and(|c| c.hairpin_mode),
         };
         match self.dp.create_veth(&spec).await {
             Ok(()) => {}
@@ -147,20 +148,33 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
             }
             Err(e) => return Err(dp_err(format!("creating veth {}", spec.host_name))(e)),
         }
-        let gateway = |fam: &Option<FamilyData>, has_addr: bool| match fam {
-            Some(f) if has_addr && !ns.net.internal => {
-                f.gateway.map(|g| g.addr().to_string()).unwrap_or_default()
-            }
+        let mut static_routes = Vec::new();
+        let mut routes = |fam: &Option<FamilyData>, has_addr: bool| match fam {
+            Some(f) if has_addr => match &ns.net.cni {
+                // The config's routes, as the bridge plugin would set them.
+                Some(c) => {
+                    let (gateway, statics) = cni::join_routes(c, f, ns.net.internal);
+                    static_routes.extend(statics);
+                    gateway
+                }
+                // Records from before configs: Docker's default route unless internal.
+                None if !ns.net.internal => {
+                    f.gateway.map(|g| g.addr().to_string()).unwrap_or_default()
+                }
+                None => String::new(),
+            },
             _ => String::new(),
         };
+        let gateway = routes(&ns.net.ipv4, ep.address.is_some());
+        let gateway_ipv6 = routes(&ns.net.ipv6, ep.address_ipv6.is_some());
         Ok(JoinResponse {
             interface_name: InterfaceName {
                 src_name: ep.peer_veth.clone(),
                 dst_prefix: ns.net.iface_prefix.clone(),
             },
-            gateway: gateway(&ns.net.ipv4, ep.address.is_some()),
-            gateway_ipv6: gateway(&ns.net.ipv6, ep.address_ipv6.is_some()),
-            static_routes: Vec::new(),
+            gateway,
+            gateway_ipv6,
+            static_routes,
             // Our networks bring their own way out (or are internal): never docker_gwbridge.
             disable_gateway_service: true,
         })

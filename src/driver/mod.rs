@@ -6,20 +6,33 @@
 //! networks never wait for each other; the map of networks is held only to look an entry up.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use ipnet::IpNet;
 
 use crate::dataplane::{BridgeSpec, Dataplane, DataplaneError};
 use crate::firewall::{Firewall, FirewallError, NetworkRules};
-use crate::ipam::{Ipam, IpamError, Owner};
+use crate::ipam::{Ipam, IpamError};
 use crate::state::records::{EndpointRecord, FamilyData, NetworkRecord, ENDPOINTS, NETWORKS};
 use crate::state::{Durability, StateDir, StateError};
 
+mod cni;
 mod endpoint;
+mod export;
 pub mod names;
 pub mod options;
+mod pools;
+
+/// The export dir's place under the state dir when `--cni-export-dir` is not given.
+pub const DEFAULT_EXPORT_SUBDIR: &str = "cni-export";
+
+/// Driver settings beyond its collaborators.
+#[derive(Debug, Clone)]
+pub struct DriverConfig {
+    /// `--cni-export-dir`: every network's effective config as `<name>.conflist`.
+    pub export_dir: PathBuf,
+}
 
 /// Driver failures; the CNM layer sends `to_string()` as `{"Err": …}`.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +60,8 @@ pub enum DriverError {
     },
     #[error(transparent)]
     Ipam(#[from] IpamError),
+    #[error(transparent)]
+    Cni(#[from] crate::cni::CniError),
     #[error(transparent)]
     State(#[from] StateError),
     /// Several teardown steps failed; all were attempted.
@@ -90,6 +105,8 @@ impl NetState {
 /// across networks waits for a busy one).
 pub(crate) struct NetSlot {
     bridge: String,
+    /// The CNI network name (export file, host-local directory), if the record has one.
+    cni_name: Option<String>,
     state: tokio::sync::Mutex<NetState>,
 }
 
@@ -97,6 +114,7 @@ impl NetSlot {
     fn new(ns: NetState) -> Arc<Self> {
         Arc::new(NetSlot {
             bridge: ns.net.bridge.clone(),
+            cni_name: ns.net.cni.as_ref().map(|c| c.name.clone()),
             state: tokio::sync::Mutex::new(ns),
         })
     }
@@ -115,6 +133,7 @@ pub struct Driver<D, F> {
     ipam: Arc<Ipam>,
     state: StateDir,
     nets: RwLock<HashMap<String, NetEntry>>,
+    export_dir: PathBuf,
 }
 
 /// Short ids for logs and names.
@@ -138,22 +157,35 @@ fn firewall_rules(net: &NetworkRecord) -> NetworkRules {
         tracing::warn!(network = short(&net.id), error = %e, "stored options are invalid; using Docker's firewall defaults");
         options::FirewallOptions::defaults(net.internal)
     });
+    // A config's ipMasq covers every family of an attachment, as the bridge plugin's rules do.
+    let (masquerade, masquerade_ipv6) = match net.cni.as_ref().filter(|c| c.file.is_some()) {
+        Some(c) => (c.ip_masq && !net.internal, c.ip_masq && !net.internal),
+        None => (fw.masquerade, fw.masquerade_ipv6),
+    };
     NetworkRules {
         network_id: net.id.clone(),
         bridge: net.bridge.clone(),
         subnets: net.families().map(|f| f.pool).collect(),
         internal: net.internal,
-        masquerade: fw.masquerade,
-        masquerade_ipv6: fw.masquerade_ipv6,
+        masquerade,
+        masquerade_ipv6,
         icc: fw.icc,
     }
 }
 
 fn bridge_spec(net: &NetworkRecord) -> BridgeSpec {
+    let cni = net.cni.as_ref();
+    // isGateway false: the gateway lives elsewhere on the L2, never on this bridge.
+    let addresses = match cni {
+        Some(c) if !c.is_gateway => Vec::new(),
+        _ => net.families().filter_map(|f| f.gateway).collect(),
+    };
     BridgeSpec {
         name: net.bridge.clone(),
         mtu: net.mtu,
-        addresses: net.families().filter_map(|f| f.gateway).collect(),
+        addresses,
+        promisc: cni.is_some_and(|c| c.promisc_mode),
+        force_address: cni.is_some_and(|c| c.force_address),
     }
 }
 
@@ -178,6 +210,15 @@ async fn collect_orphan_veths<D: Dataplane>(dp: &D, ns: &NetState) {
     }
 }
 
+/// Run blocking file work (configs, exports) off the async workers.
+async fn blocking_io<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, DriverError> + Send + 'static,
+) -> Result<T, DriverError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| DriverError::Internal(e.to_string()))?
+}
+
 /// Run blocking IPAM work off the async workers.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, IpamError> + Send + 'static,
@@ -193,6 +234,19 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
     /// bridges of known networks exist again (after a reboot) and the firewall holds exactly
     /// the known networks' rules. Runs before the socket opens.
     pub async fn open(dp: D, fw: F, ipam: Arc<Ipam>, state: StateDir) -> Result<Self, DriverError> {
+        let export_dir = state.root().join(DEFAULT_EXPORT_SUBDIR);
+        Self::open_with(dp, fw, ipam, state, DriverConfig { export_dir }).await
+    }
+
+    /// [`Driver::open`] with explicit settings. Also writes the export of every known
+    /// network again, so the export dir follows `--cni-export-dir` and survives a wipe.
+    pub async fn open_with(
+        dp: D,
+        fw: F,
+        ipam: Arc<Ipam>,
+        state: StateDir,
+        cfg: DriverConfig,
+    ) -> Result<Self, DriverError> {
         let nets: Vec<NetworkRecord> = state.load_all(NETWORKS)?;
         let eps: Vec<EndpointRecord> = state.load_all(ENDPOINTS)?;
         let mut map: HashMap<String, NetState> = nets
@@ -230,6 +284,10 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
                 }
             }
             collect_orphan_veths(&dp, ns).await;
+            // Blocking file I/O on purpose: the socket is not open yet, nobody waits on us.
+            if let Err(e) = export::write_blocking(&cfg.export_dir, &ns.net) {
+                tracing::warn!(network = short(&ns.net.id), error = %e, "cannot write the network's CNI export");
+            }
         }
         tracing::info!(networks = map.len(), "state loaded");
         let nets = map.into_iter().map(|(k, v)| (k, NetSlot::new(v))).collect();
@@ -239,6 +297,7 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
             ipam,
             state,
             nets: RwLock::new(nets),
+            export_dir: cfg.export_dir,
         })
     }
 
@@ -288,26 +347,83 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
         let opts = options::parse(&req.options)?;
         let ipv4 = self.family("IPv4", &req.ipv4_data, false)?;
         let ipv6 = self.family("IPv6", &req.ipv6_data, true)?;
-        let bridge = opts
-            .bridge
-            .clone()
-            .unwrap_or_else(|| names::default_bridge(&req.network_id));
+        let pool_of = |f: &Option<FamilyData>| {
+            f.as_ref()
+                .and_then(|f| f.pool_id.as_deref())
+                .and_then(|id| self.ipam.pool(id))
+        };
+        let (pool4, pool6) = (pool_of(&ipv4), pool_of(&ipv6));
+        let ours: Vec<_> = pool4.iter().chain(pool6.iter()).cloned().collect();
+        let selected = {
+            let (dir, o, p) = (
+                self.ipam.cni_conf_dir().to_path_buf(),
+                opts.clone(),
+                ours.clone(),
+            );
+            blocking_io(move || cni::select(&dir, &o, &p)).await?
+        };
+        if let Some(sel) = &selected {
+            cni::check(sel, ipv4.as_ref(), ipv6.as_ref(), !ours.is_empty(), &opts)?;
+        }
+        let (bridge, mtu) = match &selected {
+            Some(sel) => (
+                sel.conf.bridge.clone(),
+                (sel.conf.mtu != 0).then_some(sel.conf.mtu),
+            ),
+            None => (
+                opts.bridge
+                    .clone()
+                    .unwrap_or_else(|| names::default_bridge(&req.network_id)),
+                opts.mtu,
+            ),
+        };
         if let Some(other) = self.network_on_bridge(&bridge).await {
+            let how = if selected.is_some() {
+                "set another \"bridge\" in the config"
+            } else {
+                "choose another -o bridge=NAME"
+            };
             return Err(DriverError::Invalid(format!(
-                "bridge {bridge} is already used by network {}; choose another -o bridge=NAME",
+                "bridge {bridge} is already used by network {}; {how}",
                 short(&other)
             )));
+        }
+        let data_dir = self.ipam.data_dir().to_path_buf();
+        let cni_rec = match &selected {
+            Some(sel) => {
+                cni::log_unapplied(sel);
+                Some(cni::from_conf(sel, &data_dir, opts.internal))
+            }
+            None => {
+                self.share_directories(pool4.as_ref(), pool6.as_ref())
+                    .await?;
+                cni::from_flags(
+                    [
+                        (ipv4.as_ref(), pool4.as_ref()),
+                        (ipv6.as_ref(), pool6.as_ref()),
+                    ],
+                    &opts,
+                    &data_dir,
+                )
+            }
+        };
+        if ours.is_empty() {
+            tracing::info!(
+                network = short(&req.network_id),
+                "addresses come from Docker's IPAM, which keeps no host-local files: a CNI runtime using this network's export would not see them"
+            );
         }
         let mut net = NetworkRecord {
             id: req.network_id.clone(),
             bridge,
             bridge_created: false,
-            mtu: opts.mtu,
+            mtu,
             iface_prefix: opts.iface_prefix,
             internal: opts.internal,
             ipv4,
             ipv6,
             options: opts.generic,
+            cni: cni_rec,
         };
         let outcome = self
             .dp
@@ -328,10 +444,16 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
             self.undo_bridge(&net).await;
             return Err(e);
         }
+        if let Err(e) = self.export(&net).await {
+            let _ = self.fw.del_network(&rules).await;
+            self.undo_bridge(&net).await;
+            return Err(e);
+        }
         if let Err(e) = self
             .state
             .write(NETWORKS, &net.id, &net, Durability::PowerLoss)
         {
+            self.unexport(&net).await;
             let _ = self.fw.del_network(&rules).await;
             self.undo_bridge(&net).await;
             return Err(e.into());
@@ -356,77 +478,6 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
         map.iter()
             .find(|(_, slot)| slot.bridge == bridge)
             .map(|(id, _)| id.clone())
-    }
-
-    /// Validate one family's IPAM data; at most one subnet per family, as Docker's bridge.
-    fn family(
-        &self,
-        fam: &str,
-        data: &[crate::cnm::types::IpamData],
-        v6: bool,
-    ) -> Result<Option<FamilyData>, DriverError> {
-        let Some(d) = data.first() else {
-            return Ok(None);
-        };
-        if data.len() > 1 {
-            return Err(DriverError::Invalid(format!(
-                "cnibridge supports one {fam} subnet per network, got {}; pass one --subnet per address family",
-                data.len()
-            )));
-        }
-        let pool = parse_net(&format!("{fam} pool"), &d.pool)?;
-        if matches!(pool, IpNet::V6(_)) != v6 {
-            return Err(DriverError::Invalid(format!(
-                "{fam} pool {pool} is of the other address family"
-            )));
-        }
-        let gateway = if d.gateway.is_empty() {
-            None
-        } else {
-            let g = parse_net(&format!("{fam} gateway"), &d.gateway)?;
-            if !pool.contains(&g.addr()) {
-                return Err(DriverError::Invalid(format!(
-                    "gateway {} is not in subnet {pool}",
-                    g.addr()
-                )));
-            }
-            Some(g)
-        };
-        let mut aux = BTreeMap::new();
-        for (name, a) in &d.aux_addresses {
-            aux.insert(name.clone(), parse_net(&format!("aux address {name}"), a)?);
-        }
-        let pool_id = self.ipam.find_pool(&d.address_space, &pool).map(|p| p.id);
-        Ok(Some(FamilyData {
-            address_space: d.address_space.clone(),
-            pool,
-            gateway,
-            aux_addresses: aux,
-            pool_id,
-        }))
-    }
-
-    /// Tie our pools to the network, and label the gateway and aux files as such.
-    async fn bind_pools(&self, net: &NetworkRecord) -> Result<(), DriverError> {
-        for fam in net.families() {
-            let Some(pool_id) = fam.pool_id.clone() else {
-                continue;
-            };
-            let ipam = self.ipam.clone();
-            let net_id = net.id.clone();
-            let aux: Vec<IpAddr> = fam.aux_addresses.values().map(|a| a.addr()).collect();
-            blocking(move || {
-                ipam.bind_network(&pool_id, Some(&net_id))?;
-                for a in aux {
-                    if let Err(e) = ipam.set_owner(&pool_id, a, &Owner::Aux) {
-                        tracing::warn!(address = %a, error = %e, "cannot label aux address file");
-                    }
-                }
-                Ok(())
-            })
-            .await?;
-        }
-        Ok(())
     }
 
     /// DeleteNetwork: unknown is fine. Leftover endpoints (their DeleteEndpoint was lost) are
@@ -486,13 +537,17 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
             return Err(DriverError::Many(errors));
         }
         self.state.remove(NETWORKS, network_id)?;
+        let net = ns.net.clone();
         drop(ns);
         if let Ok(mut map) = self.nets.write() {
             map.remove(network_id);
         }
+        self.unexport(&net).await;
         tracing::info!(network = short(network_id), "network deleted");
         Ok(())
     }
 }
+#[cfg(test)]
+mod cni_tests;
 #[cfg(test)]
 mod tests;

@@ -27,6 +27,15 @@ pub const IP_MASQ_IPV6: &str = "ipMasqIPv6";
 /// Docker's inter-container communication switch.
 pub const DOCKER_ICC: &str = "com.docker.network.bridge.enable_icc";
 
+/// Selects a CNI config from `--cni-conf-dir` (also as `--ipam-opt`).
+pub const CNI_CONF: &str = "cni.conf";
+/// CNI bridge keys accepted as raw `-o` options.
+pub const IS_GATEWAY: &str = "isGateway";
+pub const IS_DEFAULT_GATEWAY: &str = "isDefaultGateway";
+pub const HAIRPIN_MODE: &str = "hairpinMode";
+pub const PROMISC_MODE: &str = "promiscMode";
+pub const FORCE_ADDRESS: &str = "forceAddress";
+
 /// Keys honoured now.
 const HONOURED: &[&str] = &[
     BRIDGE,
@@ -38,19 +47,17 @@ const HONOURED: &[&str] = &[
     DOCKER_IP_MASQ,
     IP_MASQ_IPV6,
     DOCKER_ICC,
+    CNI_CONF,
+    IS_GATEWAY,
+    IS_DEFAULT_GATEWAY,
+    HAIRPIN_MODE,
+    PROMISC_MODE,
+    FORCE_ADDRESS,
 ];
 
 /// CNI and Docker bridge keys that later work will honour (published ports, CNI configs):
 /// accepted so existing commands keep working, and logged as not applied.
-const RECORDED: &[&str] = &[
-    "com.docker.network.bridge.host_binding_ipv4",
-    "isGateway",
-    "isDefaultGateway",
-    "hairpinMode",
-    "promiscMode",
-    "forceAddress",
-    "cni.conf",
-];
+const RECORDED: &[&str] = &["com.docker.network.bridge.host_binding_ipv4"];
 
 /// Keys Docker or compose set that mean nothing to this driver.
 const IGNORED: &[&str] = &[
@@ -71,8 +78,64 @@ pub struct NetworkOptions {
     pub enable_ipv6: bool,
     /// Masquerade and icc, as `firewall_options` reads them.
     pub firewall: FirewallOptions,
+    /// `-o cni.conf=NAME`.
+    pub cni_conf: Option<String>,
+    /// The CNI bridge switches given as `-o` options.
+    pub cni_flags: CniFlags,
     /// The `-o` map as sent.
     pub generic: BTreeMap<String, String>,
+}
+
+/// CNI bridge switches given as raw `-o` options (`None` = not given).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CniFlags {
+    pub is_gateway: Option<bool>,
+    pub is_default_gateway: Option<bool>,
+    pub hairpin_mode: Option<bool>,
+    pub promisc_mode: Option<bool>,
+    pub force_address: Option<bool>,
+}
+
+impl CniFlags {
+    fn parse(generic: &BTreeMap<String, String>) -> Result<Self, DriverError> {
+        let get = |k: &str| generic.get(k).map(|v| parse_go_bool(k, v)).transpose();
+        let flags = CniFlags {
+            is_gateway: get(IS_GATEWAY)?,
+            is_default_gateway: get(IS_DEFAULT_GATEWAY)?,
+            hairpin_mode: get(HAIRPIN_MODE)?,
+            promisc_mode: get(PROMISC_MODE)?,
+            force_address: get(FORCE_ADDRESS)?,
+        };
+        // The bridge plugin refuses the pair at ADD; refusing it here keeps the network
+        // exportable.
+        if flags.hairpin_mode == Some(true) && flags.promisc_mode == Some(true) {
+            return Err(DriverError::Invalid(format!(
+                "options {HAIRPIN_MODE}=true and {PROMISC_MODE}=true cannot be combined (the CNI bridge plugin refuses them together); give one of them"
+            )));
+        }
+        Ok(flags)
+    }
+}
+
+/// The key under which `generic` holds a value given under one of two spellings, for messages.
+pub fn given_key<'a>(generic: &BTreeMap<String, String>, a: &'a str, b: &'a str) -> &'a str {
+    if generic.contains_key(a) {
+        a
+    } else {
+        b
+    }
+}
+
+/// The spellings of the bridge-name and MTU options, for messages about them.
+pub const BRIDGE_KEYS: (&str, &str) = (BRIDGE, DOCKER_BRIDGE_NAME);
+/// See [`BRIDGE_KEYS`].
+pub const MTU_KEYS: (&str, &str) = (MTU, DOCKER_MTU);
+/// See [`BRIDGE_KEYS`].
+pub const IP_MASQ_KEYS: (&str, &str) = (IP_MASQ, DOCKER_IP_MASQ);
+
+/// The masquerade switch as given (either spelling), `None` if not given.
+pub fn ip_masq_given(generic: &BTreeMap<String, String>) -> Result<Option<bool>, DriverError> {
+    bool_of(generic, IP_MASQ, DOCKER_IP_MASQ)
 }
 
 /// The firewall switches of a network (Docker's bridge defaults: masquerade and icc on).
@@ -272,6 +335,8 @@ pub fn parse(options: &Map<String, Value>) -> Result<NetworkOptions, DriverError
         internal,
         enable_ipv6: top_bool(options, ENABLE_IPV6)?,
         firewall: firewall_options(&generic, internal)?,
+        cni_conf: generic.get(CNI_CONF).cloned(),
+        cni_flags: CniFlags::parse(&generic)?,
         generic,
     })
 }

@@ -30,6 +30,7 @@ async fn rig_in(dir: tempfile::TempDir, dp: RecordingDataplane, fw: RecordingFir
         state: state.clone(),
         data_dir: dir.path().join("data"),
         default_pools: vec!["10.210.0.0/16:24".parse().unwrap()],
+        cni_conf_dir: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("cni-confs"),
     })
     .unwrap();
     let driver = Driver::open(dp.clone(), fw.clone(), ipam, state)
@@ -435,6 +436,7 @@ async fn a_slow_join_does_not_block_other_networks() {
         state: state.clone(),
         data_dir: dir.path().join("data"),
         default_pools: vec![],
+        cni_conf_dir: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("cni-confs"),
     })
     .unwrap();
     let dp = GatedDataplane {

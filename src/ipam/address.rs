@@ -10,7 +10,7 @@ use super::allocator::{holder_of, locked, relabel, release, Allocator, Outcome, 
 use super::disk;
 use super::owner::{is_ours, token};
 use super::range::{canonical, is_network_or_broadcast, next_ip};
-use super::{effective_gateway, range_set, read, with_prefix, Ipam, IpamError, Owner};
+use super::{conf, effective_gateway, range_set, read, with_prefix, Ipam, IpamError, Owner};
 
 impl Ipam {
     /// Reserve an address (RequestAddress): the gateway, a given address (`--ip`,
@@ -36,6 +36,20 @@ impl Ipam {
                     pool: rec.subnet,
                 });
             }
+        }
+        if let (true, Some(conf)) = (gateway, &rec.conf) {
+            // A config's gateway is the config's: host-local keeps no file for it (it only
+            // skips it), so neither do we. Docker asks only when the user gave --gateway.
+            return match (address, rec.gateway) {
+                (Some(a), gw) if Some(a) != gw => Err(conf::gateway_mismatch(&rec, conf, a)),
+                (_, Some(gw)) => with_prefix(gw, &rec.subnet),
+                // Every config pool is planned with its gateway; a hand-edited record is not.
+                (_, None) => Err(IpamError::Invalid(format!(
+                    "pool {} from {} has no gateway; release the pool and request it again",
+                    rec.id,
+                    conf.file_name()
+                ))),
+            };
         }
         let (req, owner, set) = if gateway {
             let gw = address.unwrap_or_else(|| next_ip(rec.subnet.network()));
@@ -112,7 +126,8 @@ impl Ipam {
         } else {
             tracing::debug!(pool = %rec.id, %address, "release of an address outside the pool");
         }
-        if rec.gateway == Some(address) {
+        // A config's gateway stays: it is part of the pool, not an allocation.
+        if rec.gateway == Some(address) && rec.conf.is_none() {
             self.update_record(&slot, |r| r.gateway = None)?;
         }
         Ok(())

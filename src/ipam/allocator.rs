@@ -26,6 +26,8 @@ pub trait Store {
         ip: IpAddr,
         range_index: usize,
     ) -> Result<bool, IpamError>;
+    /// Write the cursor `last_reserved_ip.<range_index>` alone (moving a pool's files).
+    fn set_last_reserved_ip(&mut self, ip: IpAddr, range_index: usize) -> Result<(), IpamError>;
     /// The cursor, if present and parseable exactly as host-local parses it.
     fn last_reserved_ip(&self, range_index: usize) -> Result<Option<IpAddr>, IpamError>;
     /// The content of the file for `ip`, `None` if there is none.

@@ -232,6 +232,10 @@ impl Store for DiskStore {
         Ok(true)
     }
 
+    fn set_last_reserved_ip(&mut self, ip: IpAddr, range_index: usize) -> Result<(), IpamError> {
+        self.write_cursor(ip, range_index)
+    }
+
     fn last_reserved_ip(&self, range_index: usize) -> Result<Option<IpAddr>, IpamError> {
         let path = self.dir.join(format!("{LAST_IP_PREFIX}{range_index}"));
         match fs::read(&path) {

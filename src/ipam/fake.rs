@@ -69,6 +69,12 @@ impl Store for FakeStore {
         Ok(true)
     }
 
+    fn set_last_reserved_ip(&mut self, ip: IpAddr, range_index: usize) -> Result<(), IpamError> {
+        self.held()?;
+        self.last_reserved.insert(range_index, ip);
+        Ok(())
+    }
+
     fn last_reserved_ip(&self, range_index: usize) -> Result<Option<IpAddr>, IpamError> {
         self.held()?;
         Ok(self.last_reserved.get(&range_index).copied())

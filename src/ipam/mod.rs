@@ -36,17 +36,23 @@ use crate::state::{Durability, StateDir, StateError};
 
 mod address;
 pub mod allocator;
+mod conf;
 pub mod disk;
 #[cfg(test)]
 mod fake;
+mod merge;
 mod owner;
 pub mod pools;
 pub mod range;
+mod request;
 
 use allocator::{locked, release, Outcome, Store};
 use disk::DiskStore;
 pub use owner::is_ours;
 use range::{next_ip, Range, RangeSet};
+
+/// The RequestPool `Data` key that hands Docker the gateway.
+pub const GATEWAY_DATA: &str = "com.docker.network.gateway";
 
 /// Address space names we answer with, so CreateNetwork can tell our pools from Docker's IPAM.
 pub const LOCAL_ADDRESS_SPACE: &str = "CniLocal";
@@ -130,6 +136,29 @@ pub struct PoolGrant {
     pub data: BTreeMap<String, String>,
 }
 
+/// One `rangeStart..=rangeEnd` window of a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Window {
+    pub start: IpAddr,
+    pub end: IpAddr,
+}
+
+/// The CNI config a pool was requested with (`--ipam-opt cni.conf=NAME`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolConf {
+    /// `NAME` as the user gave it.
+    pub selector: String,
+    /// The file it selected.
+    pub file: PathBuf,
+}
+
+impl PoolConf {
+    /// The file name messages use (`mybridge.conf`).
+    pub fn file_name(&self) -> String {
+        crate::cni::config::display_name(&self.file)
+    }
+}
+
 /// A pool as remembered (durably) under `<state>/pools/`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolRecord {
@@ -152,6 +181,28 @@ pub struct PoolRecord {
     pub range_index: usize,
     /// Docker NetworkID once CreateNetwork used this pool.
     pub network_id: Option<String>,
+    /// Every window of the range set, in host-local's walk order, when the pool comes from a
+    /// CNI config; empty = the one window `range_start..=range_end` (pools from Docker's
+    /// flags, and records written before configs were supported).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ranges: Vec<Window>,
+    /// The CNI config the pool came from; its gateway is then fixed (`gateway`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conf: Option<PoolConf>,
+}
+
+impl PoolRecord {
+    /// The windows host-local walks, in order.
+    pub fn windows(&self) -> Vec<Window> {
+        if self.ranges.is_empty() {
+            vec![Window {
+                start: self.range_start,
+                end: self.range_end,
+            }]
+        } else {
+            self.ranges.clone()
+        }
+    }
 }
 
 /// IPAM failures; messages say what is wrong and what to do.
@@ -205,6 +256,8 @@ pub struct IpamConfig {
     /// `--cni-data-dir` (host-local `dataDir` default).
     pub data_dir: PathBuf,
     pub default_pools: Vec<DefaultPool>,
+    /// `--cni-conf-dir`: where `--ipam-opt cni.conf=NAME` looks configs up.
+    pub cni_conf_dir: PathBuf,
 }
 
 /// Kind of the pool records in the state dir (fsynced).
@@ -298,12 +351,17 @@ fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 
 /// The range set host-local would build for this pool; `gateway` is what the walk skips.
 fn range_set(rec: &PoolRecord, gateway: Option<IpAddr>) -> RangeSet {
-    RangeSet(vec![Range {
-        subnet: rec.subnet,
-        range_start: rec.range_start,
-        range_end: rec.range_end,
-        gateway,
-    }])
+    RangeSet(
+        rec.windows()
+            .into_iter()
+            .map(|w| Range {
+                subnet: rec.subnet,
+                range_start: w.start,
+                range_end: w.end,
+                gateway,
+            })
+            .collect(),
+    )
 }
 
 /// The gateway host-local assumes when none is configured: network + 1. Until Docker asks for
@@ -353,71 +411,6 @@ impl Ipam {
             .write(POOLS_KIND, &rec.id, &rec, Durability::PowerLoss)?;
         *write(&slot.record) = rec;
         Ok(())
-    }
-
-    /// Reserve a pool (RequestPool).
-    pub fn request_pool(&self, req: &PoolRequest) -> Result<PoolGrant, IpamError> {
-        if req.address_space.is_empty() {
-            return Err(IpamError::Invalid(format!(
-                "AddressSpace is empty; use {LOCAL_ADDRESS_SPACE} or {GLOBAL_ADDRESS_SPACE}"
-            )));
-        }
-        for (key, value) in &req.options {
-            tracing::warn!(%key, %value, "ignoring unknown --ipam-opt");
-        }
-        if let (Some(sub), None) = (req.sub_pool, req.pool) {
-            return Err(IpamError::Invalid(format!(
-                "--ip-range {sub} needs --subnet; give the subnet the range belongs to"
-            )));
-        }
-        let mut table = lock(&self.table);
-        // The store is host-wide: pools of every address space count.
-        let held: Vec<PoolRecord> = table.values().map(|s| read(&s.record).clone()).collect();
-        let subnet = match req.pool {
-            Some(p) => p,
-            None => {
-                let nets: Vec<IpNet> = held.iter().map(|p| p.subnet).collect();
-                pools::pick_default(&self.cfg.default_pools, req.v6, &nets).ok_or_else(|| {
-                    IpamError::NoFreePool {
-                        pools: pools::describe(&self.cfg.default_pools, req.v6),
-                    }
-                })?
-            }
-        };
-        let (range_start, range_end) = pools::plan_range(&subnet, req.sub_pool.as_ref(), req.v6)?;
-        if let Some(existing) = pools::find_overlap(&held, &subnet) {
-            return Err(IpamError::Overlap {
-                wanted: subnet,
-                existing: existing.subnet,
-                holder: pools::holder(existing),
-            });
-        }
-        let rec = PoolRecord {
-            id: subnet.to_string(),
-            address_space: req.address_space.clone(),
-            subnet,
-            sub_pool: req.sub_pool,
-            range_start,
-            range_end,
-            gateway: None,
-            cni_name: crate::cni::derived_network_name(&subnet),
-            data_dir: self.cfg.data_dir.clone(),
-            range_index: 0,
-            network_id: None,
-        };
-        self.cfg
-            .state
-            .write(POOLS_KIND, &rec.id, &rec, Durability::PowerLoss)?;
-        let slot = Slot {
-            record: RwLock::new(rec.clone()),
-            work: Mutex::new(Work::default()),
-        };
-        table.insert(rec.id.clone(), Arc::new(slot));
-        Ok(PoolGrant {
-            pool_id: rec.id,
-            pool: subnet,
-            data: BTreeMap::new(),
-        })
     }
 
     /// Give a pool back (ReleasePool): removes every address file of the pool's subnet whose
@@ -514,6 +507,16 @@ impl Ipam {
                 None
             })
             .cloned()
+    }
+
+    /// `--cni-conf-dir`.
+    pub fn cni_conf_dir(&self) -> &std::path::Path {
+        &self.cfg.cni_conf_dir
+    }
+
+    /// `--cni-data-dir`: the host-local data dir of pools whose config names none.
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.cfg.data_dir
     }
 
     /// Every pool held, ordered by PoolID.

@@ -358,6 +358,8 @@ mod tests {
             data_dir: "/tmp".into(),
             range_index: 0,
             network_id: None,
+            ranges: Vec::new(),
+            conf: None,
         };
         assert_eq!(holder(&rec), "pool requested, network not created yet");
         rec.network_id = Some("0123456789abcdef0123".into());

@@ -1,5 +1,6 @@
 //! Tests of the `Ipam` facade against a real store in a temp dir.
 
+mod conf;
 mod ownership;
 
 use std::fs;
@@ -18,6 +19,7 @@ fn config(root: &Path, defaults: &str) -> IpamConfig {
         state: StateDir::open(root.join("state")).unwrap(),
         data_dir: root.join("data"),
         default_pools: defaults.split(',').map(|d| d.parse().unwrap()).collect(),
+        cni_conf_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("cni-confs"),
     }
 }
 
@@ -192,13 +194,28 @@ fn request_pool_validation() {
         let err = e.ipam.request_pool(&req).unwrap_err().to_string();
         assert!(err.contains(want), "{pool:?}: {err}");
     }
-    // Unknown --ipam-opt keys are logged, not fatal; any address space name is accepted.
+    // Unknown --ipam-opt keys are refused with the known ones, so a typo never gives a
+    // network other than the one asked for.
+    let err = e
+        .ipam
+        .request_pool(&PoolRequest {
+            address_space: "whatever".into(),
+            pool: Some(net("10.15.20.0/24")),
+            options: [("cni.cnf".to_string(), "x".to_string())].into(),
+            ..Default::default()
+        })
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "unknown --ipam-opt cni.cnf; known keys: cni.conf"
+    );
+    assert!(e.ipam.pools().is_empty());
+    // Any address space name is accepted.
     let g = e
         .ipam
         .request_pool(&PoolRequest {
             address_space: "whatever".into(),
             pool: Some(net("10.15.20.0/24")),
-            options: [("future-key".to_string(), "x".to_string())].into(),
             ..Default::default()
         })
         .unwrap();

@@ -1,6 +1,8 @@
 //! The records the driver keeps: one per network (durable) and one per endpoint.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -23,6 +25,44 @@ pub struct FamilyData {
     pub pool_id: Option<String>,
 }
 
+/// One host-local range of a network's effective CNI config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CniRange {
+    pub subnet: IpNet,
+    pub range_start: IpAddr,
+    pub range_end: IpAddr,
+    pub gateway: IpAddr,
+}
+
+/// One `ipam.routes` entry; no `gw` = via the family's gateway, as the bridge plugin does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CniRoute {
+    pub dst: IpNet,
+    pub gw: Option<IpAddr>,
+}
+
+/// The effective CNI config of a network: what cnibridge applies and exports. The bridge name
+/// and MTU live in [`NetworkRecord`]; keys cnibridge does not implement are refused at
+/// CreateNetwork, so everything else has its CNI default.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CniRecord {
+    /// CNI network name: host-local's directory under `data_dir` and the export's file name.
+    pub name: String,
+    /// The config file the network was created from; `None` = built from Docker's flags.
+    pub file: Option<PathBuf>,
+    pub is_gateway: bool,
+    pub is_default_gateway: bool,
+    pub force_address: bool,
+    pub ip_masq: bool,
+    pub hairpin_mode: bool,
+    pub promisc_mode: bool,
+    /// host-local's range sets, in the config's order (the index is the cursor's).
+    pub range_sets: Vec<Vec<CniRange>>,
+    pub routes: Vec<CniRoute>,
+    /// host-local `dataDir`, always written out.
+    pub data_dir: PathBuf,
+}
+
 /// A Docker network as cnibridge remembers it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkRecord {
@@ -41,6 +81,9 @@ pub struct NetworkRecord {
     pub ipv6: Option<FamilyData>,
     /// The `-o` options as Docker sent them.
     pub options: BTreeMap<String, String>,
+    /// The effective CNI config; absent in records written before configs were supported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni: Option<CniRecord>,
 }
 
 impl NetworkRecord {

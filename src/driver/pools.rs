@@ -1,0 +1,86 @@
+//! CreateNetwork's pool data: Docker's IPvXData checked and matched with cnibridge's pools,
+//! and the pools bound to the network.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use super::{blocking, parse_net, Driver, DriverError};
+use crate::dataplane::Dataplane;
+use crate::firewall::Firewall;
+use crate::ipam::Owner;
+use crate::state::records::{FamilyData, NetworkRecord};
+
+impl<D: Dataplane, F: Firewall> Driver<D, F> {
+    /// Validate one family's IPAM data; at most one subnet per family, as Docker's bridge.
+    pub(super) fn family(
+        &self,
+        fam: &str,
+        data: &[crate::cnm::types::IpamData],
+        v6: bool,
+    ) -> Result<Option<FamilyData>, DriverError> {
+        let Some(d) = data.first() else {
+            return Ok(None);
+        };
+        if data.len() > 1 {
+            return Err(DriverError::Invalid(format!(
+                "cnibridge supports one {fam} subnet per network, got {}; pass one --subnet per address family",
+                data.len()
+            )));
+        }
+        let pool = parse_net(&format!("{fam} pool"), &d.pool)?;
+        if matches!(pool, IpNet::V6(_)) != v6 {
+            return Err(DriverError::Invalid(format!(
+                "{fam} pool {pool} is of the other address family"
+            )));
+        }
+        let gateway = if d.gateway.is_empty() {
+            None
+        } else {
+            let g = parse_net(&format!("{fam} gateway"), &d.gateway)?;
+            if !pool.contains(&g.addr()) {
+                return Err(DriverError::Invalid(format!(
+                    "gateway {} is not in subnet {pool}",
+                    g.addr()
+                )));
+            }
+            Some(g)
+        };
+        let mut aux = BTreeMap::new();
+        for (name, a) in &d.aux_addresses {
+            aux.insert(name.clone(), parse_net(&format!("aux address {name}"), a)?);
+        }
+        let pool_id = self.ipam.find_pool(&d.address_space, &pool).map(|p| p.id);
+        Ok(Some(FamilyData {
+            address_space: d.address_space.clone(),
+            pool,
+            gateway,
+            aux_addresses: aux,
+            pool_id,
+        }))
+    }
+
+    /// Tie our pools to the network, and label the gateway and aux files as such.
+    pub(super) async fn bind_pools(&self, net: &NetworkRecord) -> Result<(), DriverError> {
+        for fam in net.families() {
+            let Some(pool_id) = fam.pool_id.clone() else {
+                continue;
+            };
+            let ipam = self.ipam.clone();
+            let net_id = net.id.clone();
+            let aux: Vec<IpAddr> = fam.aux_addresses.values().map(|a| a.addr()).collect();
+            blocking(move || {
+                ipam.bind_network(&pool_id, Some(&net_id))?;
+                for a in aux {
+                    if let Err(e) = ipam.set_owner(&pool_id, a, &Owner::Aux) {
+                        tracing::warn!(address = %a, error = %e, "cannot label aux address file");
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(())
+    }
+}
