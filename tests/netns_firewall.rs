@@ -16,7 +16,7 @@ use std::time::Duration;
 use cnibridge::dataplane::netlink::NetlinkDataplane;
 use cnibridge::dataplane::{BridgeSpec, Dataplane, VethSpec};
 use cnibridge::firewall::iptables::{
-    render_restore, Family, IptablesFirewall, IptablesTools, JUMPS,
+    jumps, render_restore, Family, IptablesFirewall, IptablesTools,
 };
 use cnibridge::firewall::{Firewall, NetworkRules};
 use support::{assert_golden, in_netns, our_rules, run, tcp_reaches, NamedNetns};
@@ -103,8 +103,8 @@ fn rendered_scripts_match_the_goldens() {
         // As the first change writes them: every jump missing.
         let text = format!(
             "# iptables-restore -w --noflush\n{}# ip6tables-restore -w --noflush\n{}",
-            render_restore(Family::V4, &nets, &JUMPS),
-            render_restore(Family::V6, &nets, &JUMPS)
+            render_restore(Family::V4, &nets, &[], &jumps(Family::V4), &[]),
+            render_restore(Family::V6, &nets, &[], &jumps(Family::V6), &[])
         );
         assert_golden(&format!("iptables/{name}.restore"), &text);
     }
@@ -207,12 +207,12 @@ fn reconcile_replaces_the_whole_set() {
             .into_iter()
             .find(|(name, _)| *name == "two_networks")
             .unwrap();
-        fw.reconcile(&two).await.unwrap();
+        fw.reconcile(&two, &[]).await.unwrap();
         assert_golden("iptables/two_networks", &kernel_rules());
 
         // A fresh process knows nothing; reconcile([]) still empties the chains.
         let restarted = IptablesFirewall::default();
-        restarted.reconcile(&[]).await.unwrap();
+        restarted.reconcile(&[], &[]).await.unwrap();
         assert_golden("iptables/cleaned", &kernel_rules());
     });
 }
@@ -265,7 +265,7 @@ fn jumps_stay_behind_dockers_across_a_dockerd_restart() {
             );
             // dockerd restarts: its jumps are taken out and put back at the head.
             docker_start();
-            fw.reconcile(&[net_a()]).await.unwrap();
+            fw.reconcile(&[net_a()], &[]).await.unwrap();
             assert_eq!(run(&["iptables", "-S", "FORWARD"]), forward);
             assert_golden("iptables/masq_on", &kernel_rules());
         },

@@ -13,7 +13,7 @@ use cnibridge::cnm::{router, server};
 use cnibridge::dataplane::testing::RecordingDataplane;
 use cnibridge::dataplane::Dataplane;
 use cnibridge::driver::Driver;
-use cnibridge::firewall::testing::RecordingFirewall;
+use cnibridge::firewall::testing::{FirewallCall, RecordingFirewall};
 use cnibridge::ipam::{Ipam, IpamConfig};
 use cnibridge::state::StateDir;
 use http_body_util::{BodyExt, Full};
@@ -266,7 +266,20 @@ fn check_shape(path: &str, req: &Value, resp: &Value, internal_nets: &BTreeSet<S
     }
 }
 
-async fn replay(name: &str, pools: &str) {
+async fn replay(name: &str, pools: &str) -> RecordingFirewall {
+    replay_as(name, pools, false).await
+}
+
+/// A call that must answer 200 `{}`.
+async fn expect_empty(p: &Plugin, path: &str, body: &Value) {
+    let (status, v) = p.call(path, &body.to_string()).await;
+    assert_eq!((status, v.to_string()), (200, "{}".into()), "{path} {body}");
+}
+
+/// `gateway_calls`: also send what dockerd sends a driver whose Join gives a gateway (the
+/// recorder gave none): ProgramExternalConnectivity with the Join options after each Join,
+/// RevokeExternalConnectivity before each Leave.
+async fn replay_as(name: &str, pools: &str, gateway_calls: bool) -> RecordingFirewall {
     let lines = load(&fixtures_dir().join(name));
     let mut plugin = Plugin::start(pools).await;
     // Addresses this recording asked for by value: they map to themselves.
@@ -302,6 +315,11 @@ async fn replay(name: &str, pools: &str) {
         } else {
             format!("{req}\n")
         };
+        let mut ids =
+            serde_json::json!({"NetworkID": req["NetworkID"], "EndpointID": req["EndpointID"]});
+        if gateway_calls && line.path == "/NetworkDriver.Leave" {
+            expect_empty(&plugin, "/NetworkDriver.RevokeExternalConnectivity", &ids).await;
+        }
         let (status, resp) = plugin.call(&line.path, &body).await;
         assert_eq!(
             status,
@@ -311,6 +329,10 @@ async fn replay(name: &str, pools: &str) {
             line.path
         );
         check_shape(&line.path, &req, &resp, &internal);
+        if gateway_calls && line.path == "/NetworkDriver.Join" {
+            ids["Options"] = req["Options"].clone();
+            expect_empty(&plugin, "/NetworkDriver.ProgramExternalConnectivity", &ids).await;
+        }
         if line.path == "/NetworkDriver.Join" {
             links.insert(
                 resp["InterfaceName"]["SrcName"]
@@ -369,9 +391,25 @@ async fn replay(name: &str, pools: &str) {
     }
     assert!(files.is_empty(), "{name}: address files left: {files:?}");
     assert!(
-        plugin.fw.networks().is_empty(),
+        plugin.fw.networks().is_empty() && plugin.fw.ports().is_empty(),
         "{name}: firewall rules left"
     );
+    plugin.fw.clone()
+}
+
+#[tokio::test]
+async fn replay_01_with_gateway_calls_publishes_and_removes_the_ports() {
+    let fw = replay_as("01-create-run-publish-rm.jsonl", "10.210.0.0/16:24", true).await;
+    let published: Vec<String> = fw
+        .calls()
+        .iter()
+        .filter_map(|c| match c {
+            FirewallCall::AddPorts(p) => Some(cnibridge::driver::ports::describe(&p.mappings)),
+            _ => None,
+        })
+        .collect();
+    // `-p 8080:80 -p 127.0.0.1:5353:53/udp`; the second container publishes nothing.
+    assert_eq!(published, ["8080/tcp->80, 127.0.0.1:5353/udp->53"]);
 }
 
 #[tokio::test]

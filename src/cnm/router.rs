@@ -179,7 +179,7 @@ async fn handle<D: Dataplane, F: Firewall>(
         },
         "NetworkDriver.Join" => match decode::<JoinRequest>(method, b) {
             Ok(req) => app
-                .join(&req.network_id, &req.endpoint_id)
+                .join_with_options(&req.network_id, &req.endpoint_id, &req.options)
                 .await
                 .map_err(err)
                 .and_then(ok),
@@ -204,11 +204,22 @@ async fn handle<D: Dataplane, F: Firewall>(
         "NetworkDriver.EndpointOperInfo" => {
             decode::<EndpointRequest>(method, b).map(|_| json!({"Value": {}}))
         }
-        // Published ports come with the firewall work; accepting the calls keeps `-p` usable.
-        "NetworkDriver.ProgramExternalConnectivity"
-        | "NetworkDriver.RevokeExternalConnectivity" => {
-            decode::<EndpointRequest>(method, b).map(|_| json!({}))
-        }
+        "NetworkDriver.ProgramExternalConnectivity" => match decode::<EndpointRequest>(method, b) {
+            Ok(req) => app
+                .program_external_connectivity(&req.network_id, &req.endpoint_id, &req.options)
+                .await
+                .map(|_| json!({}))
+                .map_err(err),
+            Err(e) => Err(e),
+        },
+        "NetworkDriver.RevokeExternalConnectivity" => match decode::<EndpointRequest>(method, b) {
+            Ok(req) => app
+                .revoke_external_connectivity(&req.network_id, &req.endpoint_id)
+                .await
+                .map(|_| json!({}))
+                .map_err(err),
+            Err(e) => Err(e),
+        },
         // Swarm-only calls; a local-scope driver never needs them but answers cleanly.
         "NetworkDriver.AllocateNetwork" => {
             decode::<Value>(method, b).map(|_| json!({"Options": {}}))

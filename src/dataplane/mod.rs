@@ -112,4 +112,15 @@ pub trait Dataplane: Send + Sync + 'static {
 
     /// Whether a link of that name exists in the host namespace.
     fn link_exists(&self, name: &str) -> impl Future<Output = Result<bool, DataplaneError>> + Send;
+
+    /// Set hairpin mode of a bridge port (the host end of a veth): the bridge may then send a
+    /// frame back out of the port it came in on. A container reaching its own published port
+    /// through the host address needs it, since br_netfilter DNATs that connection at the
+    /// bridge and forwards it there (moby does the same without its userland proxy). A missing
+    /// link is `NotFound`.
+    fn set_hairpin(
+        &self,
+        port: &str,
+        on: bool,
+    ) -> impl Future<Output = Result<(), DataplaneError>> + Send;
 }

@@ -455,6 +455,29 @@ impl Dataplane for NetlinkDataplane {
             .map(|l| l.is_some())
             .map_err(|e| op_err(format!("look up link {name}"), e))
     }
+
+    async fn set_hairpin(&self, port: &str, on: bool) -> Result<(), DataplaneError> {
+        let op = || {
+            format!(
+                "set hairpin {} on bridge port {port}",
+                if on { "on" } else { "off" }
+            )
+        };
+        let link = self
+            .rtnl
+            .link_by_name(port)
+            .await
+            .map_err(|e| op_err(op(), e))?
+            .ok_or_else(|| DataplaneError::NotFound(port.to_string()))?;
+        self.rtnl
+            .set_port(
+                rtnetlink::LinkBridgePort::new(link.index)
+                    .hairpin(on)
+                    .build(),
+            )
+            .await
+            .map_err(|e| op_err(op(), e))
+    }
 }
 
 /// The single `RTM_NEWLINK` that creates a whole pair: host end with MTU, master and up; the

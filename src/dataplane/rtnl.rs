@@ -252,6 +252,17 @@ impl Rtnl {
             .map_err(NlError::from)
     }
 
+    /// Change bridge-port attributes (`RTM_NEWLINK` without create flags, which `RTM_SETLINK`
+    /// cannot do for `IFLA_INFO_SLAVE_DATA`).
+    pub(crate) async fn set_port(&self, msg: LinkMessage) -> Result<(), NlError> {
+        self.handle
+            .link()
+            .set_port(msg)
+            .execute()
+            .await
+            .map_err(NlError::from)
+    }
+
     /// Bring a link up.
     pub(crate) async fn set_up(&self, index: u32) -> Result<(), NlError> {
         self.set_link(LinkUnspec::new_with_index(index).up().build())

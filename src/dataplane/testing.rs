@@ -28,6 +28,8 @@ pub enum DataplaneCall {
     LinkExists(String),
     /// `bridge_ports(bridge)`.
     BridgePorts(String),
+    /// `set_hairpin(port, on)`.
+    SetHairpin(String, bool),
 }
 
 /// A bridge the fake holds.
@@ -50,6 +52,8 @@ pub struct FakeVeth {
     pub mtu: Option<u32>,
     /// MAC of the container end.
     pub peer_mac: Option<[u8; 6]>,
+    /// Hairpin mode of the host end (off when created).
+    pub hairpin: bool,
 }
 
 type Predicate = Box<dyn Fn(&DataplaneCall) -> bool + Send + Sync>;
@@ -247,6 +251,7 @@ impl Dataplane for RecordingDataplane {
             bridge: Some(spec.bridge.clone()),
             mtu: spec.mtu,
             peer_mac: spec.peer_mac,
+            hairpin: false,
         };
         if let Some(v) = s.veths.get(&spec.host_name) {
             if v.peer_name == spec.peer_name && v.bridge.as_deref() == Some(spec.bridge.as_str()) {
@@ -305,6 +310,23 @@ impl Dataplane for RecordingDataplane {
         let mut s = self.lock();
         s.record(DataplaneCall::LinkExists(name.to_string()))?;
         Ok(s.holds(name))
+    }
+
+    async fn set_hairpin(&self, port: &str, on: bool) -> Result<(), DataplaneError> {
+        let mut s = self.lock();
+        s.record(DataplaneCall::SetHairpin(port.to_string(), on))?;
+        // Only a host end on a bridge is a bridge port.
+        match s.veths.get_mut(port) {
+            Some(v) if v.bridge.is_some() => {
+                v.hairpin = on;
+                Ok(())
+            }
+            Some(_) => Err(DataplaneError::Netlink {
+                op: format!("set hairpin on {port}"),
+                reason: "not a bridge port".into(),
+            }),
+            None => Err(DataplaneError::NotFound(port.to_string())),
+        }
     }
 }
 

@@ -1,8 +1,11 @@
 //! Endpoint operations: CreateEndpoint, Join, Leave, DeleteEndpoint, EndpointOperInfo.
 
 use ipnet::IpNet;
+use serde_json::{Map, Value};
 
-use super::{blocking, cni, dp_err, names, parse_net, short, Driver, DriverError, NetState};
+use super::{
+    blocking, cni, dp_err, fw_err, names, parse_net, short, Driver, DriverError, NetState,
+};
 use crate::cnm::types::{
     CreateEndpointRequest, CreateEndpointResponse, EndpointInterface, InterfaceName, JoinResponse,
 };
@@ -65,6 +68,7 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
             mac: names::format_mac(&mac),
             host_veth: names::host_veth(&req.endpoint_id),
             peer_veth: names::peer_veth(&req.endpoint_id),
+            ports: None,
         };
         self.claim_addresses(&ns, &ep).await;
         self.state
@@ -96,12 +100,24 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
         }
     }
 
-    /// Join: the veth pair in the host namespace, host end on the bridge; Docker moves the
-    /// other end into the sandbox and configures it from this answer.
+    /// Join without options (no port bindings).
     pub async fn join(
         &self,
         network_id: &str,
         endpoint_id: &str,
+    ) -> Result<JoinResponse, DriverError> {
+        self.join_with_options(network_id, endpoint_id, &Map::new())
+            .await
+    }
+
+    /// Join: the veth pair in the host namespace, host end on the bridge; Docker moves the
+    /// other end into the sandbox and configures it from this answer. Port bindings in
+    /// `options` are checked and remembered; ProgramExternalConnectivity publishes them.
+    pub async fn join_with_options(
+        &self,
+        network_id: &str,
+        endpoint_id: &str,
+        options: &Map<String, Value>,
     ) -> Result<JoinResponse, DriverError> {
         let entry = self
             .entry(network_id)
@@ -115,6 +131,7 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
                     network: short(network_id).to_string(),
                     endpoint: short(endpoint_id).to_string(),
                 })?;
+        self.remember_requested_ports(&mut ns, endpoint_id, options)?;
         let spec = VethSpec {
             host_name: ep.host_veth.clone(),
             peer_name: ep.peer_veth.clone(),
@@ -181,8 +198,15 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
     }
 
     /// Leave: the interface is still inside the container; the veth goes at DeleteEndpoint.
-    pub async fn leave(&self, _network_id: &str, _endpoint_id: &str) -> Result<(), DriverError> {
-        Ok(())
+    /// Published ports go now (Docker ≥ 29 may not have sent Revoke); an endpoint without
+    /// ports costs no firewall work.
+    pub async fn leave(&self, network_id: &str, endpoint_id: &str) -> Result<(), DriverError> {
+        let Some(entry) = self.entry(network_id) else {
+            return Ok(());
+        };
+        let mut ns = entry.lock().await;
+        ns.requested.remove(endpoint_id);
+        self.unpublish(&mut ns, endpoint_id).await
     }
 
     /// DeleteEndpoint: forget the endpoint and delete its veth. Unknown is fine.
@@ -200,9 +224,26 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
             return Ok(());
         };
         let mut ns = entry.lock().await;
+        ns.requested.remove(endpoint_id);
         let Some(ep) = ns.endpoints.get(endpoint_id).cloned() else {
             return Ok(());
         };
+        // Ports first: once the record is gone nothing would remove them until a restart.
+        // A failure is reported but does not keep the endpoint (Docker never re-sends
+        // DeleteEndpoint); the next start's reconcile removes chains no endpoint claims.
+        let mut unpublished = Ok(());
+        if ep.ports.is_some() {
+            unpublished = self
+                .fw
+                .del_ports(network_id, endpoint_id)
+                .await
+                .map_err(fw_err(format!(
+                    "removing published ports of endpoint {}",
+                    short(endpoint_id)
+                )));
+            self.port_table()
+                .remove(&(network_id.to_string(), endpoint_id.to_string()));
+        }
         self.state.remove(ENDPOINTS, endpoint_id)?;
         ns.endpoints.remove(endpoint_id);
         ns.teardowns.retain(|t| !t.is_finished());
@@ -212,7 +253,7 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
                 tracing::warn!(veth = %ep.host_veth, error = %e, "cannot delete veth");
             }
         }));
-        Ok(())
+        unpublished
     }
 
     /// Whether an endpoint is known (EndpointOperInfo answers `{}` either way).

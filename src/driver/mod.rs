@@ -4,15 +4,17 @@
 //!
 //! Locking: each network has its own async mutex, so Join/Leave/DeleteEndpoint on different
 //! networks never wait for each other; the map of networks is held only to look an entry up.
+//! Host ports are shared by all networks, so the table of published ports has its own (sync)
+//! lock, taken under a network's lock and never across an await.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use ipnet::IpNet;
 
 use crate::dataplane::{BridgeSpec, Dataplane, DataplaneError};
-use crate::firewall::{Firewall, FirewallError, NetworkRules};
+use crate::firewall::{EndpointPorts, Firewall, FirewallError, NetworkRules};
 use crate::ipam::{Ipam, IpamError};
 use crate::state::records::{EndpointRecord, FamilyData, NetworkRecord, ENDPOINTS, NETWORKS};
 use crate::state::{Durability, StateDir, StateError};
@@ -33,6 +35,10 @@ pub struct DriverConfig {
     /// `--cni-export-dir`: every network's effective config as `<name>.conflist`.
     pub export_dir: PathBuf,
 }
+pub mod ports;
+mod publish;
+
+use ports::{HostPorts, PortRequest, PortTable, SystemHostPorts};
 
 /// Driver failures; the CNM layer sends `to_string()` as `{"Err": …}`.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +95,9 @@ pub(crate) struct NetState {
     pub(crate) endpoints: BTreeMap<String, EndpointRecord>,
     /// Veth deletions still running in the background (see `delete_endpoint`).
     pub(crate) teardowns: Vec<tokio::task::JoinHandle<()>>,
+    /// The port bindings Join carried, per endpoint, for a ProgramExternalConnectivity whose
+    /// options carry none. In memory only: Program follows Join within the same request flow.
+    pub(crate) requested: BTreeMap<String, Vec<PortRequest>>,
 }
 
 impl NetState {
@@ -97,6 +106,7 @@ impl NetState {
             net,
             endpoints: BTreeMap::new(),
             teardowns: Vec::new(),
+            requested: BTreeMap::new(),
         }
     }
 }
@@ -134,6 +144,9 @@ pub struct Driver<D, F> {
     state: StateDir,
     nets: RwLock<HashMap<String, NetEntry>>,
     export_dir: PathBuf,
+    /// Every published mapping, for conflict checks across networks.
+    ports: Mutex<PortTable>,
+    host_ports: Box<dyn HostPorts>,
 }
 
 /// Short ids for logs and names.
@@ -268,9 +281,21 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
             }
         }
         let rules: Vec<NetworkRules> = map.values().map(|ns| firewall_rules(&ns.net)).collect();
-        fw.reconcile(&rules)
-            .await
-            .map_err(fw_err("restoring firewall rules of known networks"))?;
+        let published: Vec<EndpointPorts> = map
+            .values()
+            .filter(|ns| !ns.net.internal)
+            .flat_map(|ns| ns.endpoints.values().filter_map(|ep| ep.ports.clone()))
+            .collect();
+        let table: PortTable = published
+            .iter()
+            .map(|p| {
+                let key = (p.network_id.clone(), p.endpoint_id.clone());
+                (key, p.mappings.clone())
+            })
+            .collect();
+        fw.reconcile(&rules, &published).await.map_err(fw_err(
+            "restoring firewall rules of known networks and ports",
+        ))?;
         for ns in map.values_mut() {
             match dp.ensure_bridge(&bridge_spec(&ns.net)).await {
                 Ok(crate::dataplane::BridgeOutcome::Created) => {
@@ -289,7 +314,11 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
                 tracing::warn!(network = short(&ns.net.id), error = %e, "cannot write the network's CNI export");
             }
         }
-        tracing::info!(networks = map.len(), "state loaded");
+        tracing::info!(
+            networks = map.len(),
+            published = table.len(),
+            "state loaded"
+        );
         let nets = map.into_iter().map(|(k, v)| (k, NetSlot::new(v))).collect();
         Ok(Self {
             dp: Arc::new(dp),
@@ -298,7 +327,22 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
             state,
             nets: RwLock::new(nets),
             export_dir: cfg.export_dir,
+            ports: Mutex::new(table),
+            host_ports: Box::new(SystemHostPorts),
         })
+    }
+
+    /// Use `host` instead of the real host's ephemeral range and sockets when picking host
+    /// ports (tests).
+    pub fn with_host_ports(mut self, host: impl HostPorts) -> Self {
+        self.host_ports = Box::new(host);
+        self
+    }
+
+    fn port_table(&self) -> MutexGuard<'_, PortTable> {
+        // Every change to the table is a single insert or remove, so a panic elsewhere cannot
+        // leave it half-written; keep using it.
+        self.ports.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Wait for every background veth deletion; called at shutdown so a clean stop leaves no
@@ -494,6 +538,18 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
         let mut errors = Vec::new();
         let eps: Vec<EndpointRecord> = ns.endpoints.values().cloned().collect();
         for ep in eps {
+            if ep.ports.is_some() {
+                // The firewall refuses to drop a network that still publishes ports.
+                if let Err(e) = self.fw.del_ports(network_id, &ep.id).await {
+                    errors.push(fw_err(format!(
+                        "removing published ports of endpoint {}",
+                        short(&ep.id)
+                    ))(e));
+                    continue;
+                }
+                self.port_table()
+                    .remove(&(network_id.to_string(), ep.id.clone()));
+            }
             match self.dp.delete_link(&ep.host_veth).await {
                 Ok(()) => {
                     ns.endpoints.remove(&ep.id);

@@ -276,7 +276,7 @@ async fn a_restarted_driver_serves_networks_of_its_earlier_life() {
         .fw
         .calls()
         .iter()
-        .any(|c| matches!(c, FirewallCall::Reconcile(n) if n.len() == 1)));
+        .any(|c| matches!(c, FirewallCall::Reconcile(n, p) if n.len() == 1 && p.is_empty())));
     // Docker re-creates endpoints of restart-policy containers without a CreateNetwork.
     r.driver
         .create_endpoint(&ep_req(NET, EP2, "10.15.40.3/24"))
@@ -426,6 +426,9 @@ impl Dataplane for GatedDataplane {
     async fn link_exists(&self, name: &str) -> Result<bool, DataplaneError> {
         self.inner.link_exists(name).await
     }
+    async fn set_hairpin(&self, port: &str, on: bool) -> Result<(), DataplaneError> {
+        self.inner.set_hairpin(port, on).await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -553,7 +556,7 @@ async fn contradicting_masquerade_options_are_refused_before_any_change() {
     assert!(err.to_string().contains("contradict each other"), "{err}");
     assert!(r.dp.calls().is_empty());
     // Only the reconcile of Driver::open.
-    assert_eq!(r.fw.calls(), vec![FirewallCall::Reconcile(vec![])]);
+    assert_eq!(r.fw.calls(), vec![FirewallCall::Reconcile(vec![], vec![])]);
 }
 
 #[tokio::test]
@@ -586,3 +589,6 @@ async fn a_record_with_a_value_an_older_version_accepted_gets_the_defaults() {
     // Docker's defaults for the whole set, not a half-read record.
     assert!(restored[0].masquerade && restored[0].icc, "{restored:?}");
 }
+
+#[path = "publish_tests.rs"]
+mod publish;

@@ -3,8 +3,10 @@
 //! What a network gets: forwarding that works under Docker's `FORWARD DROP` policy (replies to
 //! containers, containers out, container to container), isolation from the other cnibridge
 //! networks, `enable_icc=false` and `--internal` like Docker's bridge driver, and masquerade
-//! for `ipMasq` networks (CNI's semantics). All of it is network-wide and installed once per
-//! network; published ports (per endpoint) and an nftables backend are later work.
+//! for `ipMasq` networks (CNI's semantics), all network-wide and installed once per network; and
+//! published ports (`docker run -p`), per endpoint, added and removed with paired verbs
+//! (`add_ports`/`del_ports`) that touch only that endpoint's rules. An nftables backend is later
+//! work.
 
 use std::future::Future;
 
@@ -12,8 +14,11 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 pub mod iptables;
+pub mod ports;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+
+pub use ports::{EndpointPorts, PortMapping, Proto};
 
 /// The network-wide firewall intent of one network; stored and replayable.
 ///
@@ -78,38 +83,61 @@ pub enum FirewallError {
         /// What the value must look like.
         reason: &'static str,
     },
+    /// Ports of an endpoint whose network has no rules installed (the order is network first,
+    /// then its endpoints' ports).
+    #[error("network {0} has no firewall rules installed; its ports cannot be published")]
+    UnknownNetwork(String),
 }
 
-/// Network-level rules; installed once per network, never per endpoint.
+/// Network-level rules, installed once per network, and per-endpoint published ports.
 pub trait Firewall: Send + Sync + 'static {
     /// Install (or re-install) the network's rules. Idempotent.
     fn add_network(
         &self,
         rules: &NetworkRules,
     ) -> impl Future<Output = Result<(), FirewallError>> + Send;
-    /// Remove the network's rules. Unknown networks are `Ok`.
+    /// Remove the network's rules. Unknown networks are `Ok`. Callers remove the network's
+    /// ports first (the recording fake insists); a backend that still holds some drops them too.
     fn del_network(
         &self,
         rules: &NetworkRules,
     ) -> impl Future<Output = Result<(), FirewallError>> + Send;
-    /// Make the installed rules exactly those of `all` (used at daemon start): missing rules are
-    /// added, rules of networks not in `all` are removed.
+    /// Publish an endpoint's ports (replacing what it published before). Its network must be
+    /// installed. Idempotent.
+    fn add_ports(
+        &self,
+        ports: &EndpointPorts,
+    ) -> impl Future<Output = Result<(), FirewallError>> + Send;
+    /// Remove an endpoint's published ports. Unknown endpoints are `Ok`.
+    fn del_ports(
+        &self,
+        network_id: &str,
+        endpoint_id: &str,
+    ) -> impl Future<Output = Result<(), FirewallError>> + Send;
+    /// Make the installed rules exactly those of `networks` and `ports` (used at daemon start):
+    /// missing rules are added, rules of networks and endpoints not listed are removed. Every
+    /// entry of `ports` belongs to a network of `networks`.
     fn reconcile(
         &self,
-        all: &[NetworkRules],
+        networks: &[NetworkRules],
+        ports: &[EndpointPorts],
     ) -> impl Future<Output = Result<(), FirewallError>> + Send;
+}
+
+/// Whether a name can go into a rule verbatim: `[A-Za-z0-9_.-]`, non-empty, no leading `-`
+/// (no `+`, which iptables reads as an interface wildcard, no quotes or spaces).
+pub(crate) fn safe_name(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with('-')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
 }
 
 /// Check that a network's names can go into a rule verbatim. Interface names are limited to
 /// `[A-Za-z0-9_.-]` (no `+`, which iptables reads as a wildcard, no leading `-`), network ids
 /// to the same set (Docker's are hex).
 pub fn validate_rules(rules: &NetworkRules) -> Result<(), FirewallError> {
-    fn safe(s: &str) -> bool {
-        !s.is_empty()
-            && !s.starts_with('-')
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
-    }
+    let safe = safe_name;
     if !safe(&rules.network_id) {
         return Err(FirewallError::Invalid {
             field: "network_id",
@@ -138,7 +166,7 @@ pub fn validate_rules(rules: &NetworkRules) -> Result<(), FirewallError> {
 }
 
 /// The firewall of `--firewall none`: installs nothing, so same-bridge traffic depends on the
-/// host's own `FORWARD` policy.
+/// host's own `FORWARD` policy and published ports are not reachable.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoFirewall;
 
@@ -151,7 +179,19 @@ impl Firewall for NoFirewall {
         Ok(())
     }
 
-    async fn reconcile(&self, _all: &[NetworkRules]) -> Result<(), FirewallError> {
+    async fn add_ports(&self, _ports: &EndpointPorts) -> Result<(), FirewallError> {
+        Ok(())
+    }
+
+    async fn del_ports(&self, _network_id: &str, _endpoint_id: &str) -> Result<(), FirewallError> {
+        Ok(())
+    }
+
+    async fn reconcile(
+        &self,
+        _networks: &[NetworkRules],
+        _ports: &[EndpointPorts],
+    ) -> Result<(), FirewallError> {
         Ok(())
     }
 }

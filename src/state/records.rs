@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::firewall::EndpointPorts;
+
 /// State kind of network records.
 pub const NETWORKS: &str = "networks";
 /// State kind of endpoint records.
@@ -107,4 +109,8 @@ pub struct EndpointRecord {
     pub host_veth: String,
     /// Container end before Docker moves and renames it.
     pub peer_veth: String,
+    /// Published ports as installed by ProgramExternalConnectivity (host port 0 resolved), so
+    /// a restart reinstalls exactly these. Absent in records written before ports existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<EndpointPorts>,
 }

@@ -154,8 +154,9 @@ pub fn filter_table(save: &str) -> String {
 }
 
 /// What `<tool>-save` shows of ours: for each table holding any of it, the table line, our
-/// chains (counters zeroed), their rules, the jumps into them from built-in chains and
-/// `COMMIT`. Nothing of the host's own rules, so goldens stay small and stable.
+/// chains (`CNIBRIDGE-*` and the per-endpoint `CNIB-*`, counters zeroed), their rules, the
+/// jumps into them from built-in chains and `COMMIT`. Nothing of the host's own rules, so
+/// goldens stay small and stable.
 pub fn our_rules(save: &str) -> String {
     let dump = run(&[save]);
     let mut out = String::new();
@@ -169,10 +170,10 @@ pub fn our_rules(save: &str) -> String {
             if !ours.is_empty() {
                 out.push_str(&format!("*{table}\n{ours}COMMIT\n"));
             }
-        } else if let Some(rest) = line.strip_prefix(":CNIBRIDGE-") {
+        } else if let Some(rest) = line.strip_prefix(":CNIB") {
             let decl = rest.rsplit_once(" [").map_or(rest, |(d, _)| d);
-            ours.push_str(&format!(":CNIBRIDGE-{decl} [0:0]\n"));
-        } else if line.starts_with("-A CNIBRIDGE-") || line.contains(" -j CNIBRIDGE-") {
+            ours.push_str(&format!(":CNIB{decl} [0:0]\n"));
+        } else if line.starts_with("-A CNIB") || line.contains(" -j CNIB") {
             ours.push_str(line);
             ours.push('\n');
         }

@@ -2,13 +2,17 @@
 //!
 //! Why it exists: Docker sets the filter `FORWARD` policy to `DROP`, and br_netfilter sends
 //! bridged frames through iptables, so even two ports of one bridge cannot talk until a rule
-//! accepts it; containers also need isolation and masquerade as Docker's bridge gives them.
+//! accepts it; containers also need isolation, masquerade and published ports as Docker's
+//! bridge gives them.
 //!
-//! How: the content of our own chains (see `render` for the layout) is rendered from the whole
-//! set of known networks and applied with one `iptables-restore -w --noflush` per family per
-//! change, covering the filter and nat tables in one transaction. Before it, the jumps from
-//! `FORWARD` and `POSTROUTING` are checked (`-C`, concurrently) and the missing ones are added
-//! by the same script. Nothing outside our chains is touched except those jumps.
+//! How: a network change rewrites the content of all our chains (see `render` for the layout),
+//! rendered from the whole set of known networks and published ports, with one
+//! `iptables-restore -w --noflush` per family, covering the filter and nat tables in one
+//! transaction. Before it, the jumps from the built-in chains are checked (`-C`, concurrently)
+//! and the missing ones are added by the same script. Publishing or removing one endpoint's
+//! ports is one restore per family that touches only that endpoint's chains and jumps
+//! (`render_ports`), with no checks before it. Nothing outside our chains is touched except
+//! those jumps.
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
@@ -18,13 +22,19 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 use tokio::sync::Mutex;
 
-use super::{validate_rules, Firewall, FirewallError, NetworkRules};
+use super::ports::validate_ports;
+use super::{validate_rules, EndpointPorts, Firewall, FirewallError, NetworkRules};
 
 pub mod render;
+pub mod render_ports;
 
 pub use render::{
-    render_restore, rule_comment, Family, Jump, FORWARD_CHAIN, ISOLATION_1, ISOLATION_2, JUMPS,
-    POSTROUTING_CHAIN,
+    jumps, render_restore, rule_comment, Family, Jump, FORWARD_CHAIN, INPUT_CHAIN, ISOLATION_1,
+    ISOLATION_2, POSTROUTING_CHAIN,
+};
+pub use render_ports::{
+    accept_chain, dnat_chain, endpoint_comment, endpoint_rules, render_port_update,
+    HOSTPORTS_CHAIN, MASQ_CHAIN, PUBLISHED_CHAIN, SETMARK_CHAIN,
 };
 
 /// `-w` makes legacy iptables wait for the xtables lock without bound; this bounds the whole
@@ -66,9 +76,22 @@ enum V6 {
     Disabled,
 }
 
+/// (network id, endpoint id).
+type EndpointKey = (String, String);
+
 struct State {
     networks: BTreeMap<String, NetworkRules>,
+    ports: BTreeMap<EndpointKey, EndpointPorts>,
     v6: V6,
+}
+
+/// Which endpoint chains a full rewrite deletes.
+enum Stale {
+    /// These (chains of endpoints just dropped from the set).
+    Known(Vec<String>),
+    /// Every endpoint chain the kernel holds that the new set does not claim (reconcile: this
+    /// process may not know what an earlier one installed).
+    FromKernel,
 }
 
 /// `Firewall` over iptables/ip6tables (either the nft or the legacy variant).
@@ -86,6 +109,30 @@ impl Default for IptablesFirewall {
     }
 }
 
+fn key(network_id: &str, endpoint_id: &str) -> EndpointKey {
+    (network_id.to_string(), endpoint_id.to_string())
+}
+
+/// Both chain names of an endpoint (whether or not it has rules in either table).
+fn chains_of(p: &EndpointPorts) -> [String; 2] {
+    [
+        dnat_chain(&p.network_id, &p.endpoint_id),
+        accept_chain(&p.network_id, &p.endpoint_id),
+    ]
+}
+
+/// Let the bridge route packets with a 127.0.0.0/8 source, which the host's connections to
+/// `127.0.0.1:<port>` carry once DNATed to the container (until masquerade rewrites them in
+/// POSTROUTING). Never reset: other endpoints on the bridge may rely on it (as CNI's portmap).
+/// A failure only loses the localhost path, so it is a warning.
+fn set_route_localnet(bridge: &str) {
+    // The name is validated ([A-Za-z0-9_.-], no leading '-'), so it is one path component.
+    let path = format!("/proc/sys/net/ipv4/conf/{bridge}/route_localnet");
+    if let Err(e) = std::fs::write(&path, "1") {
+        tracing::warn!(%bridge, error = %e, "cannot set route_localnet; published ports will not answer on 127.0.0.1");
+    }
+}
+
 impl IptablesFirewall {
     /// A firewall using these programs. If the IPv6 ones turn out unusable at the first change
     /// (missing binary, no IPv6 in the kernel), a warning is logged and only IPv4 is managed.
@@ -95,6 +142,7 @@ impl IptablesFirewall {
             v6,
             state: Mutex::new(State {
                 networks: BTreeMap::new(),
+                ports: BTreeMap::new(),
                 v6: V6::Unknown,
             }),
         }
@@ -105,18 +153,30 @@ impl IptablesFirewall {
         self.state.lock().await.networks.values().cloned().collect()
     }
 
-    /// Write our chains for `networks` in both families, then remember `networks` as the set.
+    /// The endpoints whose ports are published, as this process knows them.
+    pub async fn ports(&self) -> Vec<EndpointPorts> {
+        self.state.lock().await.ports.values().cloned().collect()
+    }
+
+    /// Rewrite all our chains for `networks` and `ports` in both families, then remember them
+    /// as the set.
     async fn apply(
         &self,
         state: &mut State,
         networks: BTreeMap<String, NetworkRules>,
+        ports: BTreeMap<EndpointKey, EndpointPorts>,
+        stale: Stale,
     ) -> Result<(), FirewallError> {
-        let list: Vec<NetworkRules> = networks.values().cloned().collect();
-        apply_family(&self.v4, Family::V4, &list).await?;
+        let nets: Vec<NetworkRules> = networks.values().cloned().collect();
+        let eps: Vec<EndpointPorts> = ports.values().cloned().collect();
+        for p in eps.iter().filter(|p| p.needs_route_localnet()) {
+            set_route_localnet(&p.bridge);
+        }
+        apply_family(&self.v4, Family::V4, &nets, &eps, &stale).await?;
         match state.v6 {
             V6::Disabled => {}
-            V6::Usable => apply_family(&self.v6, Family::V6, &list).await?,
-            V6::Unknown => match apply_family(&self.v6, Family::V6, &list).await {
+            V6::Usable => apply_family(&self.v6, Family::V6, &nets, &eps, &stale).await?,
+            V6::Unknown => match apply_family(&self.v6, Family::V6, &nets, &eps, &stale).await {
                 Ok(()) => state.v6 = V6::Usable,
                 Err(e) => {
                     tracing::warn!(error = %e, "ip6tables is not usable; managing IPv4 rules only");
@@ -125,7 +185,65 @@ impl IptablesFirewall {
             },
         }
         state.networks = networks;
+        state.ports = ports;
         Ok(())
+    }
+
+    /// Replace one endpoint's ports (`None` = remove them): one restore per family touching
+    /// only that endpoint's chains and jumps. If that fails (someone removed our jumps, or the
+    /// kernel no longer holds what this process installed), everything ours is rewritten
+    /// instead, which repairs whatever was changed under us.
+    async fn update_ports(
+        &self,
+        state: &mut State,
+        key: EndpointKey,
+        new: Option<&EndpointPorts>,
+    ) -> Result<(), FirewallError> {
+        let old = state.ports.get(&key).cloned();
+        if let Some(p) = new.filter(|p| p.needs_route_localnet()) {
+            set_route_localnet(&p.bridge);
+        }
+        let mut families = vec![(&self.v4, Family::V4)];
+        if state.v6 == V6::Usable {
+            families.push((&self.v6, Family::V6));
+        }
+        let mut outcome = Ok(());
+        for (tools, family) in families {
+            if let Some(script) = render_port_update(family, old.as_ref(), new) {
+                outcome = restore(tools, &script).await;
+                if outcome.is_err() {
+                    break;
+                }
+            }
+        }
+        match outcome {
+            Ok(()) => {
+                match new {
+                    Some(p) => state.ports.insert(key, p.clone()),
+                    None => state.ports.remove(&key),
+                };
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(endpoint = %key.1, error = %e, "updating the endpoint's chains failed; rewriting all cnibridge chains");
+                let mut ports = state.ports.clone();
+                let stale = match new {
+                    Some(p) => {
+                        ports.insert(key, p.clone());
+                        Vec::new()
+                    }
+                    None => {
+                        ports.remove(&key);
+                        old.as_ref()
+                            .map(|p| chains_of(p).to_vec())
+                            .unwrap_or_default()
+                    }
+                };
+                let networks = state.networks.clone();
+                self.apply(state, networks, ports, Stale::Known(stale))
+                    .await
+            }
+        }
     }
 }
 
@@ -135,9 +253,11 @@ impl Firewall for IptablesFirewall {
         let mut state = self.state.lock().await;
         let mut next = state.networks.clone();
         next.insert(rules.network_id.clone(), rules.clone());
+        let ports = state.ports.clone();
         // Applied even when nothing changed: a re-sent CreateNetwork then repairs a chain
         // someone flushed.
-        self.apply(&mut state, next).await
+        self.apply(&mut state, next, ports, Stale::Known(Vec::new()))
+            .await
     }
 
     async fn del_network(&self, rules: &NetworkRules) -> Result<(), FirewallError> {
@@ -149,19 +269,60 @@ impl Firewall for IptablesFirewall {
         }
         let mut next = state.networks.clone();
         next.remove(&rules.network_id);
-        self.apply(&mut state, next).await
+        // Ports left behind by a lost DeleteEndpoint go with their network.
+        let (gone, ports): (BTreeMap<_, _>, BTreeMap<_, _>) = state
+            .ports
+            .clone()
+            .into_iter()
+            .partition(|((net, _), _)| *net == rules.network_id);
+        let stale = gone.values().flat_map(chains_of).collect();
+        self.apply(&mut state, next, ports, Stale::Known(stale))
+            .await
     }
 
-    async fn reconcile(&self, all: &[NetworkRules]) -> Result<(), FirewallError> {
-        for rules in all {
+    async fn add_ports(&self, ports: &EndpointPorts) -> Result<(), FirewallError> {
+        validate_ports(ports)?;
+        let mut state = self.state.lock().await;
+        if !state.networks.contains_key(&ports.network_id) {
+            return Err(FirewallError::UnknownNetwork(ports.network_id.clone()));
+        }
+        let key = key(&ports.network_id, &ports.endpoint_id);
+        self.update_ports(&mut state, key, Some(ports)).await
+    }
+
+    async fn del_ports(&self, network_id: &str, endpoint_id: &str) -> Result<(), FirewallError> {
+        let mut state = self.state.lock().await;
+        let key = key(network_id, endpoint_id);
+        if !state.ports.contains_key(&key) {
+            return Ok(());
+        }
+        self.update_ports(&mut state, key, None).await
+    }
+
+    async fn reconcile(
+        &self,
+        networks: &[NetworkRules],
+        ports: &[EndpointPorts],
+    ) -> Result<(), FirewallError> {
+        for rules in networks {
             validate_rules(rules)?;
         }
-        let next = all
+        for p in ports {
+            validate_ports(p)?;
+            if !networks.iter().any(|n| n.network_id == p.network_id) {
+                return Err(FirewallError::UnknownNetwork(p.network_id.clone()));
+            }
+        }
+        let next = networks
             .iter()
             .map(|r| (r.network_id.clone(), r.clone()))
             .collect();
+        let ports = ports
+            .iter()
+            .map(|p| (key(&p.network_id, &p.endpoint_id), p.clone()))
+            .collect();
         let mut state = self.state.lock().await;
-        self.apply(&mut state, next).await
+        self.apply(&mut state, next, ports, Stale::FromKernel).await
     }
 }
 
@@ -171,16 +332,28 @@ async fn apply_family(
     tools: &IptablesTools,
     family: Family,
     networks: &[NetworkRules],
+    ports: &[EndpointPorts],
+    stale: &Stale,
 ) -> Result<(), FirewallError> {
-    let checks = futures::future::join_all(JUMPS.iter().map(|j| jump_present(tools, j))).await;
+    let all = jumps(family);
+    let checks = futures::future::join_all(all.iter().map(|j| jump_present(tools, j))).await;
     let mut missing = Vec::new();
-    for (jump, present) in JUMPS.iter().zip(checks) {
+    for (jump, present) in all.iter().zip(checks) {
         if !present? {
             missing.push(*jump);
         }
     }
-    let script = render_restore(family, networks, &missing);
-    let out = run(&tools.restore, &["-w", "--noflush"], Some(&script)).await?;
+    let stale = match stale {
+        Stale::Known(chains) => chains.clone(),
+        Stale::FromKernel => endpoint_chains_in_kernel(tools).await?,
+    };
+    let script = render_restore(family, networks, ports, &missing, &stale);
+    restore(tools, &script).await
+}
+
+/// Run one `iptables-restore -w --noflush` with `script`.
+async fn restore(tools: &IptablesTools, script: &str) -> Result<(), FirewallError> {
+    let out = run(&tools.restore, &["-w", "--noflush"], Some(script)).await?;
     if out.status.success() {
         return Ok(());
     }
@@ -195,10 +368,42 @@ async fn apply_family(
     })
 }
 
-/// `iptables -t <table> -C <from> -j <to>`: exit 0 = present, 1 = no such rule, 2 with "does
+/// The per-endpoint chains of ours (`CNIB-DN-…` in nat, `CNIB-FW-…` in filter) the kernel
+/// holds, read with `iptables -S` per table.
+async fn endpoint_chains_in_kernel(tools: &IptablesTools) -> Result<Vec<String>, FirewallError> {
+    let mut chains = Vec::new();
+    for (table, prefix) in [
+        ("nat", render_ports::DNAT_PREFIX),
+        ("filter", render_ports::ACCEPT_PREFIX),
+    ] {
+        let out = run(&tools.iptables, &["-w", "-t", table, "-S"], None).await?;
+        if !out.status.success() {
+            return Err(FirewallError::Backend {
+                tool: tools.iptables.clone(),
+                reason: format!(
+                    "listing the {table} table failed ({}): {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            });
+        }
+        chains.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| l.strip_prefix("-N "))
+                .filter(|c| c.starts_with(prefix))
+                .map(str::to_string),
+        );
+    }
+    Ok(chains)
+}
+
+/// `iptables -t <table> -C <from> <matches> -j <to>`: exit 0 = present, 1 = no such rule, 2 with "does
 /// not exist" = our chain is not there yet (so neither is the jump).
 async fn jump_present(tools: &IptablesTools, jump: &Jump) -> Result<bool, FirewallError> {
-    let args = ["-w", "-t", jump.table, "-C", jump.from, "-j", jump.to];
+    let mut args = vec!["-w", "-t", jump.table, "-C", jump.from];
+    args.extend(jump.matches.split_whitespace());
+    args.extend(["-j", jump.to]);
     let out = run(&tools.iptables, &args, None).await?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     match out.status.code() {

@@ -1,42 +1,56 @@
 //! The pure half of the iptables backend: the `iptables-restore --noflush` script that makes
-//! our chains hold exactly the rules of a set of networks, for one address family. Tested as
-//! text, without root.
+//! our chains hold exactly the rules of a set of networks and published ports, for one address
+//! family. Tested as text, without root.
 //!
 //! Layout (the same in iptables and ip6tables; only the nat rules differ by family):
 //!
 //! ```text
 //! filter FORWARD ──(appended)──▶ CNIBRIDGE-FORWARD
 //!   1. -j CNIBRIDGE-ISOLATION-1               isolation between cnibridge networks, first
-//!   2. per network, in order:
+//!   2. -j CNIBRIDGE-PUBLISHED                 published container ports (render_ports)
+//!   3. per network, in order:
 //!        -i br -o br            ACCEPT | DROP (icc off)
 //!        internal:   -i br ! -o br DROP;  -o br ! -i br DROP
 //!        otherwise:  -o br ctstate RELATED,ESTABLISHED ACCEPT;  -i br ! -o br ACCEPT
 //! CNIBRIDGE-ISOLATION-1: per network  -i br ! -o br -j CNIBRIDGE-ISOLATION-2
 //! CNIBRIDGE-ISOLATION-2: per network  -o br -j DROP
+//! filter INPUT ──(appended)──▶ CNIBRIDGE-INPUT
+//!   IPv4, per non-internal network: -i br -d 127.0.0.0/8 ctstate !RELATED,ESTABLISHED DROP
 //! nat POSTROUTING ──(appended)──▶ CNIBRIDGE-POSTROUTING
-//!   per masquerading network and subnet of the family:
+//!   1. -j CNIBRIDGE-HOSTPORT-MASQ             published ports' hairpin/localhost masquerade
+//!   2. per masquerading network and subnet of the family:
 //!        -s net -d <multicast> RETURN;  -s net ! -d net ! -o br MASQUERADE
+//! nat PREROUTING, OUTPUT ──(appended)──▶ CNIBRIDGE-HOSTPORTS    (see render_ports)
 //! ```
 //!
 //! The two isolation chains are Docker's two-stage scheme: two rules per network, not one per
 //! pair of networks, and a packet leaving one of our bridges for another one is dropped before
-//! any ACCEPT of ours sees it. Whatever no rule decides falls back to `FORWARD` (Docker's
-//! policy is `DROP`), which is what "nothing in from outside" rests on until published ports
-//! add their own chains.
+//! any ACCEPT of ours sees it (so a container cannot reach another network's published port
+//! through the host address either). Whatever no rule decides falls back to `FORWARD` (Docker's
+//! policy is `DROP`): nothing reaches a container from outside unless it is published.
 //!
-//! Every per-network rule carries the comment `cnibridge net <id12>`; the jumps carry none, so
-//! `iptables -C <builtin> -j <chain>` finds them.
+//! `CNIBRIDGE-INPUT` exists because published ports set `route_localnet` on the bridge (so the
+//! host's `127.0.0.1:<port>` can be DNATed to a container): that sysctl would also let
+//! containers reach the host's own services on 127.0.0.1 (CVE-2020-8558); only replies to the
+//! host's connections may arrive from a bridge for 127.0.0.0/8.
 //!
-//! Extending (published ports): per-endpoint rules go into chains of their own, named from a
-//! hash of (network, endpoint) and declared/flushed like the chains in `TABLES` (a stale one is
-//! deleted with `-X` in the same script, which needs the previous set as well as the next), a
-//! DNAT chain gets entries in `JUMPS` (nat `PREROUTING`/`OUTPUT`), and the per-network block of
-//! `CNIBRIDGE-FORWARD` gets an accept for the published container ports ahead of whatever falls
-//! through to `FORWARD`. An nftables backend renders the same intent into one `inet` table.
+//! Every per-network rule carries the comment `cnibridge net <id12>`, every per-endpoint one
+//! `cnibridge ep <id12>`; the jumps from built-in chains carry none, so
+//! `iptables -C <builtin> <matches> -j <chain>` finds them.
+//!
+//! Published ports live in per-endpoint chains (`render_ports`): `add_ports`/`del_ports` change
+//! only those and their jumps. This full script declares, flushes and refills them too, and
+//! deletes (`-X`) the stale ones it is told about, so a network change or a reconcile rewrites
+//! everything ours in one transaction. An nftables backend renders the same intent into one
+//! `inet` table.
 
 use ipnet::IpNet;
 
-use crate::firewall::NetworkRules;
+use super::render_ports::{
+    endpoint_rules, table_of_endpoint_chain, HOSTPORTS_CHAIN, MASQ_CHAIN, MASQ_MARK,
+    PUBLISHED_CHAIN, SETMARK_CHAIN,
+};
+use crate::firewall::{EndpointPorts, NetworkRules};
 
 /// Our chain in the filter table, jumped to from `FORWARD`.
 pub const FORWARD_CHAIN: &str = "CNIBRIDGE-FORWARD";
@@ -46,17 +60,55 @@ pub const ISOLATION_1: &str = "CNIBRIDGE-ISOLATION-1";
 pub const ISOLATION_2: &str = "CNIBRIDGE-ISOLATION-2";
 /// Our chain in the nat table, jumped to from `POSTROUTING`.
 pub const POSTROUTING_CHAIN: &str = "CNIBRIDGE-POSTROUTING";
+/// Our chain in the filter table, jumped to from `INPUT`.
+pub const INPUT_CHAIN: &str = "CNIBRIDGE-INPUT";
 
 /// The rule comment carries this prefix and the first 12 characters of the network id, so an
 /// operator (or a later GC) can tell which network a rule belongs to.
 const COMMENT_PREFIX: &str = "cnibridge net";
 
 /// Our chains, per table, in the order they are declared. Every chain listed here is declared
-/// and flushed by each script, so its content is always exactly what was rendered.
+/// and flushed by each full script, so its content is always exactly what was rendered.
 pub const TABLES: [(&str, &[&str]); 2] = [
-    ("filter", &[FORWARD_CHAIN, ISOLATION_1, ISOLATION_2]),
-    ("nat", &[POSTROUTING_CHAIN]),
+    (
+        "filter",
+        &[
+            FORWARD_CHAIN,
+            ISOLATION_1,
+            ISOLATION_2,
+            PUBLISHED_CHAIN,
+            INPUT_CHAIN,
+        ],
+    ),
+    (
+        "nat",
+        &[
+            POSTROUTING_CHAIN,
+            HOSTPORTS_CHAIN,
+            SETMARK_CHAIN,
+            MASQ_CHAIN,
+        ],
+    ),
 ];
+
+/// Rules of ours that do not depend on any network: (table, chain, rule).
+fn static_rules() -> [(&'static str, &'static str, String); 5] {
+    [
+        ("filter", FORWARD_CHAIN, format!("-j {ISOLATION_1}")),
+        ("filter", FORWARD_CHAIN, format!("-j {PUBLISHED_CHAIN}")),
+        ("nat", POSTROUTING_CHAIN, format!("-j {MASQ_CHAIN}")),
+        (
+            "nat",
+            SETMARK_CHAIN,
+            format!("-j MARK --set-xmark {MASQ_MARK}"),
+        ),
+        (
+            "nat",
+            MASQ_CHAIN,
+            format!("-m mark --mark {MASQ_MARK} -j MASQUERADE"),
+        ),
+    ]
+}
 
 /// A jump from a built-in chain into one of ours: the only rules we own outside our chains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,24 +117,52 @@ pub struct Jump {
     pub table: &'static str,
     /// The built-in chain the jump is appended to.
     pub from: &'static str,
+    /// Matches before `-j`, as `iptables -S` prints them (may be empty).
+    pub matches: &'static str,
     /// Our chain.
     pub to: &'static str,
 }
 
-/// Every jump into our chains. Appended (never inserted), so Docker's own jumps, which dockerd
-/// re-inserts at the head of `FORWARD` at each start, stay in front of ours.
-pub const JUMPS: [Jump; 2] = [
-    Jump {
-        table: "filter",
-        from: "FORWARD",
-        to: FORWARD_CHAIN,
-    },
-    Jump {
-        table: "nat",
-        from: "POSTROUTING",
-        to: POSTROUTING_CHAIN,
-    },
-];
+impl Jump {
+    /// The rule after `-A <from> `.
+    pub fn spec(&self) -> String {
+        if self.matches.is_empty() {
+            format!("-j {}", self.to)
+        } else {
+            format!("{} -j {}", self.matches, self.to)
+        }
+    }
+}
+
+/// Every jump into our chains for `family`. Appended (never inserted), so Docker's own jumps,
+/// which dockerd re-inserts at the head of `FORWARD` at each start, stay in front of ours.
+/// Loopback destinations are kept out of `PREROUTING` (see `render_ports`); IPv6 has no
+/// `route_localnet`, so `::1` cannot be forwarded from `OUTPUT` either.
+pub fn jumps(family: Family) -> [Jump; 5] {
+    let (prerouting, output) = match family {
+        Family::V4 => (
+            "! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL",
+            "-m addrtype --dst-type LOCAL",
+        ),
+        Family::V6 => (
+            "! -d ::1/128 -m addrtype --dst-type LOCAL",
+            "! -d ::1/128 -m addrtype --dst-type LOCAL",
+        ),
+    };
+    let jump = |table, from, matches, to| Jump {
+        table,
+        from,
+        matches,
+        to,
+    };
+    [
+        jump("filter", "FORWARD", "", FORWARD_CHAIN),
+        jump("filter", "INPUT", "", INPUT_CHAIN),
+        jump("nat", "POSTROUTING", "", POSTROUTING_CHAIN),
+        jump("nat", "PREROUTING", prerouting, HOSTPORTS_CHAIN),
+        jump("nat", "OUTPUT", output, HOSTPORTS_CHAIN),
+    ]
+}
 
 /// An address family, i.e. which of iptables / ip6tables a script is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,7 +214,7 @@ struct Rule {
 
 /// The filter rules of one network, by chain. `icc` and `internal` decide the per-network
 /// block of `CNIBRIDGE-FORWARD`; the isolation pair is the same for every network.
-fn filter_rules(net: &NetworkRules) -> Vec<Rule> {
+fn filter_rules(family: Family, net: &NetworkRules) -> Vec<Rule> {
     let br = &net.bridge;
     let rule = |chain, matches: String, target| Rule {
         chain,
@@ -161,6 +241,14 @@ fn filter_rules(net: &NetworkRules) -> Vec<Rule> {
         ));
         rules.push(rule(FORWARD_CHAIN, format!("-i {br} ! -o {br}"), "ACCEPT"));
     }
+    // Internal networks publish nothing, so their bridge never gets route_localnet.
+    if family == Family::V4 && !net.internal {
+        rules.push(rule(
+            INPUT_CHAIN,
+            format!("-i {br} -d 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED"),
+            "DROP",
+        ));
+    }
     rules
 }
 
@@ -186,47 +274,99 @@ fn nat_rules(family: Family, net: &NetworkRules) -> Vec<Rule> {
     rules
 }
 
-/// The restore script for one family: declares and flushes every chain of ours, fills them
-/// from `networks` (in the given order) and appends each jump of `missing_jumps`. Built-in
-/// chains are never flushed; the caller checks the jumps first (`iptables -C`) and passes the
-/// missing ones, so the whole change is one `iptables-restore -w --noflush`.
-pub fn render_restore(family: Family, networks: &[NetworkRules], missing_jumps: &[Jump]) -> String {
+/// The restore script for one family: declares and flushes every chain of ours (the fixed ones
+/// and those of each endpoint in `ports`), fills them from `networks` and `ports` (in the given
+/// order), deletes the endpoint chains named in `stale` (no longer referenced once the jumps
+/// are rewritten) and appends each jump of `missing_jumps`. Built-in chains are never flushed;
+/// the caller checks the jumps first (`iptables -C`) and passes the missing ones, so the whole
+/// change is one `iptables-restore -w --noflush`.
+pub fn render_restore(
+    family: Family,
+    networks: &[NetworkRules],
+    ports: &[EndpointPorts],
+    missing_jumps: &[Jump],
+    stale: &[String],
+) -> String {
+    let endpoints: Vec<_> = ports
+        .iter()
+        .filter_map(|p| endpoint_rules(family, p))
+        .collect();
     let mut out = String::new();
-    for (table, chains) in TABLES {
+    for (table, fixed) in TABLES {
         let rules: Vec<(String, Rule)> = networks
             .iter()
             .flat_map(|net| {
                 let comment = rule_comment(&net.network_id);
                 let rules = match table {
-                    "filter" => filter_rules(net),
+                    "filter" => filter_rules(family, net),
                     _ => nat_rules(family, net),
                 };
                 rules.into_iter().map(move |r| (comment.clone(), r))
             })
             .collect();
+        let own: Vec<&str> = endpoints
+            .iter()
+            .flat_map(|e| e.chains())
+            .filter(|(t, _)| *t == table)
+            .map(|(_, c)| c)
+            .collect();
+        let gone: Vec<&str> = stale
+            .iter()
+            .map(String::as_str)
+            .filter(|c| table_of_endpoint_chain(c) == Some(table) && !own.contains(c))
+            .collect();
         out.push_str(&format!("*{table}\n"));
         // Declaring a chain creates it if missing. With --noflush, iptables-nft 1.8.9 also
         // flushes an existing declared chain (verified); the explicit -F does not depend on it.
-        for chain in chains {
+        // Stale chains are declared too, so their -X cannot fail on one that is already gone.
+        let declared: Vec<&str> = fixed
+            .iter()
+            .copied()
+            .chain(own.iter().copied())
+            .chain(gone.iter().copied())
+            .collect();
+        for chain in &declared {
             out.push_str(&format!(":{chain} - [0:0]\n"));
         }
-        for chain in chains {
+        for chain in &declared {
             out.push_str(&format!("-F {chain}\n"));
         }
-        if table == "filter" {
-            out.push_str(&format!("-A {FORWARD_CHAIN} -j {ISOLATION_1}\n"));
+        for (_, chain, rule) in static_rules().iter().filter(|(t, _, _)| *t == table) {
+            out.push_str(&format!("-A {chain} {rule}\n"));
         }
         // Grouped by chain, in the order the kernel dump shows them.
-        for chain in chains {
+        for chain in fixed {
             for (comment, r) in rules.iter().filter(|(_, r)| r.chain == *chain) {
                 out.push_str(&format!(
                     "-A {chain} {} -m comment --comment \"{comment}\" -j {}\n",
                     r.matches, r.target
                 ));
             }
+            for e in &endpoints {
+                let jumps = match *chain {
+                    HOSTPORTS_CHAIN => &e.dnat_jumps,
+                    PUBLISHED_CHAIN => &e.accept_jumps,
+                    _ => continue,
+                };
+                for j in jumps {
+                    out.push_str(&format!("-A {chain} {j}\n"));
+                }
+            }
+        }
+        for e in &endpoints {
+            let (chain, rules) = match table {
+                "nat" => (&e.dnat_chain, &e.dnat_rules),
+                _ => (&e.accept_chain, &e.accept_rules),
+            };
+            for r in rules {
+                out.push_str(&format!("-A {chain} {r}\n"));
+            }
+        }
+        for chain in &gone {
+            out.push_str(&format!("-X {chain}\n"));
         }
         for jump in missing_jumps.iter().filter(|j| j.table == table) {
-            out.push_str(&format!("-A {} -j {}\n", jump.from, jump.to));
+            out.push_str(&format!("-A {} {}\n", jump.from, jump.spec()));
         }
         out.push_str("COMMIT\n");
     }

@@ -18,50 +18,84 @@ fn lines(script: &str) -> Vec<&str> {
     script.lines().collect()
 }
 
+/// The part of every script that does not depend on the networks, for `family`'s nat rules.
+const FILTER_HEAD: &str = "*filter\n\
+     :CNIBRIDGE-FORWARD - [0:0]\n\
+     :CNIBRIDGE-ISOLATION-1 - [0:0]\n\
+     :CNIBRIDGE-ISOLATION-2 - [0:0]\n\
+     :CNIBRIDGE-PUBLISHED - [0:0]\n\
+     :CNIBRIDGE-INPUT - [0:0]\n\
+     -F CNIBRIDGE-FORWARD\n\
+     -F CNIBRIDGE-ISOLATION-1\n\
+     -F CNIBRIDGE-ISOLATION-2\n\
+     -F CNIBRIDGE-PUBLISHED\n\
+     -F CNIBRIDGE-INPUT\n\
+     -A CNIBRIDGE-FORWARD -j CNIBRIDGE-ISOLATION-1\n\
+     -A CNIBRIDGE-FORWARD -j CNIBRIDGE-PUBLISHED\n";
+
+const NAT_HEAD: &str = "*nat\n\
+     :CNIBRIDGE-POSTROUTING - [0:0]\n\
+     :CNIBRIDGE-HOSTPORTS - [0:0]\n\
+     :CNIBRIDGE-HOSTPORT-SETMARK - [0:0]\n\
+     :CNIBRIDGE-HOSTPORT-MASQ - [0:0]\n\
+     -F CNIBRIDGE-POSTROUTING\n\
+     -F CNIBRIDGE-HOSTPORTS\n\
+     -F CNIBRIDGE-HOSTPORT-SETMARK\n\
+     -F CNIBRIDGE-HOSTPORT-MASQ\n\
+     -A CNIBRIDGE-POSTROUTING -j CNIBRIDGE-HOSTPORT-MASQ\n\
+     -A CNIBRIDGE-HOSTPORT-SETMARK -j MARK --set-xmark 0x2000/0x2000\n\
+     -A CNIBRIDGE-HOSTPORT-MASQ -m mark --mark 0x2000/0x2000 -j MASQUERADE\n";
+
 #[test]
 fn no_networks_declares_and_flushes_only_our_chains() {
     assert_eq!(
-        render_restore(Family::V4, &[], &[]),
-        "*filter\n\
-         :CNIBRIDGE-FORWARD - [0:0]\n\
-         :CNIBRIDGE-ISOLATION-1 - [0:0]\n\
-         :CNIBRIDGE-ISOLATION-2 - [0:0]\n\
-         -F CNIBRIDGE-FORWARD\n\
-         -F CNIBRIDGE-ISOLATION-1\n\
-         -F CNIBRIDGE-ISOLATION-2\n\
-         -A CNIBRIDGE-FORWARD -j CNIBRIDGE-ISOLATION-1\n\
-         COMMIT\n\
-         *nat\n\
-         :CNIBRIDGE-POSTROUTING - [0:0]\n\
-         -F CNIBRIDGE-POSTROUTING\n\
-         COMMIT\n"
+        render_restore(Family::V4, &[], &[], &[], &[]),
+        format!("{FILTER_HEAD}COMMIT\n{NAT_HEAD}COMMIT\n")
     );
 }
 
 #[test]
 fn missing_jumps_are_appended_in_their_own_table() {
-    let script = render_restore(Family::V6, &[], &JUMPS);
+    let script = render_restore(Family::V6, &[], &[], &jumps(Family::V6), &[]);
     let l = lines(&script);
     let filter_commit = l.iter().position(|x| *x == "COMMIT").unwrap();
-    let fwd = l
-        .iter()
-        .position(|x| *x == "-A FORWARD -j CNIBRIDGE-FORWARD")
-        .unwrap();
-    let post = l
-        .iter()
-        .position(|x| *x == "-A POSTROUTING -j CNIBRIDGE-POSTROUTING")
-        .unwrap();
-    assert!(fwd < filter_commit && post > filter_commit, "{script}");
+    let at = |rule: &str| {
+        l.iter()
+            .position(|x| *x == rule)
+            .unwrap_or_else(|| panic!("{rule} missing from\n{script}"))
+    };
+    assert!(at("-A FORWARD -j CNIBRIDGE-FORWARD") < filter_commit);
+    assert!(at("-A INPUT -j CNIBRIDGE-INPUT") < filter_commit);
+    assert!(at("-A POSTROUTING -j CNIBRIDGE-POSTROUTING") > filter_commit);
+    assert!(
+        at("-A PREROUTING ! -d ::1/128 -m addrtype --dst-type LOCAL -j CNIBRIDGE-HOSTPORTS")
+            > filter_commit
+    );
+    assert!(
+        at("-A OUTPUT ! -d ::1/128 -m addrtype --dst-type LOCAL -j CNIBRIDGE-HOSTPORTS")
+            > filter_commit
+    );
+    // IPv4: 127.0.0.0/8 is kept out of PREROUTING only; the host's own 127.0.0.1 is DNATed.
+    let v4 = render_restore(Family::V4, &[], &[], &jumps(Family::V4), &[]);
+    assert!(v4.contains(
+        "-A PREROUTING ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j CNIBRIDGE-HOSTPORTS\n"
+    ));
+    assert!(v4.contains("-A OUTPUT -m addrtype --dst-type LOCAL -j CNIBRIDGE-HOSTPORTS\n"));
     // Only the missing one.
-    let only_nat = render_restore(Family::V4, &[], &JUMPS[1..]);
+    let only_nat = render_restore(Family::V4, &[], &[], &jumps(Family::V4)[2..3], &[]);
     assert!(!only_nat.contains("-A FORWARD "), "{only_nat}");
     assert!(only_nat.contains("-A POSTROUTING -j CNIBRIDGE-POSTROUTING\n"));
     // Built-in chains are never declared (which would flush them).
     for s in [&script, &only_nat] {
-        assert!(
-            !s.contains(":FORWARD") && !s.contains(":POSTROUTING"),
-            "{s}"
-        );
+        for builtin in [
+            ":FORWARD",
+            ":INPUT",
+            ":POSTROUTING",
+            ":PREROUTING",
+            ":OUTPUT",
+        ] {
+            assert!(!s.contains(builtin), "{s}");
+        }
     }
 }
 
@@ -73,36 +107,28 @@ fn one_masquerading_network() {
     };
     let c = "-m comment --comment \"cnibridge net 4f1d9b2c7a3e\"";
     assert_eq!(
-        render_restore(Family::V4, std::slice::from_ref(&n), &[]),
+        render_restore(Family::V4, std::slice::from_ref(&n), &[], &[], &[]),
         format!(
-            "*filter\n\
-             :CNIBRIDGE-FORWARD - [0:0]\n\
-             :CNIBRIDGE-ISOLATION-1 - [0:0]\n\
-             :CNIBRIDGE-ISOLATION-2 - [0:0]\n\
-             -F CNIBRIDGE-FORWARD\n\
-             -F CNIBRIDGE-ISOLATION-1\n\
-             -F CNIBRIDGE-ISOLATION-2\n\
-             -A CNIBRIDGE-FORWARD -j CNIBRIDGE-ISOLATION-1\n\
+            "{FILTER_HEAD}\
              -A CNIBRIDGE-FORWARD -i cni0 -o cni0 {c} -j ACCEPT\n\
              -A CNIBRIDGE-FORWARD -o cni0 -m conntrack --ctstate RELATED,ESTABLISHED {c} -j ACCEPT\n\
              -A CNIBRIDGE-FORWARD -i cni0 ! -o cni0 {c} -j ACCEPT\n\
              -A CNIBRIDGE-ISOLATION-1 -i cni0 ! -o cni0 {c} -j CNIBRIDGE-ISOLATION-2\n\
              -A CNIBRIDGE-ISOLATION-2 -o cni0 {c} -j DROP\n\
+             -A CNIBRIDGE-INPUT -i cni0 -d 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED {c} -j DROP\n\
              COMMIT\n\
-             *nat\n\
-             :CNIBRIDGE-POSTROUTING - [0:0]\n\
-             -F CNIBRIDGE-POSTROUTING\n\
+             {NAT_HEAD}\
              -A CNIBRIDGE-POSTROUTING -s 10.88.0.0/16 -d 224.0.0.0/4 {c} -j RETURN\n\
              -A CNIBRIDGE-POSTROUTING -s 10.88.0.0/16 ! -d 10.88.0.0/16 ! -o cni0 {c} -j MASQUERADE\n\
              COMMIT\n"
         )
     );
-    // IPv6 masquerade is its own switch: the filter part is the same, the nat chain empty.
-    let v6 = render_restore(Family::V6, std::slice::from_ref(&n), &[]);
-    assert!(
-        v6.ends_with("*nat\n:CNIBRIDGE-POSTROUTING - [0:0]\n-F CNIBRIDGE-POSTROUTING\nCOMMIT\n")
-    );
+    // IPv6 masquerade is its own switch: the filter part is the same but for the localhost
+    // guard (IPv6 has no route_localnet), the nat chain empty.
+    let v6 = render_restore(Family::V6, std::slice::from_ref(&n), &[], &[], &[]);
+    assert!(v6.ends_with(&format!("{NAT_HEAD}COMMIT\n")), "{v6}");
     assert!(v6.contains("-A CNIBRIDGE-FORWARD -i cni0 ! -o cni0 "));
+    assert!(!v6.contains("-A CNIBRIDGE-INPUT"), "{v6}");
 }
 
 #[test]
@@ -111,12 +137,12 @@ fn ipv6_masquerade_uses_the_ipv6_subnets_and_multicast() {
         masquerade_ipv6: true,
         ..net(ID_A, "cni0", &["10.88.0.0/16", "fd88::/64"])
     };
-    let v6 = render_restore(Family::V6, std::slice::from_ref(&n), &[]);
+    let v6 = render_restore(Family::V6, std::slice::from_ref(&n), &[], &[], &[]);
     assert!(v6.contains("-A CNIBRIDGE-POSTROUTING -s fd88::/64 -d ff00::/8 "));
     assert!(v6.contains("-A CNIBRIDGE-POSTROUTING -s fd88::/64 ! -d fd88::/64 ! -o cni0 "));
     assert!(!v6.contains("10.88."));
-    let v4 = render_restore(Family::V4, std::slice::from_ref(&n), &[]);
-    assert!(!v4.contains("MASQUERADE"), "{v4}");
+    let v4 = render_restore(Family::V4, std::slice::from_ref(&n), &[], &[], &[]);
+    assert!(!v4.contains("-A CNIBRIDGE-POSTROUTING -s"), "{v4}");
 }
 
 #[test]
@@ -125,7 +151,7 @@ fn subnets_are_written_as_network_addresses() {
         masquerade: true,
         ..net(ID_A, "cni0", &["10.88.7.1/16"])
     };
-    let v4 = render_restore(Family::V4, &[n], &[]);
+    let v4 = render_restore(Family::V4, &[n], &[], &[], &[]);
     assert!(v4.contains("-s 10.88.0.0/16 ! -d 10.88.0.0/16 "), "{v4}");
 }
 
@@ -135,7 +161,7 @@ fn icc_off_drops_same_bridge_traffic_and_keeps_the_way_out() {
         icc: false,
         ..net(ID_A, "cni0", &[])
     };
-    let s = render_restore(Family::V4, &[n], &[]);
+    let s = render_restore(Family::V4, &[n], &[], &[], &[]);
     assert!(s.contains("-A CNIBRIDGE-FORWARD -i cni0 -o cni0 -m comment --comment \"cnibridge net 4f1d9b2c7a3e\" -j DROP\n"));
     assert!(!s
         .contains("-i cni0 -o cni0 -m comment --comment \"cnibridge net 4f1d9b2c7a3e\" -j ACCEPT"));
@@ -152,7 +178,7 @@ fn internal_drops_both_directions_and_never_masquerades() {
         ..net(ID_A, "cni0", &["10.88.0.0/16", "fd88::/64"])
     };
     for family in [Family::V4, Family::V6] {
-        let s = render_restore(family, std::slice::from_ref(&n), &[]);
+        let s = render_restore(family, std::slice::from_ref(&n), &[], &[], &[]);
         let fwd: Vec<&str> = lines(&s)
             .into_iter()
             .filter(|l| {
@@ -171,8 +197,9 @@ fn internal_drops_both_directions_and_never_masquerades() {
         assert!(s.contains(
             "! -i cni0 -o cni0 -m comment --comment \"cnibridge net 4f1d9b2c7a3e\" -j DROP\n"
         ));
+        // No masquerade of the network (the static published-ports chain is not its).
         assert!(
-            !s.contains("RELATED,ESTABLISHED") && !s.contains("MASQUERADE"),
+            !s.contains("RELATED,ESTABLISHED") && !s.contains("-A CNIBRIDGE-POSTROUTING -s"),
             "{s}"
         );
     }
@@ -181,7 +208,7 @@ fn internal_drops_both_directions_and_never_masquerades() {
 #[test]
 fn two_networks_isolate_each_other_with_two_rules_each() {
     let nets = [net(ID_A, "br-a", &[]), net(ID_B, "br-b", &[])];
-    let s = render_restore(Family::V4, &nets, &[]);
+    let s = render_restore(Family::V4, &nets, &[], &[], &[]);
     let iso: Vec<&str> = lines(&s)
         .into_iter()
         .filter(|l| l.starts_with("-A CNIBRIDGE-ISOLATION"))
@@ -195,12 +222,19 @@ fn two_networks_isolate_each_other_with_two_rules_each() {
             "-A CNIBRIDGE-ISOLATION-2 -o br-b -m comment --comment \"cnibridge net bbbbbbbbbbbb\" -j DROP",
         ]
     );
-    // Isolation is the first rule of our chain, before any ACCEPT.
-    let first = lines(&s)
+    // Isolation is the first rule of our chain, before any ACCEPT (published ports included).
+    let first: Vec<&str> = lines(&s)
         .into_iter()
-        .find(|l| l.starts_with("-A CNIBRIDGE-FORWARD"))
-        .unwrap();
-    assert_eq!(first, "-A CNIBRIDGE-FORWARD -j CNIBRIDGE-ISOLATION-1");
+        .filter(|l| l.starts_with("-A CNIBRIDGE-FORWARD"))
+        .take(2)
+        .collect();
+    assert_eq!(
+        first,
+        [
+            "-A CNIBRIDGE-FORWARD -j CNIBRIDGE-ISOLATION-1",
+            "-A CNIBRIDGE-FORWARD -j CNIBRIDGE-PUBLISHED"
+        ]
+    );
 }
 
 #[test]

@@ -1,0 +1,546 @@
+//! Netns tier for published ports: the rules `add_ports`/`del_ports` write (goldens of the
+//! scripts and of what the kernel holds), and what they do to real traffic. The test thread's
+//! namespace plays the Docker host (`FORWARD DROP`), named namespaces play a container on a
+//! bridge and an "outside" peer wired to the host by a veth. Root required.
+//!
+//! Goldens (`tests/golden/iptables/ports_*`): `<case>.restore.golden` pins the add and remove
+//! scripts of one endpoint (no root needed); `<case>.golden` what the kernel holds after
+//! `add_network` + `add_ports`. A full rewrite (`reconcile` by a fresh process) must give the
+//! same dump, `del_ports` must bring back exactly the network's golden (`masq_on`), and
+//! `del_network` then `cleaned`. `UPDATE_GOLDEN=1` regenerates them.
+
+mod netns_support;
+use netns_support as support;
+
+use std::fs::File;
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cnibridge::dataplane::netlink::NetlinkDataplane;
+use cnibridge::dataplane::{BridgeSpec, Dataplane, VethSpec};
+use cnibridge::driver::ports::{HostPorts, SystemHostPorts};
+use cnibridge::firewall::iptables::{render_port_update, Family, IptablesFirewall};
+use cnibridge::firewall::{EndpointPorts, Firewall, NetworkRules, PortMapping, Proto};
+use nix::sched::{setns, CloneFlags};
+use support::{assert_golden, in_netns, our_rules, run, NamedNetns};
+
+const NET_A: &str = "aaaaaaaaaaaa1111111111111111111111111111111111111111111111111111";
+const EP_1: &str = "eeeeeeeeeeee1111111111111111111111111111111111111111111111111111";
+const EP_2: &str = "eeeeeeeeeeee2222222222222222222222222222222222222222222222222222";
+
+const YES: Duration = Duration::from_secs(3);
+const NO: Duration = Duration::from_millis(800);
+
+const HOST_OUT: &str = "10.99.0.1";
+const OUT: &str = "10.99.0.2";
+const GW: &str = "10.77.0.1";
+const CONTAINER: &str = "10.77.0.2";
+
+/// Network A as in `netns_firewall`: dual stack, IPv4 masquerade.
+fn net_a() -> NetworkRules {
+    NetworkRules {
+        subnets: vec![
+            "10.77.0.0/24".parse().unwrap(),
+            "fd77::/64".parse().unwrap(),
+        ],
+        masquerade: true,
+        ..NetworkRules::new(NET_A, "cnb-a")
+    }
+}
+
+fn ip(s: &str) -> Option<IpAddr> {
+    Some(s.parse().unwrap())
+}
+
+fn sa(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse().unwrap(), port)
+}
+
+fn tcp(host_ip: Option<&str>, host: u16, container: u16) -> PortMapping {
+    PortMapping::single(Proto::Tcp, host_ip.and_then(ip), host, container)
+}
+
+fn run_of(proto: Proto, host: u16, end: u16, container: u16) -> PortMapping {
+    PortMapping {
+        host_port_end: end,
+        ..PortMapping::single(proto, None, host, container)
+    }
+}
+
+fn endpoint(
+    id: &str,
+    addr: &str,
+    addr6: Option<&str>,
+    mappings: Vec<PortMapping>,
+) -> EndpointPorts {
+    EndpointPorts {
+        network_id: NET_A.into(),
+        endpoint_id: id.into(),
+        bridge: "cnb-a".into(),
+        container_ipv4: Some(addr.parse().unwrap()),
+        container_ipv6: addr6.map(|a| a.parse().unwrap()),
+        mappings,
+    }
+}
+
+/// The golden cases: one dual-stack endpoint each.
+fn cases() -> Vec<(&'static str, EndpointPorts)> {
+    let ep = |m| endpoint(EP_1, "10.77.0.2/24", Some("fd77::2/64"), m);
+    vec![
+        ("ports_tcp", ep(vec![tcp(None, 8080, 80)])),
+        (
+            "ports_localhost",
+            ep(vec![tcp(Some("127.0.0.1"), 8081, 80)]),
+        ),
+        (
+            "ports_udp_range",
+            ep(vec![run_of(Proto::Udp, 5000, 5002, 6000)]),
+        ),
+        (
+            "ports_mixed",
+            ep(vec![
+                tcp(None, 8080, 80),
+                PortMapping::single(Proto::Udp, ip("127.0.0.1"), 5353, 53),
+                tcp(Some(HOST_OUT), 8443, 443),
+                tcp(Some("fd99::1"), 8443, 443),
+                run_of(Proto::Tcp, 9000, 9001, 7000),
+            ]),
+        ),
+    ]
+}
+
+fn kernel_rules() -> String {
+    format!(
+        "# iptables-save\n{}# ip6tables-save\n{}",
+        our_rules("iptables-save"),
+        our_rules("ip6tables-save")
+    )
+}
+
+#[test]
+fn rendered_port_scripts_match_the_goldens() {
+    for (name, p) in cases() {
+        let script = |family, old: Option<&EndpointPorts>, new: Option<&EndpointPorts>| {
+            render_port_update(family, old, new).unwrap_or_else(|| "(nothing)\n".into())
+        };
+        let text = format!(
+            "# add_ports: iptables-restore -w --noflush\n{}\
+             # add_ports: ip6tables-restore -w --noflush\n{}\
+             # del_ports: iptables-restore -w --noflush\n{}\
+             # del_ports: ip6tables-restore -w --noflush\n{}",
+            script(Family::V4, None, Some(&p)),
+            script(Family::V6, None, Some(&p)),
+            script(Family::V4, Some(&p), None),
+            script(Family::V6, Some(&p), None),
+        );
+        assert_golden(&format!("iptables/{name}.restore"), &text);
+    }
+}
+
+#[test]
+fn kernel_port_rules_match_the_goldens_and_removal_is_exact() {
+    for (name, p) in cases() {
+        in_netns(&format!("kernel golden {name}"), move || async move {
+            let fw = IptablesFirewall::default();
+            fw.add_network(&net_a()).await.unwrap();
+            fw.add_ports(&p).await.unwrap();
+            assert_golden(&format!("iptables/{name}"), &kernel_rules());
+            // Idempotent.
+            fw.add_ports(&p).await.unwrap();
+            assert_golden(&format!("iptables/{name}"), &kernel_rules());
+            // A restarted process rewriting everything writes the same rules.
+            let restarted = IptablesFirewall::default();
+            restarted
+                .reconcile(&[net_a()], std::slice::from_ref(&p))
+                .await
+                .unwrap();
+            assert_golden(&format!("iptables/{name}"), &kernel_rules());
+            fw.del_ports(NET_A, EP_1).await.unwrap();
+            assert_golden("iptables/masq_on", &kernel_rules());
+            fw.del_ports(NET_A, EP_1).await.unwrap();
+            fw.del_network(&net_a()).await.unwrap();
+            assert_golden("iptables/cleaned", &kernel_rules());
+        });
+    }
+}
+
+#[test]
+fn reconcile_removes_ports_nobody_claims_and_one_endpoint_goes_alone() {
+    in_netns("reconcile_removes_ports_nobody_claims", || async {
+        let (_, one) = cases().remove(0);
+        let two = endpoint(EP_2, "10.77.0.3/24", None, vec![tcp(None, 8090, 80)]);
+        let fw = IptablesFirewall::default();
+        fw.add_network(&net_a()).await.unwrap();
+        fw.add_ports(&one).await.unwrap();
+        let only_one = kernel_rules();
+        fw.add_ports(&two).await.unwrap();
+        assert!(kernel_rules().contains("cnibridge ep eeeeeeeeeeee"));
+        // Removing the second touches nothing of the first.
+        fw.del_ports(NET_A, EP_2).await.unwrap();
+        assert_eq!(kernel_rules(), only_one);
+        fw.add_ports(&two).await.unwrap();
+        // A new process that only knows the first: the second's chains go.
+        let restarted = IptablesFirewall::default();
+        restarted
+            .reconcile(&[net_a()], std::slice::from_ref(&one))
+            .await
+            .unwrap();
+        assert_golden("iptables/ports_tcp", &kernel_rules());
+        // A network change keeps the ports.
+        restarted.add_network(&net_a()).await.unwrap();
+        assert_golden("iptables/ports_tcp", &kernel_rules());
+        // Deleting the network takes its leftover ports with it.
+        restarted.del_network(&net_a()).await.unwrap();
+        assert_golden("iptables/cleaned", &kernel_rules());
+    });
+}
+
+#[test]
+fn a_port_update_repairs_chains_changed_under_it() {
+    in_netns("a_port_update_repairs_chains_changed_under_it", || async {
+        let (_, p) = cases().remove(0);
+        let fw = IptablesFirewall::default();
+        fw.add_network(&net_a()).await.unwrap();
+        fw.add_ports(&p).await.unwrap();
+        // Someone flushed the chain holding our jumps: the incremental -D fails, the whole
+        // set is rewritten instead.
+        for tool in ["iptables", "ip6tables"] {
+            run(&[tool, "-t", "nat", "-F", "CNIBRIDGE-HOSTPORTS"]);
+        }
+        fw.add_ports(&p).await.unwrap();
+        assert_golden("iptables/ports_tcp", &kernel_rules());
+        run(&["iptables", "-t", "nat", "-F", "CNIBRIDGE-HOSTPORTS"]);
+        fw.del_ports(NET_A, EP_1).await.unwrap();
+        assert_golden("iptables/masq_on", &kernel_rules());
+    });
+}
+
+#[test]
+fn the_host_port_probe_sees_bound_ports() {
+    in_netns("the_host_port_probe_sees_bound_ports", || async {
+        let host = SystemHostPorts;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert!(!host.is_free(Proto::Tcp, ip("127.0.0.1"), port));
+        assert!(
+            !host.is_free(Proto::Tcp, None, port),
+            "any address includes 127.0.0.1"
+        );
+        assert!(host.is_free(Proto::Udp, None, port));
+        drop(listener);
+        assert!(host.is_free(Proto::Tcp, None, port));
+        let udp = UdpSocket::bind("[::]:0").unwrap();
+        let uport = udp.local_addr().unwrap().port();
+        assert!(!host.is_free(Proto::Udp, None, uport));
+        // An address the host does not have cannot be held by anyone.
+        assert!(host.is_free(Proto::Tcp, ip("192.0.2.1"), port));
+        let (a, b) = host.ephemeral_range();
+        assert!(0 < a && a <= b);
+    });
+}
+
+/// The fake host: `FORWARD DROP`, forwarding on, an outside peer on 10.99.0.0/30, bridge
+/// `cnb-a` with 10.77.0.1/24 and one container at 10.77.0.2 (default route via the bridge).
+struct Host {
+    dp: NetlinkDataplane,
+    outside: NamedNetns,
+    container: NamedNetns,
+}
+
+async fn host() -> Host {
+    for tool in ["iptables", "ip6tables"] {
+        run(&[tool, "-P", "FORWARD", "DROP"]);
+    }
+    run(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    let outside = NamedNetns::new("out");
+    run(&[
+        "ip", "link", "add", "vout", "type", "veth", "peer", "name", "vout-o",
+    ]);
+    run(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{HOST_OUT}/30"),
+        "dev",
+        "vout",
+    ]);
+    run(&["ip", "link", "set", "vout", "up"]);
+    outside.adopt("vout-o", &format!("{OUT}/30"));
+    let dp = NetlinkDataplane::new().unwrap();
+    dp.ensure_bridge(&BridgeSpec {
+        name: "cnb-a".into(),
+        mtu: None,
+        addresses: vec![format!("{GW}/24").parse().unwrap()],
+        promisc: false,
+        force_address: false,
+    })
+    .await
+    .unwrap();
+    dp.create_veth(&VethSpec {
+        host_name: "vh-c".into(),
+        peer_name: "vp-c".into(),
+        bridge: "cnb-a".into(),
+        mtu: None,
+        peer_mac: None,
+        hairpin: false,
+    })
+    .await
+    .unwrap();
+    let container = NamedNetns::new("c");
+    container.adopt("vp-c", &format!("{CONTAINER}/24"));
+    container.ip(&["route", "add", "default", "via", GW]);
+    Host {
+        dp,
+        outside,
+        container,
+    }
+}
+
+fn enter(f: &File) {
+    setns(f, CloneFlags::CLONE_NEWNET).expect("setns");
+}
+
+fn ns_file(ns: &NamedNetns) -> File {
+    File::open(ns.path()).expect("open netns")
+}
+
+/// A listener on `addr`; the server end of the previous probe's connection may still hold
+/// the port for a moment while its close completes.
+fn bind_retrying(addr: SocketAddr) -> TcpListener {
+    let mut tries = 0;
+    loop {
+        match TcpListener::bind(addr) {
+            Ok(l) => return l,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 40 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("bind {addr}: {e}"),
+        }
+    }
+}
+
+/// Listen on `listen` inside `server`, connect to `to` from `client` (None = the host, i.e.
+/// the test thread's namespace); the source address the server sees, or None.
+fn tcp_via(
+    client: Option<&NamedNetns>,
+    server: &NamedNetns,
+    listen: SocketAddr,
+    to: SocketAddr,
+    t: Duration,
+) -> Option<IpAddr> {
+    let client: Option<PathBuf> = client.map(NamedNetns::path);
+    let server = ns_file(server);
+    std::thread::spawn(move || {
+        let home = File::open("/proc/thread-self/ns/net").expect("own netns");
+        enter(&server);
+        let listener = bind_retrying(listen);
+        match client {
+            Some(p) => enter(&File::open(p).expect("open client netns")),
+            None => enter(&home),
+        }
+        let conn = TcpStream::connect_timeout(&to, t).ok()?;
+        listener.set_nonblocking(true).expect("nonblocking");
+        let deadline = std::time::Instant::now() + t;
+        loop {
+            match listener.accept() {
+                Ok((_, peer)) => {
+                    // The client closes first, so the server side of port 80 never lingers.
+                    drop(conn);
+                    return Some(peer.ip());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if std::time::Instant::now() > deadline {
+                        return None;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        }
+    })
+    .join()
+    .expect("probe thread")
+}
+
+/// One datagram to `to` from `client`, received on `listen` inside `server`: the source seen.
+fn udp_via(
+    client: Option<&NamedNetns>,
+    server: &NamedNetns,
+    listen: SocketAddr,
+    to: SocketAddr,
+    t: Duration,
+) -> Option<IpAddr> {
+    let client: Option<PathBuf> = client.map(NamedNetns::path);
+    let server = ns_file(server);
+    std::thread::spawn(move || {
+        let home = File::open("/proc/thread-self/ns/net").expect("own netns");
+        enter(&server);
+        let receiver = UdpSocket::bind(listen).expect("bind receiver");
+        receiver.set_read_timeout(Some(t)).expect("timeout");
+        match client {
+            Some(p) => enter(&File::open(p).expect("open client netns")),
+            None => enter(&home),
+        }
+        let sender = UdpSocket::bind("0.0.0.0:0").expect("bind sender");
+        sender.send_to(b"probe", to).ok()?;
+        let mut buf = [0u8; 16];
+        receiver.recv_from(&mut buf).ok().map(|(_, p)| p.ip())
+    })
+    .join()
+    .expect("probe thread")
+}
+
+#[test]
+fn published_ports_answer_from_outside_the_host_localhost_and_the_container_itself() {
+    in_netns("published_ports_answer", || async {
+        let h = host().await;
+        let (c, out) = (&h.container, Some(&h.outside));
+        let any80 = sa("0.0.0.0", 80);
+        let fw = IptablesFirewall::default();
+        fw.add_network(&NetworkRules {
+            subnets: vec!["10.77.0.0/24".parse().unwrap()],
+            ..net_a()
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            tcp_via(out, c, any80, sa(HOST_OUT, 8080), NO),
+            None,
+            "nothing published yet"
+        );
+
+        let p = endpoint(
+            EP_1,
+            "10.77.0.2/24",
+            None,
+            vec![
+                tcp(None, 8080, 80),
+                tcp(Some("127.0.0.1"), 8081, 80),
+                run_of(Proto::Udp, 5000, 5001, 6000),
+            ],
+        );
+        fw.add_ports(&p).await.unwrap();
+        // With br_netfilter the DNATed hairpin frame is bridged back out of the port it came
+        // in on, which the bridge refuses unless the port is in hairpin mode...
+        if support::bridged_through_iptables() {
+            assert_eq!(tcp_via(Some(c), c, any80, sa(HOST_OUT, 8080), NO), None);
+        }
+        // ...which is what Program sets besides the rules.
+        h.dp.set_hairpin("vh-c", true).await.unwrap();
+        assert_eq!(
+            std::fs::read_to_string("/proc/sys/net/ipv4/conf/cnb-a/route_localnet")
+                .unwrap()
+                .trim(),
+            "1"
+        );
+
+        // From outside: the client's own address arrives (no masquerade on the way in).
+        assert_eq!(tcp_via(out, c, any80, sa(HOST_OUT, 8080), YES), ip(OUT));
+        // From the host, on its outside address and on 127.0.0.1 (masqueraded to the gateway).
+        assert_eq!(
+            tcp_via(None, c, any80, sa(HOST_OUT, 8080), YES),
+            ip(HOST_OUT)
+        );
+        assert_eq!(tcp_via(None, c, any80, sa("127.0.0.1", 8080), YES), ip(GW));
+        assert_eq!(tcp_via(None, c, any80, sa("127.0.0.1", 8081), YES), ip(GW));
+        // The 127.0.0.1 mapping is the host's only.
+        assert_eq!(tcp_via(out, c, any80, sa(HOST_OUT, 8081), NO), None);
+        // Hairpin: the container reaches itself through the host address.
+        assert_eq!(tcp_via(Some(c), c, any80, sa(HOST_OUT, 8080), YES), ip(GW));
+        assert_eq!(tcp_via(Some(c), c, any80, sa(GW, 8080), YES), ip(GW));
+        // A UDP range maps one to one: host 5001 is container 6001.
+        assert_eq!(
+            udp_via(out, c, sa("0.0.0.0", 6001), sa(HOST_OUT, 5001), YES),
+            ip(OUT)
+        );
+
+        fw.del_ports(NET_A, EP_1).await.unwrap();
+        assert_eq!(tcp_via(out, c, any80, sa(HOST_OUT, 8080), NO), None);
+        assert_eq!(tcp_via(None, c, any80, sa("127.0.0.1", 8081), NO), None);
+        assert_eq!(tcp_via(Some(c), c, any80, sa(HOST_OUT, 8080), NO), None);
+        assert_eq!(
+            udp_via(out, c, sa("0.0.0.0", 6001), sa(HOST_OUT, 5001), NO),
+            None
+        );
+    });
+}
+
+/// `route_localnet` on the bridge would let a container send to the host's own 127.0.0.1
+/// services (CVE-2020-8558); `CNIBRIDGE-INPUT` drops that. The container is given a route to
+/// 127.0.0.0/8 via the bridge, as a hostile one could.
+#[test]
+fn route_localnet_does_not_expose_the_hosts_loopback_services() {
+    in_netns("route_localnet_does_not_expose_loopback", || async {
+        let h = host().await;
+        let c = &h.container;
+        c.ip(&[
+            "route",
+            "del",
+            "local",
+            "127.0.0.0/8",
+            "dev",
+            "lo",
+            "table",
+            "local",
+        ]);
+        c.ip(&[
+            "route",
+            "del",
+            "local",
+            "127.0.0.1",
+            "dev",
+            "lo",
+            "table",
+            "local",
+        ]);
+        c.ip(&["route", "add", "127.0.0.0/8", "via", GW]);
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            &c.name,
+            "sysctl",
+            "-qw",
+            "net.ipv4.conf.all.route_localnet=1",
+            "net.ipv4.conf.vp-c.route_localnet=1",
+        ]);
+        let fw = IptablesFirewall::default();
+        fw.add_network(&net_a()).await.unwrap();
+        fw.add_ports(&endpoint(
+            EP_1,
+            "10.77.0.2/24",
+            None,
+            vec![tcp(None, 8080, 80)],
+        ))
+        .await
+        .unwrap();
+        // A UDP service on the host's 127.0.0.1 (a stub resolver, say), probed from the
+        // container.
+        let probe = || {
+            let home = File::open("/proc/thread-self/ns/net").unwrap();
+            let container = ns_file(c);
+            std::thread::spawn(move || {
+                let receiver = UdpSocket::bind("127.0.0.1:7070").unwrap();
+                receiver.set_read_timeout(Some(NO)).unwrap();
+                enter(&container);
+                let sender = UdpSocket::bind("0.0.0.0:0").unwrap();
+                let _ = sender.send_to(b"x", "127.0.0.1:7070");
+                enter(&home);
+                let mut buf = [0u8; 4];
+                receiver.recv_from(&mut buf).ok().map(|(_, p)| p.ip())
+            })
+            .join()
+            .unwrap()
+        };
+        assert_eq!(probe(), None, "the guard must drop it");
+        // Proof that the guard is what stops it.
+        run(&["iptables", "-F", "CNIBRIDGE-INPUT"]);
+        assert_eq!(
+            probe(),
+            ip(CONTAINER),
+            "without the guard the datagram arrives"
+        );
+    });
+}
