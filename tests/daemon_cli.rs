@@ -52,17 +52,28 @@ fn wait_serving(socket: &Path) {
     panic!("cnibridge did not serve on {}", socket.display());
 }
 
-fn post(socket: &Path, path: &str, body: &str) -> String {
-    let mut s = UnixStream::connect(socket).expect("connect");
+fn post_once(socket: &Path, path: &str, body: &str) -> std::io::Result<String> {
+    let mut s = UnixStream::connect(socket)?;
     write!(
         s,
         "POST {path} HTTP/1.1\r\nHost: plugin\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
-    )
-    .unwrap();
+    )?;
     let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+/// Like dockerd, retry once on a transport error: under heavy load a connection made right after
+/// the daemon started was seen reset once in ~25 runs (cause not found yet; logged, not hidden).
+fn post(socket: &Path, path: &str, body: &str) -> String {
+    match post_once(socket, path, body) {
+        Ok(out) => out,
+        Err(e) => {
+            eprintln!("note: {path}: transport error {e}; retrying once as dockerd would");
+            post_once(socket, path, body).expect("second attempt")
+        }
+    }
 }
 
 fn dirs() -> (tempfile::TempDir, PathBuf) {
