@@ -21,6 +21,8 @@ mod ipam;
 mod lifecycle;
 #[path = "e2e/managed.rs"]
 mod managed;
+#[path = "e2e/ports.rs"]
+mod ports;
 
 use std::any::Any;
 use std::io::Write;
@@ -49,14 +51,31 @@ const SUBNETS: &[&str] = &[
     "10.238.0.0/16",
     "10.239.0.0/16",
     support::outside::OUTSIDE_NET,
+    ports::PORTS_SUBNET,
     "fd00:cb34::/64",
     DEFAULT_POOL_V6,
 ];
 
 /// Every bridge name the scenarios give with `-o bridge=`; a dead earlier run's copies are swept at start.
 const BRIDGES: &[&str] = &[
-    "cnbtb", "cnbtip", "cnbtrng", "cnbtv6", "cnbtex", "cnbtd1", "cnbtd2", "cnbtd3", "cnbte",
-    "cnbthm", "cnbthn", "cnbthn2", "cnbthr", "cnbthi1", "cnbthi2", "cnbthc", "cnbthx",
+    "cnbtb",
+    "cnbtip",
+    "cnbtrng",
+    "cnbtv6",
+    "cnbtex",
+    "cnbtd1",
+    "cnbtd2",
+    "cnbtd3",
+    "cnbte",
+    "cnbthm",
+    "cnbthn",
+    "cnbthn2",
+    "cnbthr",
+    "cnbthi1",
+    "cnbthi2",
+    "cnbthc",
+    "cnbthx",
+    ports::PORTS_BRIDGE,
 ];
 
 type Scenario = fn(&mut Ctx);
@@ -86,6 +105,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ),
     ("h_icc_off", firewall::h_icc_off),
     ("h_internal", firewall::h_internal),
+    ("d_published_ports", ports::d_published_ports),
 ];
 
 /// The message of the last panic, recorded by our hook (the default hook would print it mid-report).
