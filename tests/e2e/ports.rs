@@ -254,10 +254,18 @@ pub fn d_published_ports(ctx: &mut Ctx) {
         nat_dump()
     );
     let dynamic = dynamic[0];
-    assert!(
-        (32768..=60999).contains(&dynamic) || dynamic >= 1024,
-        "host port {dynamic} chosen for -p 80"
-    );
+    let range =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let bounds: Vec<u16> = range
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    if let [lo, hi] = bounds[..] {
+        assert!(
+            (lo..=hi).contains(&dynamic),
+            "host port {dynamic} chosen for -p 80 is outside ip_local_port_range {lo}-{hi}"
+        );
+    }
     let log = std::fs::read_to_string(ctx.plugin.log()).unwrap_or_default();
     assert!(
         log.lines()
