@@ -321,6 +321,11 @@ pub fn d_published_ports(ctx: &mut Ctx) {
             || udp_ask(HOST_IP, port),
             port,
         );
+        expect_udp(
+            &format!("host udp 127.0.0.1:{port}"),
+            || udp_ask(Ipv4Addr::LOCALHOST, port),
+            port,
+        );
     }
 
     // A second container asking for 8080/tcp is refused with a readable error.
@@ -332,6 +337,16 @@ pub fn d_published_ports(ctx: &mut Ctx) {
         "docker run output for the conflicting -p 8080:80: {err}"
     );
     s.rm("cnbt-pt2");
+    // Nor left rules of its own behind: every endpoint comment in the rules is the first container's.
+    let others: Vec<String> = rules_mentioning("cnibridge ep ")
+        .into_iter()
+        .filter(|r| !r.contains(&comment))
+        .collect();
+    assert!(
+        others.is_empty(),
+        "rules of another endpoint after the refused -p 8080:80:\n{}",
+        others.join("\n")
+    );
     // The refused container must not have taken the first one's port away.
     expect_page("outside GET 8080 after the refused conflict", || {
         get_from_outside(&out, HOST_IP, 8080)
