@@ -11,6 +11,8 @@ mod support;
 
 #[path = "e2e/basic.rs"]
 mod basic;
+#[path = "e2e/cniconf.rs"]
+mod cniconf;
 #[path = "e2e/ctx.rs"]
 mod ctx;
 #[path = "e2e/firewall.rs"]
@@ -21,6 +23,8 @@ mod ipam;
 mod lifecycle;
 #[path = "e2e/managed.rs"]
 mod managed;
+#[path = "e2e/ports.rs"]
+mod ports;
 
 use std::any::Any;
 use std::io::Write;
@@ -49,14 +53,41 @@ const SUBNETS: &[&str] = &[
     "10.238.0.0/16",
     "10.239.0.0/16",
     support::outside::OUTSIDE_NET,
+    cniconf::CONF_SUBNETS[0],
+    cniconf::CONF_SUBNETS[1],
+    cniconf::CONF_SUBNETS[2],
+    cniconf::CONF_SUBNETS[3],
+    ports::PORTS_SUBNET,
     "fd00:cb34::/64",
     DEFAULT_POOL_V6,
 ];
 
 /// Every bridge name the scenarios give with `-o bridge=`; a dead earlier run's copies are swept at start.
 const BRIDGES: &[&str] = &[
-    "cnbtb", "cnbtip", "cnbtrng", "cnbtv6", "cnbtex", "cnbtd1", "cnbtd2", "cnbtd3", "cnbte",
-    "cnbthm", "cnbthn", "cnbthn2", "cnbthr", "cnbthi1", "cnbthi2", "cnbthc", "cnbthx",
+    "cnbtb",
+    "cnbtip",
+    "cnbtrng",
+    "cnbtv6",
+    "cnbtex",
+    "cnbtd1",
+    "cnbtd2",
+    "cnbtd3",
+    "cnbte",
+    "cnbthm",
+    "cnbthn",
+    "cnbthn2",
+    "cnbthr",
+    "cnbthi1",
+    "cnbthi2",
+    "cnbthc",
+    "cnbthx",
+    ports::PORTS_BRIDGE,
+    cniconf::CONF_BRIDGES[0],
+    cniconf::CONF_BRIDGES[1],
+    cniconf::CONF_BRIDGES[2],
+    cniconf::CONF_BRIDGES[3],
+    cniconf::CONF_BRIDGES[4],
+    cniconf::CONF_BRIDGES[5],
 ];
 
 type Scenario = fn(&mut Ctx);
@@ -86,6 +117,14 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ),
     ("h_icc_off", firewall::h_icc_off),
     ("h_internal", firewall::h_internal),
+    ("d_published_ports", ports::d_published_ports),
+    ("b_conf_ipv4_routes", cniconf::b_conf_ipv4_routes),
+    (
+        "b_conf_range_gateway_outside",
+        cniconf::b_conf_range_gateway_outside,
+    ),
+    ("b_conf_dual_stack", cniconf::b_conf_dual_stack),
+    ("e_conf_errors", cniconf::e_conf_errors),
 ];
 
 /// The message of the last panic, recorded by our hook (the default hook would print it mid-report).

@@ -45,8 +45,18 @@ impl Plugin {
             starts: 0,
             made_plugin_dir,
         };
-        for d in [p.state_dir(), p.data_dir()] {
+        for d in [p.state_dir(), p.data_dir(), p.conf_dir()] {
             fs::create_dir_all(&d).unwrap_or_else(|e| panic!("create {}: {e}", d.display()));
+        }
+        // The repository's example configs, copied so scenarios can add their own next to them.
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("cni-confs");
+        let entries =
+            fs::read_dir(&examples).unwrap_or_else(|e| panic!("read {}: {e}", examples.display()));
+        for entry in entries.flatten() {
+            let to = p.conf_dir().join(entry.file_name());
+            fs::copy(entry.path(), &to).unwrap_or_else(|e| {
+                panic!("copy {} to {}: {e}", entry.path().display(), to.display())
+            });
         }
         p
     }
@@ -67,6 +77,16 @@ impl Plugin {
     /// The host-local store (`--cni-data-dir`): one directory per CNI network name.
     pub fn data_dir(&self) -> PathBuf {
         self.dir.join("cni")
+    }
+
+    /// `--cni-conf-dir`: copies of the repository's `cni-confs/*`, for `cni.conf=NAME`.
+    pub fn conf_dir(&self) -> PathBuf {
+        self.dir.join("conf")
+    }
+
+    /// `--cni-export-dir` as the daemon defaults it.
+    pub fn export_dir(&self) -> PathBuf {
+        self.state_dir().join("cni-export")
     }
 
     pub fn log(&self) -> PathBuf {
@@ -107,6 +127,8 @@ impl Plugin {
             .arg(self.state_dir())
             .arg("--cni-data-dir")
             .arg(self.data_dir())
+            .arg("--cni-conf-dir")
+            .arg(self.conf_dir())
             .args(["--default-pools", &self.default_pools])
             .args(["--log-level", "debug"])
             .env("RUST_BACKTRACE", "1")
