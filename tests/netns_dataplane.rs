@@ -79,6 +79,11 @@ fn ensure_bridge_creates_bridge_with_mtu_and_addresses_up() {
             assert_eq!(link["linkinfo"]["info_kind"], "bridge");
             assert_eq!(link["mtu"], 1400);
             assert!(has_flag(&link, "UP"), "{link}");
+            // Frames between ports of this bridge are handed to iptables/ip6tables whatever the
+            // host-wide bridge-nf-call sysctls say.
+            let data = &link["linkinfo"]["info_data"];
+            assert_eq!(data["nf_call_iptables"], 1, "{data}");
+            assert_eq!(data["nf_call_ip6tables"], 1, "{data}");
             let addrs = addresses("cnbr0");
             assert!(addrs.contains(&"10.88.0.1/24".to_string()), "{addrs:?}");
             assert!(addrs.contains(&"fd88::1/64".to_string()), "{addrs:?}");

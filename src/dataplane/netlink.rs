@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
-use netlink_packet_route::link::{InfoData, InfoVeth};
+use netlink_packet_route::link::{InfoBridge, InfoData, InfoVeth};
 use rtnetlink::{LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth};
 
 use super::plan::plan_addresses;
@@ -131,7 +131,12 @@ impl NetlinkDataplane {
             let link = self.adopt_bridge(link).await?;
             return Ok((link, BridgeOutcome::Existed));
         }
-        let mut create = LinkBridge::new(name);
+        // Docker's FORWARD DROP, icc=false and our forward rules only see frames between two
+        // ports of one bridge if br_netfilter hands them to iptables; asking for it per bridge
+        // keeps that true without changing the host-wide sysctl (inert without br_netfilter).
+        let mut create = LinkBridge::new(name)
+            .append_info_data(InfoBridge::NfCallIpTables(true))
+            .append_info_data(InfoBridge::NfCallIp6Tables(true));
         if let Some(mtu) = spec.mtu {
             create = create.mtu(mtu);
         }
