@@ -12,10 +12,18 @@ pub fn f_managed_plugin(ctx: &mut Ctx) {
     let name = format!("cnbtmp{}", std::process::id());
     let tagged = format!("{name}:latest");
     let base = ctx.dockerd.dir().join("managed");
-    let (state, data) = (base.join("state"), base.join("cni"));
+    let (state, data, conf) = (base.join("state"), base.join("cni"), base.join("conf"));
     let top = Path::new(env!("CARGO_MANIFEST_DIR"));
     // Its own target dir: the static build must not fight the test build over one lock or one binary.
     let target = top.join("target").join("managed-plugin");
+    // A CNI config in the mounted conf dir, selected by --ipam-opt alone.
+    std::fs::create_dir_all(&conf).expect("conf dir");
+    std::fs::write(
+        conf.join("cnbtmpconf.conf"),
+        r#"{"cniVersion":"1.0.0","name":"cnbtmpconf","type":"bridge","bridge":"cnbtmpc","isGateway":true,
+            "ipam":{"type":"host-local","subnet":"10.238.3.0/24","routes":[{"dst":"0.0.0.0/0"}]}}"#,
+    )
+    .expect("write conf");
     let out = Command::new("bash")
         .arg(top.join("plugin-spec/build-plugin.sh"))
         .arg(&name)
@@ -23,6 +31,7 @@ pub fn f_managed_plugin(ctx: &mut Ctx) {
         .env("CARGO_TARGET_DIR", &target)
         .env("CNIBRIDGE_STATE_SOURCE", &state)
         .env("CNIBRIDGE_CNI_DATA_SOURCE", &data)
+        .env("CNIBRIDGE_CNI_CONF_SOURCE", &conf)
         .output()
         .expect("run build-plugin.sh");
     assert!(
@@ -76,18 +85,65 @@ pub fn f_managed_plugin(ctx: &mut Ctx) {
         assert_eq!(content, owner_content(&a));
         ctx.ping("cnbt-mp1", b.ipv4());
         ctx.ping("cnbt-mp2", a.ipv4());
+
+        docker_ok(
+            &cli,
+            &[
+                "network",
+                "create",
+                "-d",
+                &tagged,
+                "--ipam-driver",
+                &tagged,
+                "--ipam-opt",
+                "cni.conf=cnbtmpconf",
+                "cnbt-mpc",
+            ],
+        );
+        docker_ok(
+            &cli,
+            &[
+                "run",
+                "-d",
+                "--name",
+                "cnbt-mp3",
+                "--network",
+                "cnbt-mpc",
+                &image,
+                "sleep",
+                "600",
+            ],
+        );
+        let c = endpoint(&cli, "cnbt-mp3", "cnbt-mpc");
+        let conf_net: ipnet::Ipv4Net = "10.238.3.0/24".parse().unwrap();
+        assert!(
+            conf_net.contains(&c.ipv4()),
+            "{} outside the config's subnet",
+            c.ipv4()
+        );
+        assert!(
+            data.join("cnbtmpconf").join(c.ipv4().to_string()).exists(),
+            "config-named directory"
+        );
+        ctx.ping(
+            "cnbt-mp3",
+            "10.238.3.1".parse::<std::net::Ipv4Addr>().unwrap(),
+        );
     }));
     // Tear down whatever happened, then report.
-    for c in ["cnbt-mp1", "cnbt-mp2"] {
+    for c in ["cnbt-mp1", "cnbt-mp2", "cnbt-mp3"] {
         let _ = cli.run(&["rm", "-f", c]);
     }
-    let _ = cli.run(&["network", "rm", "cnbt-mp"]);
+    for n in ["cnbt-mp", "cnbt-mpc"] {
+        let _ = cli.run(&["network", "rm", n]);
+    }
     let _ = cli.run(&["plugin", "disable", "-f", &tagged]);
     let _ = cli.run(&["plugin", "rm", "-f", &tagged]);
     if let Err(p) = result {
         std::panic::resume_unwind(p);
     }
     ctx.wait_link_gone("cnbtmp");
+    ctx.wait_link_gone("cnbtmpc");
     assert!(
         ip_files_in(&data.join(crate::ctx::cni_name(SUB))).is_empty(),
         "address files left by the managed plugin"
