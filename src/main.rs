@@ -156,12 +156,19 @@ async fn serve<F: Firewall>(args: ServeArgs, fw: F) -> Result<(), String> {
     let driver = Driver::open_with(dp, fw, ipam, state, DriverConfig { export_dir })
         .await
         .map_err(|e| e.to_string())?;
+    let hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(h) => Some(h),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; use cnibridge firewall-reload");
+            None
+        }
+    };
     let listener = server::bind(&args.socket)
         .await
         .map_err(|e| e.to_string())?;
     tracing::info!(socket = %args.socket.display(), "cnibridge serving");
     let driver = Arc::new(driver);
-    let reloader = tokio::spawn(reload_on_sighup(driver.clone()));
+    let reloader = tokio::spawn(reload_on_sighup(driver.clone(), hup));
     let served = server::serve(listener, &args.socket, router(driver), shutdown_signal()).await;
     reloader.abort();
     served.map_err(|e| e.to_string())?;
@@ -185,15 +192,14 @@ async fn shutdown_signal() {
 }
 
 /// SIGHUP re-applies every firewall rule, like `cnibridge firewall-reload`. A failure is
-/// logged; the daemon keeps serving.
-async fn reload_on_sighup<D: Dataplane, F: Firewall>(driver: Arc<Driver<D, F>>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(h) => h,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGHUP; use cnibridge firewall-reload");
-            return;
-        }
+/// logged; the daemon keeps serving. The handler is installed before the socket opens, so a
+/// SIGHUP sent to a daemon that already answers never takes the default action (exit).
+async fn reload_on_sighup<D: Dataplane, F: Firewall>(
+    driver: Arc<Driver<D, F>>,
+    hup: Option<tokio::signal::unix::Signal>,
+) {
+    let Some(mut hup) = hup else {
+        return;
     };
     while hup.recv().await.is_some() {
         tracing::info!("SIGHUP: re-applying firewall rules");
