@@ -1,12 +1,17 @@
 //! The `cnibridge` command line. Nothing else lives here.
 
-use std::path::PathBuf;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use cnibridge::cnm::router::FIREWALL_RELOAD_PATH;
 use cnibridge::cnm::{router, server};
 use cnibridge::dataplane::netlink::NetlinkDataplane;
+use cnibridge::dataplane::Dataplane;
 use cnibridge::driver::{Driver, DriverConfig, DEFAULT_EXPORT_SUBDIR};
 use cnibridge::firewall::iptables::IptablesFirewall;
 use cnibridge::firewall::Firewall;
@@ -35,12 +40,25 @@ enum FirewallKind {
 enum Command {
     /// Serve the NetworkDriver and IpamDriver APIs to Docker.
     Serve(ServeArgs),
+    /// Re-apply every firewall rule of a running cnibridge (after the firewall was flushed);
+    /// sending the daemon SIGHUP does the same.
+    FirewallReload(ReloadArgs),
+}
+
+/// Where `serve` listens unless told otherwise.
+const DEFAULT_SOCKET: &str = "/run/docker/plugins/cnibridge.sock";
+
+#[derive(clap::Args)]
+struct ReloadArgs {
+    /// The socket of the running `cnibridge serve`.
+    #[arg(long, default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
 }
 
 #[derive(clap::Args)]
 struct ServeArgs {
     /// Plugin socket; its base name is the driver and IPAM name Docker uses.
-    #[arg(long, default_value = "/run/docker/plugins/cnibridge.sock")]
+    #[arg(long, default_value = DEFAULT_SOCKET)]
     socket: PathBuf,
     /// Where networks, endpoints and pools are remembered.
     #[arg(long, default_value = "/var/lib/cnibridge")]
@@ -69,6 +87,19 @@ struct ServeArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::FirewallReload(args) => match firewall_reload(&args.socket) {
+            Ok(()) => {
+                println!(
+                    "cnibridge on {}: firewall rules re-applied",
+                    args.socket.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("cnibridge: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Serve(args) => {
             let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -125,18 +156,22 @@ async fn serve<F: Firewall>(args: ServeArgs, fw: F) -> Result<(), String> {
     let driver = Driver::open_with(dp, fw, ipam, state, DriverConfig { export_dir })
         .await
         .map_err(|e| e.to_string())?;
+    let hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(h) => Some(h),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; use cnibridge firewall-reload");
+            None
+        }
+    };
     let listener = server::bind(&args.socket)
         .await
         .map_err(|e| e.to_string())?;
     tracing::info!(socket = %args.socket.display(), "cnibridge serving");
-    server::serve(
-        listener,
-        &args.socket,
-        router(Arc::new(driver)),
-        shutdown_signal(),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    let driver = Arc::new(driver);
+    let reloader = tokio::spawn(reload_on_sighup(driver.clone(), hup));
+    let served = server::serve(listener, &args.socket, router(driver), shutdown_signal()).await;
+    reloader.abort();
+    served.map_err(|e| e.to_string())?;
     tracing::info!("cnibridge stopped");
     Ok(())
 }
@@ -153,5 +188,72 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {},
         _ = int.recv() => {},
+    }
+}
+
+/// SIGHUP re-applies every firewall rule, like `cnibridge firewall-reload`. A failure is
+/// logged; the daemon keeps serving. The handler is installed before the socket opens, so a
+/// SIGHUP sent to a daemon that already answers never takes the default action (exit).
+async fn reload_on_sighup<D: Dataplane, F: Firewall>(
+    driver: Arc<Driver<D, F>>,
+    hup: Option<tokio::signal::unix::Signal>,
+) {
+    let Some(mut hup) = hup else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: re-applying firewall rules");
+        if let Err(e) = driver.reload_firewall().await {
+            tracing::error!(error = %e, "firewall reload failed");
+        }
+    }
+}
+
+/// How long the command waits for the daemon's answer (a reload of many networks is a few
+/// iptables-restore runs).
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// POST the private reload method to the daemon's socket and check the answer.
+fn firewall_reload(socket: &Path) -> Result<(), String> {
+    let not_serving = |e: std::io::Error| {
+        format!(
+            "no cnibridge is serving on {} ({e}); start it with cnibridge serve",
+            socket.display()
+        )
+    };
+    let mut s = UnixStream::connect(socket).map_err(not_serving)?;
+    let io = |e: std::io::Error| format!("talking to cnibridge on {}: {e}", socket.display());
+    s.set_read_timeout(Some(RELOAD_TIMEOUT)).map_err(io)?;
+    write!(
+        s,
+        "POST {FIREWALL_RELOAD_PATH} HTTP/1.1\r\nHost: plugin\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+    )
+    .map_err(io)?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).map_err(io)?;
+    let answer = String::from_utf8_lossy(&raw);
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse::<u16>().ok());
+    match status {
+        Some(200) => Ok(()),
+        Some(404) => Err(format!(
+            "the cnibridge serving on {} does not know firewall-reload (an older version?)",
+            socket.display()
+        )),
+        Some(code) => {
+            let msg = serde_json::from_str::<serde_json::Value>(body.trim())
+                .ok()
+                .and_then(|v| v.get("Err").and_then(|e| e.as_str()).map(str::to_string))
+                .unwrap_or_else(|| body.trim().to_string());
+            Err(format!("firewall reload failed (HTTP {code}): {msg}"))
+        }
+        None => Err(format!(
+            "cnibridge on {} gave no HTTP answer",
+            socket.display()
+        )),
     }
 }

@@ -141,3 +141,76 @@ fn a_stale_socket_is_replaced() {
     wait_serving(&socket);
     assert!(post(&socket, "/NetworkDriver.GetCapabilities", "").contains(r#""Scope":"local""#));
 }
+
+fn firewall_reload(socket: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_cnibridge"))
+        .arg("firewall-reload")
+        .arg("--socket")
+        .arg(socket)
+        .output()
+        .expect("run cnibridge firewall-reload")
+}
+
+#[test]
+fn firewall_reload_command_asks_the_running_daemon() {
+    let (dir, socket) = dirs();
+    let _d = Daemon {
+        child: start(dir.path(), &socket),
+    };
+    wait_serving(&socket);
+    let out = firewall_reload(&socket);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("firewall rules re-applied"), "{stdout}");
+    // The private method answers {} over plain HTTP too.
+    let answer = post(&socket, "/Cnibridge.FirewallReload", "{}");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("{}"), "{answer}");
+}
+
+#[test]
+fn firewall_reload_without_a_daemon_fails_clearly() {
+    let (dir, socket) = dirs();
+    // No socket at all, and a stale socket file nobody listens on.
+    for stale in [false, true] {
+        if stale {
+            drop(UnixListener::bind(&socket).unwrap());
+        }
+        let out = firewall_reload(&socket);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("no cnibridge is serving on {}", socket.display())),
+            "{err}"
+        );
+        assert!(err.contains("start it with cnibridge serve"), "{err}");
+    }
+    drop(dir);
+}
+
+#[test]
+fn sighup_reloads_and_the_daemon_keeps_serving() {
+    let (dir, socket) = dirs();
+    let mut d = Daemon {
+        child: start(dir.path(), &socket),
+    };
+    wait_serving(&socket);
+    for _ in 0..2 {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(d.child.id() as i32),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            d.child.try_wait().unwrap().is_none(),
+            "SIGHUP stopped the daemon"
+        );
+        let answer = post(&socket, "/Plugin.Activate", "");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+}

@@ -25,6 +25,10 @@ use crate::ipam::{IpamError, PoolRequest, GLOBAL_ADDRESS_SPACE, LOCAL_ADDRESS_SP
 /// Requests larger than this are refused; the largest real one is a few KiB.
 pub const MAX_BODY: usize = 1 << 20;
 
+/// The path of cnibridge's private method that re-applies every firewall rule.
+pub const FIREWALL_RELOAD_PATH: &str = "/Cnibridge.FirewallReload";
+const FIREWALL_RELOAD: &str = "Cnibridge.FirewallReload";
+
 /// The content type go-plugins-helpers answer with (Docker ignores it).
 const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1.1+json";
 
@@ -227,6 +231,8 @@ async fn handle<D: Dataplane, F: Firewall>(
         "NetworkDriver.FreeNetwork"
         | "NetworkDriver.DiscoverNew"
         | "NetworkDriver.DiscoverDelete" => decode::<Value>(method, b).map(|_| json!({})),
+        // cnibridge's own method (`cnibridge firewall-reload`); the socket is root-only.
+        FIREWALL_RELOAD => app.reload_firewall().await.map(|_| json!({})).map_err(err),
         "IpamDriver.GetCapabilities" => ok(IpamCapabilitiesResponse {
             requires_mac_address: false,
             requires_request_replay: false,

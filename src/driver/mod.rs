@@ -360,6 +360,40 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
         }
     }
 
+    /// Re-apply every rule derived from the in-memory state (`cnibridge firewall-reload`,
+    /// SIGHUP): after someone flushed the firewall, the networks' rules and the published ports
+    /// are back, and rules of networks cnibridge no longer has are gone. Each network's lock is
+    /// taken in turn, never two at once.
+    pub async fn reload_firewall(&self) -> Result<(), DriverError> {
+        let entries: Vec<NetEntry> = self
+            .nets
+            .read()
+            .map(|m| m.values().cloned().collect())
+            .map_err(|_| DriverError::Internal("the network table is poisoned".into()))?;
+        let mut rules = Vec::with_capacity(entries.len());
+        let mut published: Vec<EndpointPorts> = Vec::new();
+        for e in entries {
+            let ns = e.lock().await;
+            rules.push(firewall_rules(&ns.net));
+            if !ns.net.internal {
+                published.extend(ns.endpoints.values().filter_map(|ep| ep.ports.clone()));
+            }
+        }
+        // A stable order, so the result does not depend on the map's.
+        rules.sort_by(|a, b| a.network_id.cmp(&b.network_id));
+        published
+            .sort_by(|a, b| (&a.network_id, &a.endpoint_id).cmp(&(&b.network_id, &b.endpoint_id)));
+        self.fw.reconcile(&rules, &published).await.map_err(fw_err(
+            "re-applying firewall rules of known networks and ports",
+        ))?;
+        tracing::info!(
+            networks = rules.len(),
+            published = published.len(),
+            "firewall rules re-applied"
+        );
+        Ok(())
+    }
+
     /// The IPAM this driver shares pools with.
     pub fn ipam(&self) -> &Arc<Ipam> {
         &self.ipam

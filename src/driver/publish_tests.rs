@@ -421,3 +421,68 @@ async fn delete_network_removes_leftover_ports_before_the_network() {
     assert!(matches!(calls[1], FirewallCall::DelNetwork(_)), "{calls:?}");
     assert!(r.fw.networks().is_empty() && r.fw.ports().is_empty());
 }
+
+#[tokio::test]
+async fn reload_firewall_reapplies_every_network_and_published_port_in_one_reconcile() {
+    let r = rig().await;
+    with_endpoints(&r, NET, "cnbt0", &[(EP, "10.15.40.2/24")]).await;
+    r.driver
+        .program_external_connectivity(NET, EP, &fixture_portmap())
+        .await
+        .unwrap();
+    r.driver
+        .create_network(&net_req(NET2, json!({ "bridge": "cnbt1" }), false))
+        .await
+        .unwrap();
+    r.driver
+        .create_endpoint(&ep_req(NET2, EP2, "10.15.41.2/24"))
+        .await
+        .unwrap();
+    r.driver.join(NET2, EP2).await.unwrap();
+    r.driver
+        .program_external_connectivity(
+            NET2,
+            EP2,
+            &portmap(json!([{"Proto": 6, "Port": 80, "HostPort": 9191}])),
+        )
+        .await
+        .unwrap();
+    let networks = {
+        let mut n = r.fw.networks();
+        n.sort_by(|a, b| a.network_id.cmp(&b.network_id));
+        n
+    };
+    let ports = {
+        let mut p = r.fw.ports();
+        p.sort_by(|a, b| (&a.network_id, &a.endpoint_id).cmp(&(&b.network_id, &b.endpoint_id)));
+        p
+    };
+    assert_eq!(networks.len(), 2);
+    assert_eq!(ports.len(), 2);
+    r.fw.take_calls();
+
+    r.driver.reload_firewall().await.unwrap();
+    assert_eq!(
+        r.fw.take_calls(),
+        vec![FirewallCall::Reconcile(networks.clone(), ports.clone())]
+    );
+    // Reloading again asks for the same thing: nothing accumulates.
+    r.driver.reload_firewall().await.unwrap();
+    assert_eq!(
+        r.fw.take_calls(),
+        vec![FirewallCall::Reconcile(networks, ports)]
+    );
+}
+
+#[tokio::test]
+async fn a_failed_reload_is_reported_and_the_next_one_works() {
+    let r = rig().await;
+    with_endpoints(&r, NET, "cnbt0", &[(EP, "10.15.40.2/24")]).await;
+    r.fw.take_calls();
+    r.fw.fail_when(|c| matches!(c, FirewallCall::Reconcile(..)));
+    let e = r.driver.reload_firewall().await.unwrap_err();
+    assert!(e.to_string().contains("re-applying firewall rules"), "{e}");
+    r.fw.clear_faults();
+    r.driver.reload_firewall().await.unwrap();
+    assert!(r.fw.has_network(NET));
+}

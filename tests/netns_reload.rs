@@ -1,0 +1,176 @@
+//! Netns tier for `cnibridge firewall-reload` (and SIGHUP): a network created from Docker's
+//! flags with an endpoint publishing a port, through the driver API with the real iptables
+//! firewall and netlink dataplane; then the firewall is flushed by hand, as an admin's
+//! `iptables -F; iptables -t nat -F` does (and a variant that also deletes the chains), and
+//! `Driver::reload_firewall` must bring back exactly what was there. Root required; everything
+//! happens inside the test's own network namespace.
+
+mod netns_support;
+use netns_support as support;
+
+use std::process::Command;
+
+use cnibridge::cnm::types::{
+    CreateEndpointRequest, CreateNetworkRequest, EndpointInterface, IpamData,
+};
+use cnibridge::dataplane::netlink::NetlinkDataplane;
+use cnibridge::driver::ports::PORTMAP;
+use cnibridge::driver::{Driver, DriverConfig};
+use cnibridge::firewall::iptables::IptablesFirewall;
+use cnibridge::ipam::{Ipam, IpamConfig};
+use cnibridge::state::StateDir;
+use serde_json::{json, Map};
+use support::{in_netns, run};
+
+const NET: &str = "7e1aad7e1aad1111111111111111111111111111111111111111111111111111";
+const EP: &str = "7e1aade0e0e01111111111111111111111111111111111111111111111111111";
+
+/// Both families' full dumps, without comments and counters. The namespace starts empty, so
+/// everything in it is ours (plus the built-in chains' policies).
+fn dump() -> String {
+    let mut out = String::new();
+    for tool in ["iptables-save", "ip6tables-save"] {
+        out.push_str(&format!("## {tool}\n"));
+        for l in run(&[tool]).lines() {
+            if l.starts_with('#') {
+                continue;
+            }
+            match (l.starts_with(':'), l.rfind(" [")) {
+                (true, Some(i)) => out.push_str(&format!("{} [0:0]\n", &l[..i])),
+                _ => {
+                    out.push_str(l);
+                    out.push('\n');
+                }
+            }
+        }
+    }
+    out
+}
+
+/// What an admin's flush does: every rule of filter and nat gone, in both families; with
+/// `delete_chains`, the (now unreferenced) user chains deleted too.
+fn flush_by_hand(delete_chains: bool) {
+    for tool in ["iptables", "ip6tables"] {
+        for table in ["filter", "nat"] {
+            run(&[tool, "-t", table, "-F"]);
+            if delete_chains {
+                run(&[tool, "-t", table, "-X"]);
+            }
+        }
+    }
+}
+
+fn portmap() -> Map<String, serde_json::Value> {
+    let mut m = Map::new();
+    m.insert(
+        PORTMAP.into(),
+        json!([{"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 18080, "HostPortEnd": 18080}]),
+    );
+    m
+}
+
+#[test]
+fn reload_after_a_manual_flush_restores_every_rule() {
+    in_netns(
+        "reload_after_a_manual_flush_restores_every_rule",
+        || async {
+            let tmp = tempfile::tempdir().unwrap();
+            let confs = tmp.path().join("conf");
+            std::fs::create_dir_all(&confs).unwrap();
+            let state = StateDir::open(tmp.path().join("state")).unwrap();
+            let ipam = Ipam::open(IpamConfig {
+                state: state.clone(),
+                data_dir: tmp.path().join("data"),
+                default_pools: vec![],
+                cni_conf_dir: confs,
+            })
+            .unwrap();
+            let driver = Driver::open_with(
+                NetlinkDataplane::new().unwrap(),
+                IptablesFirewall::default(),
+                ipam,
+                state,
+                DriverConfig {
+                    export_dir: tmp.path().join("export"),
+                },
+            )
+            .await
+            .unwrap();
+            let before_network = dump();
+
+            // docker network create -d cnibridge --subnet 10.78.0.0/24 -o bridge=cnb-rl
+            let mut options = Map::new();
+            options.insert(
+                "com.docker.network.generic".into(),
+                json!({"com.docker.network.bridge.name": "cnb-rl"}),
+            );
+            driver
+                .create_network(&CreateNetworkRequest {
+                    network_id: NET.into(),
+                    options,
+                    ipv4_data: vec![IpamData {
+                        address_space: "LocalDefault".into(),
+                        pool: "10.78.0.0/24".into(),
+                        gateway: "10.78.0.1/24".into(),
+                        aux_addresses: Default::default(),
+                    }],
+                    ipv6_data: vec![],
+                })
+                .await
+                .unwrap();
+            // docker run -p 18080:80
+            driver
+                .create_endpoint(&CreateEndpointRequest {
+                    network_id: NET.into(),
+                    endpoint_id: EP.into(),
+                    interface: EndpointInterface {
+                        address: "10.78.0.2/24".into(),
+                        ..Default::default()
+                    },
+                    options: Default::default(),
+                })
+                .await
+                .unwrap();
+            driver.join_with_options(NET, EP, &portmap()).await.unwrap();
+            driver
+                .program_external_connectivity(NET, EP, &portmap())
+                .await
+                .unwrap();
+            assert!(
+                support::link_json("cnb-rl").is_some(),
+                "bridge cnb-rl missing"
+            );
+            let saved = dump();
+            assert_ne!(saved, before_network, "no rules were installed");
+            assert!(saved.contains("18080"), "published port missing:\n{saved}");
+
+            // Nothing flushed: a reload changes nothing.
+            driver.reload_firewall().await.unwrap();
+            assert_eq!(dump(), saved, "a reload of intact rules changed them");
+
+            for delete_chains in [false, true] {
+                flush_by_hand(delete_chains);
+                let flushed = dump();
+                assert!(!flushed.contains("18080"), "flush left rules:\n{flushed}");
+                driver.reload_firewall().await.unwrap();
+                assert_eq!(
+                    dump(),
+                    saved,
+                    "reload after a flush (chains deleted: {delete_chains}) differs"
+                );
+            }
+
+            // Cleanup through the driver leaves what the namespace had before the network.
+            driver.revoke_external_connectivity(NET, EP).await.unwrap();
+            driver.leave(NET, EP).await.unwrap();
+            driver.delete_endpoint(NET, EP).await.unwrap();
+            driver.delete_network(NET).await.unwrap();
+            driver.settle().await;
+            let after = Command::new("ip")
+                .args(["link", "show", "cnb-rl"])
+                .output()
+                .unwrap();
+            assert!(!after.status.success(), "bridge left behind");
+        },
+    );
+}
