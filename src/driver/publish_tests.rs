@@ -112,11 +112,7 @@ async fn program_publishes_with_one_add_ports_and_join_touches_no_firewall() {
         ep2.mappings,
         vec![PortMapping::single(Proto::Tcp, None, 9090, 80)]
     );
-    r.driver
-        .create_endpoint(&ep_req(NET, EP3, "10.15.40.4/24"))
-        .await
-        .unwrap();
-    r.driver.join(NET, EP3).await.unwrap();
+    r.joined(NET, EP3, "10.15.40.4/24").await;
     r.fw.take_calls();
     r.driver
         .program_external_connectivity(NET, EP3, &portmap(json!([])))
@@ -434,11 +430,7 @@ async fn reload_firewall_reapplies_every_network_and_published_port_in_one_recon
         .create_network(&net_req(NET2, json!({ "bridge": "cnbt1" }), false))
         .await
         .unwrap();
-    r.driver
-        .create_endpoint(&ep_req(NET2, EP2, "10.15.41.2/24"))
-        .await
-        .unwrap();
-    r.driver.join(NET2, EP2).await.unwrap();
+    r.joined(NET2, EP2, "10.15.41.2/24").await;
     r.driver
         .program_external_connectivity(
             NET2,

@@ -44,6 +44,17 @@ async fn rig_in(dir: tempfile::TempDir, dp: RecordingDataplane, fw: RecordingFir
     }
 }
 
+impl Rig {
+    /// CreateEndpoint then Join, as `docker run` does.
+    async fn joined(&self, net: &str, ep: &str, addr: &str) {
+        self.driver
+            .create_endpoint(&ep_req(net, ep, addr))
+            .await
+            .unwrap();
+        self.driver.join(net, ep).await.unwrap();
+    }
+}
+
 async fn rig() -> Rig {
     rig_in(
         tempfile::tempdir().unwrap(),
@@ -258,11 +269,7 @@ async fn a_restarted_driver_serves_networks_of_its_earlier_life() {
         .create_network(&net_req(NET, json!({"bridge": "cnbt0"}), false))
         .await
         .unwrap();
-    r.driver
-        .create_endpoint(&ep_req(NET, EP, "10.15.40.2/24"))
-        .await
-        .unwrap();
-    r.driver.join(NET, EP).await.unwrap();
+    r.joined(NET, EP, "10.15.40.2/24").await;
     let Rig {
         dir,
         dp,
@@ -278,11 +285,7 @@ async fn a_restarted_driver_serves_networks_of_its_earlier_life() {
         .iter()
         .any(|c| matches!(c, FirewallCall::Reconcile(n, p) if n.len() == 1 && p.is_empty())));
     // Docker re-creates endpoints of restart-policy containers without a CreateNetwork.
-    r.driver
-        .create_endpoint(&ep_req(NET, EP2, "10.15.40.3/24"))
-        .await
-        .unwrap();
-    r.driver.join(NET, EP2).await.unwrap();
+    r.joined(NET, EP2, "10.15.40.3/24").await;
     // The endpoint of the earlier life is still known and cleaned up.
     r.driver.delete_endpoint(NET, EP).await.unwrap();
     r.driver.settle().await;
@@ -297,11 +300,7 @@ async fn a_veth_whose_endpoint_was_forgotten_is_collected_at_start() {
         .await
         .unwrap();
     for ep in [EP, EP2] {
-        r.driver
-            .create_endpoint(&ep_req(NET, ep, ""))
-            .await
-            .unwrap();
-        r.driver.join(NET, ep).await.unwrap();
+        r.joined(NET, ep, "").await;
     }
     // A crash right after the record of EP2 was removed, before its veth was deleted.
     std::fs::remove_file(r.dir.path().join(format!("state/endpoints/{EP2}.json"))).unwrap();
@@ -323,11 +322,7 @@ async fn delete_network_waits_for_veth_teardown() {
         .create_network(&net_req(NET, json!({"bridge": "cnbt0"}), false))
         .await
         .unwrap();
-    r.driver
-        .create_endpoint(&ep_req(NET, EP, ""))
-        .await
-        .unwrap();
-    r.driver.join(NET, EP).await.unwrap();
+    r.joined(NET, EP, "").await;
     r.driver.delete_endpoint(NET, EP).await.unwrap();
     // No settle(): the bridge can only be deleted after the veth is gone.
     r.driver.delete_network(NET).await.unwrap();
@@ -343,11 +338,7 @@ async fn join_recreates_a_vanished_bridge() {
         .unwrap();
     // Someone (or a reboot) removed the bridge.
     r.dp.delete_bridge_if_unused("cnbt0").await.unwrap();
-    r.driver
-        .create_endpoint(&ep_req(NET, EP, "10.15.40.2/24"))
-        .await
-        .unwrap();
-    r.driver.join(NET, EP).await.unwrap();
+    r.joined(NET, EP, "10.15.40.2/24").await;
     assert!(r.dp.bridge("cnbt0").is_some());
     assert!(
         r.dp.calls()
