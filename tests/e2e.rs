@@ -25,6 +25,8 @@ mod lifecycle;
 mod managed;
 #[path = "e2e/ports.rs"]
 mod ports;
+#[path = "e2e/share.rs"]
+mod share;
 
 use std::any::Any;
 use std::io::Write;
@@ -58,6 +60,9 @@ const SUBNETS: &[&str] = &[
     cniconf::CONF_SUBNETS[2],
     cniconf::CONF_SUBNETS[3],
     ports::PORTS_SUBNET,
+    share::SHARE_SUBNETS[0],
+    share::SHARE_SUBNETS[1],
+    share::SHARE_SUBNETS[2],
     "fd00:cb34::/64",
     DEFAULT_POOL_V6,
 ];
@@ -88,6 +93,9 @@ const BRIDGES: &[&str] = &[
     cniconf::CONF_BRIDGES[3],
     cniconf::CONF_BRIDGES[4],
     cniconf::CONF_BRIDGES[5],
+    share::SHARE_BRIDGES[0],
+    share::SHARE_BRIDGES[1],
+    share::SHARE_BRIDGES[2],
 ];
 
 type Scenario = fn(&mut Ctx);
@@ -125,6 +133,11 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ),
     ("b_conf_dual_stack", cniconf::b_conf_dual_stack),
     ("e_conf_errors", cniconf::e_conf_errors),
+    ("c_conf_same_name", share::c_conf_same_name),
+    (
+        "d_cni_runtime_shares_network",
+        share::d_cni_runtime_shares_network,
+    ),
 ];
 
 /// The message of the last panic, recorded by our hook (the default hook would print it mid-report).

@@ -11,14 +11,14 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::ctx::{Ctx, SETTLE};
+use crate::support::cni::{first_plugin, CniNetns};
 use crate::support::host::delete_link;
 use crate::support::process::{run_timeout, stderr_text, stdout_text};
 use crate::support::wait_for;
@@ -39,7 +39,6 @@ pub const CONF_BRIDGES: &[&str] = &[
     "cnbtr2",
     "cnbtr3",
 ];
-const CNI_BIN: &str = "/usr/lib/cni";
 const CMD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `cmd args` that must succeed; returns stdout.
@@ -115,16 +114,7 @@ fn view(ip: &dyn Fn(&[&str]) -> String, bridge: &str) -> View {
 /// The config file's plugin object for a direct call of the bridge plugin, renamed and redirected.
 fn reference_conf(file: &Path, bridge: &str, data_dir: &Path) -> Value {
     let text = fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-    let top = json(&text, &file.display().to_string());
-    let mut plugin = match top.get("plugins") {
-        Some(list) => {
-            let mut p = list[0].clone();
-            p["cniVersion"] = top["cniVersion"].clone();
-            p["name"] = top["name"].clone();
-            p
-        }
-        None => top.clone(),
-    };
+    let mut plugin = first_plugin(&json(&text, &file.display().to_string()));
     plugin["bridge"] = Value::from(bridge);
     plugin["ipMasq"] = Value::from(false);
     plugin["ipam"]["dataDir"] = Value::from(data_dir.to_string_lossy().into_owned());
@@ -133,71 +123,32 @@ fn reference_conf(file: &Path, bridge: &str, data_dir: &Path) -> Value {
 
 /// A namespace attached by the real CNI bridge plugin; DEL, namespace and bridge go on drop.
 struct Reference {
-    ns: String,
+    ns: CniNetns,
     bridge: String,
-    conf: String,
     dir: PathBuf,
-    added: bool,
 }
 
 impl Reference {
-    fn cni(&self, command: &str) -> Result<String, String> {
-        let mut child = Command::new(format!("{CNI_BIN}/bridge"))
-            .env("CNI_COMMAND", command)
-            .env("CNI_NETNS", format!("/run/netns/{}", self.ns))
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_CONTAINERID", &self.ns)
-            .env("CNI_PATH", CNI_BIN)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("run the bridge plugin: {e}"))?;
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin
-                .write_all(self.conf.as_bytes())
-                .map_err(|e| e.to_string())?;
-        }
-        let out = child.wait_with_output().map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(stdout_text(&out))
-        } else {
-            Err(format!(
-                "CNI {command}: {}: {} {}",
-                out.status,
-                stdout_text(&out),
-                stderr_text(&out)
-            ))
-        }
-    }
-
     fn add(base: &Path, conf_file: &Path, bridge: &str) -> Reference {
         let dir = base.join(format!("ref-{bridge}"));
         fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
-        let conf = reference_conf(conf_file, bridge, &dir.join("data")).to_string();
+        let conf = reference_conf(conf_file, bridge, &dir.join("data"));
+        let ns = CniNetns::create(&format!("cnbt-ref-{}", std::process::id()), &conf)
+            .unwrap_or_else(|e| panic!("{e}"));
         let mut r = Reference {
-            ns: format!("cnbt-ref-{}", std::process::id()),
+            ns,
             bridge: bridge.to_string(),
-            conf,
             dir,
-            added: false,
         };
-        run_ok("ip", &["netns", "add", &r.ns]);
-        r.added = true;
-        if let Err(e) = r.cni("ADD") {
+        if let Err(e) = r.ns.add() {
             panic!("reference {}: {e}", conf_file.display());
         }
         r
     }
 
     fn view(&self) -> View {
-        let ns = self.ns.clone();
         view(
-            &move |args| {
-                let mut all = vec!["-n", ns.as_str()];
-                all.extend_from_slice(args);
-                run_ok("ip", &all)
-            },
+            &|args| self.ns.ip(args).unwrap_or_else(|e| panic!("{e}")),
             &self.bridge,
         )
     }
@@ -205,15 +156,9 @@ impl Reference {
 
 impl Drop for Reference {
     fn drop(&mut self) {
-        // Never panic here: this also runs while a failed scenario unwinds.
-        if self.added {
-            if let Err(e) = self.cni("DEL") {
-                eprintln!("warning: reference {}: {e}", self.ns);
-            }
-            let _ = run_timeout(
-                Command::new("ip").args(["netns", "del", &self.ns]),
-                CMD_TIMEOUT,
-            );
+        // The namespace field drops after this body; detach it now so the bridge can go.
+        if let Err(e) = self.ns.del() {
+            eprintln!("warning: reference {}: {e}", self.ns.name());
         }
         let _ = delete_link(&self.bridge);
         let _ = fs::remove_dir_all(&self.dir);

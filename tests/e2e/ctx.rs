@@ -328,6 +328,11 @@ impl Scope {
         endpoint(&self.cli, name, network)
     }
 
+    /// Makes the scope remove a container started elsewhere (e.g. by parallel `docker run`s).
+    pub fn track(&mut self, container: &str) {
+        self.containers.push(container.to_string());
+    }
+
     /// `docker rm -f` (SIGKILL, then the full disconnect sequence) that must succeed.
     pub fn rm(&mut self, name: &str) {
         docker_ok(&self.cli, &["rm", "-f", name]);

@@ -6,6 +6,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod cleanup;
+pub mod cni;
 pub mod dockerd;
 pub mod host;
 pub mod image;
