@@ -2,7 +2,8 @@
 //! the addresses and routes, and the bridge the addresses, that the real CNI `bridge` plugin gives a plain
 //! namespace from the same config; and `docker network create` shows the daemon's readable errors.
 //!
-//! `ipv6-default-gw.conf` is left out: an IPv6-only Docker network needs Docker ≥ 28 (this host runs 20.10).
+//! `ipv6-default-gw.conf` lists its IPv6 range set first and also has an IPv4 one: Docker 20.10 always asks
+//! for an IPv4 pool (IPv6-only networks need Docker 28's `--ipv4=false`).
 //!
 //! The reference run uses a copy of the config with the bridge renamed to a test bridge, `ipMasq` off (the
 //! comparison is about addresses and routes, and no iptables rules are then made) and host-local's
@@ -29,6 +30,9 @@ pub const CONF_SUBNETS: &[&str] = &[
     "10.242.0.0/16",
     "10.244.0.0/16",
     "fd00:244::/64",
+    "10.243.0.0/24",
+    "fd00:243::/64",
+    "10.15.20.0/24",
 ];
 /// The configs' own bridges (made by cnibridge for the Docker networks) and the reference bridges.
 pub const CONF_BRIDGES: &[&str] = &[
@@ -38,6 +42,10 @@ pub const CONF_BRIDGES: &[&str] = &[
     "cnbtr1",
     "cnbtr2",
     "cnbtr3",
+    "cni-v6gw",
+    "cnbtr4",
+    "cni_bridge0",
+    "cnbtr5",
 ];
 const CMD_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -247,6 +255,11 @@ fn compare(ctx: &mut Ctx, name: &str, file: &str, ipv6: bool, ref_bridge: &str) 
     );
 }
 
+/// The README's walkthrough config.
+pub fn b_conf_mybridge(ctx: &mut Ctx) {
+    compare(ctx, "mybridge", "mybridge.conf", false, "cnbtr5");
+}
+
 pub fn b_conf_ipv4_routes(ctx: &mut Ctx) {
     compare(ctx, "ipv4-routes", "ipv4-routes.conflist", false, "cnbtr1");
 }
@@ -258,6 +271,16 @@ pub fn b_conf_range_gateway_outside(ctx: &mut Ctx) {
         "range-gateway-outside.conf",
         false,
         "cnbtr2",
+    );
+}
+
+pub fn b_conf_ipv6_default_gw(ctx: &mut Ctx) {
+    compare(
+        ctx,
+        "ipv6-default-gw",
+        "ipv6-default-gw.conf",
+        true,
+        "cnbtr4",
     );
 }
 

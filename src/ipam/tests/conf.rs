@@ -106,10 +106,6 @@ fn a_config_that_does_not_fit_the_request_names_file_and_value() {
             "mybridge.conf has no IPv6 range (network mybridge), but Docker asked for an IPv6 pool; drop --ipv6, or add an IPv6 range set to the config",
         ),
         (
-            conf_req("ipv6-default-gw", false, None, None),
-            "ipv6-default-gw.conf has no IPv4 range (network ipv6-default-gw), but Docker asked for an IPv4 pool; add an IPv4 range set to the config, or create the network with --ipv4=false (Docker 28 or later)",
-        ),
-        (
             conf_req("../etc/passwd", false, None, None),
             "cni.conf \"../etc/passwd\" is not a valid CNI network name",
         ),
@@ -122,6 +118,21 @@ fn a_config_that_does_not_fit_the_request_names_file_and_value() {
         let err = e.ipam.request_pool(req).unwrap_err().to_string();
         assert!(err.starts_with(want), "{req:?}:\n{err}\nwant: {want}");
     }
+    // IPv6-only configs need Docker 28's --ipv4=false: Docker 20.10 asks for an IPv4 pool first.
+    let v6_only = env_confs(&[(
+        "ipv6-only.conf",
+        r#"{"cniVersion": "1.0.0", "name": "ipv6-only", "type": "bridge",
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": "fd00:243::/64"}]]}}"#,
+    )]);
+    let err = v6_only
+        .ipam
+        .request_pool(&conf_req("ipv6-only", false, None, None))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "ipv6-only.conf has no IPv4 range (network ipv6-only), but Docker asked for an IPv4 pool; add an IPv4 range set to the config, or create the network with --ipv4=false (Docker 28 or later)"
+    );
     assert!(e.ipam.pools().is_empty());
     // A matching --ip-range is fine.
     let e = env();
