@@ -8,7 +8,9 @@
 pub mod cni;
 pub mod cnm;
 pub mod dataplane;
+pub mod dockerd;
 pub mod driver;
 pub mod firewall;
 pub mod ipam;
 pub mod state;
+pub mod unix_http;

@@ -1,7 +1,5 @@
 //! The `cnibridge` command line. Nothing else lives here.
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -12,12 +10,14 @@ use cnibridge::cnm::router::FIREWALL_RELOAD_PATH;
 use cnibridge::cnm::{router, server};
 use cnibridge::dataplane::netlink::NetlinkDataplane;
 use cnibridge::dataplane::Dataplane;
+use cnibridge::dockerd::DockerApi;
 use cnibridge::driver::{Driver, DriverConfig, DEFAULT_EXPORT_SUBDIR};
 use cnibridge::firewall::iptables::IptablesFirewall;
 use cnibridge::firewall::Firewall;
 use cnibridge::firewall::NoFirewall;
 use cnibridge::ipam::{DefaultPool, Ipam, IpamConfig, DEFAULT_POOLS};
 use cnibridge::state::StateDir;
+use cnibridge::unix_http;
 
 #[derive(Parser)]
 #[command(
@@ -79,6 +79,10 @@ struct ServeArgs {
     /// Firewall backend.
     #[arg(long, value_enum, default_value = "iptables")]
     firewall: FirewallKind,
+    /// The dockerd this cnibridge serves (`unix:///path`), asked at start and when dockerd
+    /// reconnects which networks it removed while cnibridge was down; `none` turns that off.
+    #[arg(long, default_value = "unix:///var/run/docker.sock")]
+    docker_host: String,
     /// Log filter (error, warn, info, debug, trace, or a tracing directive).
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -138,6 +142,7 @@ fn main() -> ExitCode {
 }
 
 async fn serve<F: Firewall>(args: ServeArgs, fw: F) -> Result<(), String> {
+    let docker = DockerApi::from_host(&args.docker_host)?;
     let state = StateDir::open(&args.state_dir).map_err(|e| e.to_string())?;
     let ipam = Ipam::open(IpamConfig {
         state: state.clone(),
@@ -169,8 +174,15 @@ async fn serve<F: Firewall>(args: ServeArgs, fw: F) -> Result<(), String> {
     tracing::info!(socket = %args.socket.display(), "cnibridge serving");
     let driver = Arc::new(driver);
     let reloader = tokio::spawn(reload_on_sighup(driver.clone(), hup));
+    // The networks of the earlier life, before the socket lets dockerd create new ones.
+    let earlier = driver.network_ids();
+    let forgetter =
+        docker.map(|d| tokio::spawn(forget_removed_networks(driver.clone(), d, earlier)));
     let served = server::serve(listener, &args.socket, router(driver), shutdown_signal()).await;
     reloader.abort();
+    if let Some(f) = forgetter {
+        f.abort();
+    }
     served.map_err(|e| e.to_string())?;
     tracing::info!("cnibridge stopped");
     Ok(())
@@ -209,6 +221,21 @@ async fn reload_on_sighup<D: Dataplane, F: Firewall>(
     }
 }
 
+/// Asks dockerd about the networks known at start, then again at every `Plugin.Activate` (dockerd
+/// restarted) about those known then; see `Driver::forget_removed_networks`.
+async fn forget_removed_networks<D: Dataplane, F: Firewall>(
+    driver: Arc<Driver<D, F>>,
+    docker: DockerApi,
+    mut candidates: Vec<String>,
+) {
+    loop {
+        if !candidates.is_empty() {
+            driver.forget_removed_networks(&docker, &candidates).await;
+        }
+        candidates = driver.next_activation().await;
+    }
+}
+
 /// How long the command waits for the daemon's answer (a reload of many networks is a few
 /// iptables-restore runs).
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(120);
@@ -221,39 +248,33 @@ fn firewall_reload(socket: &Path) -> Result<(), String> {
             socket.display()
         )
     };
-    let mut s = UnixStream::connect(socket).map_err(not_serving)?;
-    let io = |e: std::io::Error| format!("talking to cnibridge on {}: {e}", socket.display());
-    s.set_read_timeout(Some(RELOAD_TIMEOUT)).map_err(io)?;
-    write!(
-        s,
-        "POST {FIREWALL_RELOAD_PATH} HTTP/1.1\r\nHost: plugin\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+    let answer = unix_http::request(
+        socket,
+        "POST",
+        FIREWALL_RELOAD_PATH,
+        Some("{}"),
+        RELOAD_TIMEOUT,
     )
-    .map_err(io)?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).map_err(io)?;
-    let answer = String::from_utf8_lossy(&raw);
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
-    let status = head
-        .lines()
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse::<u16>().ok());
-    match status {
-        Some(200) => Ok(()),
-        Some(404) => Err(format!(
+    .map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => not_serving(e),
+        std::io::ErrorKind::InvalidData => {
+            format!("cnibridge on {} gave no HTTP answer", socket.display())
+        }
+        _ => format!("talking to cnibridge on {}: {e}", socket.display()),
+    })?;
+    match answer.status {
+        200 => Ok(()),
+        404 => Err(format!(
             "the cnibridge serving on {} does not know firewall-reload (an older version?)",
             socket.display()
         )),
-        Some(code) => {
-            let msg = serde_json::from_str::<serde_json::Value>(body.trim())
+        code => {
+            let body = answer.body.trim();
+            let msg = serde_json::from_str::<serde_json::Value>(body)
                 .ok()
                 .and_then(|v| v.get("Err").and_then(|e| e.as_str()).map(str::to_string))
-                .unwrap_or_else(|| body.trim().to_string());
+                .unwrap_or_else(|| body.to_string());
             Err(format!("firewall reload failed (HTTP {code}): {msg}"))
         }
-        None => Err(format!(
-            "cnibridge on {} gave no HTTP answer",
-            socket.display()
-        )),
     }
 }

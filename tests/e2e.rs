@@ -25,6 +25,8 @@ mod lifecycle;
 mod managed;
 #[path = "e2e/ports.rs"]
 mod ports;
+#[path = "e2e/reload.rs"]
+mod reload;
 #[path = "e2e/share.rs"]
 mod share;
 
@@ -63,6 +65,8 @@ const SUBNETS: &[&str] = &[
     cniconf::CONF_SUBNETS[5],
     cniconf::CONF_SUBNETS[6],
     ports::PORTS_SUBNET,
+    reload::RELOAD_SUBNETS[0],
+    reload::RELOAD_SUBNETS[1],
     share::SHARE_SUBNETS[0],
     share::SHARE_SUBNETS[1],
     share::SHARE_SUBNETS[2],
@@ -100,6 +104,8 @@ const BRIDGES: &[&str] = &[
     cniconf::CONF_BRIDGES[7],
     cniconf::CONF_BRIDGES[8],
     cniconf::CONF_BRIDGES[9],
+    reload::RELOAD_BRIDGES[0],
+    reload::RELOAD_BRIDGES[1],
     share::SHARE_BRIDGES[0],
     share::SHARE_BRIDGES[1],
     share::SHARE_BRIDGES[2],
@@ -133,6 +139,14 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("h_icc_off", firewall::h_icc_off),
     ("h_internal", firewall::h_internal),
     ("d_published_ports", ports::d_published_ports),
+    (
+        "f_firewall_reload_restores_traffic",
+        reload::f_firewall_reload_restores_traffic,
+    ),
+    (
+        "f_restart_forgets_deleted_network",
+        reload::f_restart_forgets_deleted_network,
+    ),
     ("b_conf_mybridge", cniconf::b_conf_mybridge),
     ("b_conf_ipv4_routes", cniconf::b_conf_ipv4_routes),
     (
@@ -242,7 +256,8 @@ impl Suite {
         let image = import_busybox(&dockerd);
         let name = format!("{TEST_PREFIX}{}", std::process::id());
         let pools = format!("{DEFAULT_POOL_V4}:24,{DEFAULT_POOL_V6}:64");
-        let mut plugin = Plugin::new(&plugin_binary(), &self.base.join("p"), &name, &pools);
+        let mut plugin = Plugin::new(&plugin_binary(), &self.base.join("p"), &name, &pools)
+            .with_docker_host(dockerd.cli().host());
         // Tolerated: the scenarios that need the plugin fail fast with this reason; the rest still run.
         let plugin_error = plugin.start().err();
         match &plugin_error {

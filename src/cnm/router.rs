@@ -149,9 +149,12 @@ async fn handle<D: Dataplane, F: Firewall>(
     b: &Bytes,
 ) -> Option<Outcome> {
     let out = match method {
-        "Plugin.Activate" => ok(ActivateResponse {
-            implements: vec!["NetworkDriver", "IpamDriver"],
-        }),
+        "Plugin.Activate" => {
+            app.note_activation();
+            ok(ActivateResponse {
+                implements: vec!["NetworkDriver", "IpamDriver"],
+            })
+        }
         "NetworkDriver.GetCapabilities" => ok(CapabilitiesResponse {
             scope: "local",
             connectivity_scope: "local",

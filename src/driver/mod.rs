@@ -22,6 +22,7 @@ use crate::state::{Durability, StateDir, StateError};
 mod cni;
 mod endpoint;
 mod export;
+mod forget;
 pub mod names;
 mod network;
 pub mod options;
@@ -148,6 +149,7 @@ pub struct Driver<D, F> {
     /// Every published mapping, for conflict checks across networks.
     ports: Mutex<PortTable>,
     host_ports: Box<dyn HostPorts>,
+    activations: forget::Activations,
 }
 
 /// Short ids for logs and names.
@@ -330,6 +332,7 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
             export_dir: cfg.export_dir,
             ports: Mutex::new(table),
             host_ports: Box::new(SystemHostPorts),
+            activations: forget::Activations::default(),
         })
     }
 

@@ -12,6 +12,9 @@ use crate::dataplane::DataplaneError;
 use crate::firewall::testing::{FirewallCall, RecordingFirewall};
 use crate::ipam::{IpamConfig, PoolRequest};
 
+#[path = "forget_tests.rs"]
+mod forget_tests;
+
 const NET: &str = "791e17b650f762350d6d2a4f46730c611b40a62ed86ac2c0b93956bcbab6cd6e";
 const NET2: &str = "43d84917b6f05e49005b00f0f3fec8d7e0d748efa3afc36318a422d774edf169";
 const EP: &str = "9dbfb9b7a99ca164c089738d00b0c39a59379e11defbd6a755856f28c0a9fbcc";

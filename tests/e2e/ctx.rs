@@ -339,6 +339,11 @@ impl Scope {
         self.containers.retain(|c| c != name);
     }
 
+    /// A network removed some other way: nothing left for the scope to remove.
+    pub fn forget_network(&mut self, name: &str) {
+        self.networks.retain(|n| n != name);
+    }
+
     /// `docker network rm` that must succeed.
     pub fn network_rm(&mut self, name: &str) {
         docker_ok(&self.cli, &["network", "rm", name]);

@@ -28,7 +28,7 @@ const SHOWN: &[(&str, &str)] = &[
 ];
 
 /// `iptables [-v] -t <table> -S <chain>`, or why it could not be listed.
-fn rules(table: &str, chain: &str, counters: bool) -> String {
+pub(crate) fn rules(table: &str, chain: &str, counters: bool) -> String {
     let mut cmd = Command::new("iptables");
     cmd.args(["-w", "5", "-t", table]);
     if counters {
@@ -62,7 +62,7 @@ fn firewall_dump() -> String {
 }
 
 /// Fails the scenario with `msg` and the firewall as it is now.
-fn fail(msg: impl std::fmt::Display) -> ! {
+pub(crate) fn fail(msg: impl std::fmt::Display) -> ! {
     panic!("{msg}\n{}", firewall_dump())
 }
 
@@ -112,7 +112,7 @@ fn connect_out(ctx: &Ctx, container: &str, out: &Outside) -> Result<Ipv4Addr, St
 }
 
 /// `container` reaches the outside server (retried until [`SETTLE`]), which sees it as `source`.
-fn expect_egress(ctx: &Ctx, container: &str, out: &Outside, source: Ipv4Addr) {
+pub(crate) fn expect_egress(ctx: &Ctx, container: &str, out: &Outside, source: Ipv4Addr) {
     let what = format!("{container} connects to {OUTSIDE_IP}:{}", out.port());
     let seen =
         wait_for(&what, SETTLE, || connect_out(ctx, container, out)).unwrap_or_else(|e| fail(e));
@@ -130,7 +130,7 @@ fn expect_egress(ctx: &Ctx, container: &str, out: &Outside, source: Ipv4Addr) {
 }
 
 /// `container` does not reach the outside server, and the server saw nothing; `why` says why it must not.
-fn expect_no_egress(ctx: &Ctx, container: &str, out: &Outside, why: &str) {
+pub(crate) fn expect_no_egress(ctx: &Ctx, container: &str, out: &Outside, why: &str) {
     let before = out.peers().len();
     if let Ok(seen) = connect_out(ctx, container, out) {
         fail(format!(
@@ -179,7 +179,7 @@ fn expect_no_ping(ctx: &Ctx, container: &str, ip: Ipv4Addr, why: &str) {
     }
 }
 
-fn outside() -> Outside {
+pub(crate) fn outside() -> Outside {
     Outside::create().unwrap_or_else(|e| panic!("outside namespace: {e}"))
 }
 

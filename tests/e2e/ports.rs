@@ -48,18 +48,18 @@ fn outside_path(out: &Outside) -> String {
 }
 
 /// HTTP GET of the published page from the outside namespace.
-fn get_from_outside(out: &Outside, ip: Ipv4Addr, port: u16) -> Result<String, String> {
+pub(crate) fn get_from_outside(out: &Outside, ip: Ipv4Addr, port: u16) -> Result<String, String> {
     in_netns(&outside_path(out), move || {
         http_get(IpAddr::V4(ip), port, TIMEOUT)
     })
 }
 
-fn expect_page(what: &str, get: impl FnMut() -> Result<String, String>) {
+pub(crate) fn expect_page(what: &str, get: impl FnMut() -> Result<String, String>) {
     let page = wait_for(what, SETTLE, get).unwrap_or_else(|e| panic!("{e}\n{}", nat_dump()));
     assert_eq!(page, INDEX_HTML, "{what}: page");
 }
 
-fn expect_no_answer(what: &str, r: Result<String, String>) {
+pub(crate) fn expect_no_answer(what: &str, r: Result<String, String>) {
     if let Ok(page) = r {
         panic!("{what} answered ({page:?}), but must not\n{}", nat_dump());
     }

@@ -25,6 +25,9 @@ pub struct Plugin {
     socket: PathBuf,
     dir: PathBuf,
     default_pools: String,
+    /// `--docker-host`: `none` unless a test names its own dockerd, so a test daemon never asks
+    /// (and never forgets networks because of) some other dockerd on the host.
+    docker_host: String,
     child: Option<Child>,
     starts: u32,
     made_plugin_dir: bool,
@@ -41,6 +44,7 @@ impl Plugin {
             socket: Path::new(PLUGIN_DIR).join(format!("{name}.sock")),
             dir: dir.to_path_buf(),
             default_pools: default_pools.to_string(),
+            docker_host: "none".to_string(),
             child: None,
             starts: 0,
             made_plugin_dir,
@@ -61,9 +65,28 @@ impl Plugin {
         p
     }
 
+    /// The dockerd this daemon serves (a `DOCKER_HOST` value, `unix://…`), which it asks about
+    /// networks removed while it was down. Passed as a link in the plugin's own directory: the
+    /// harness finds a dockerd's leftover processes by its directory in their command lines, and
+    /// the plugin, which outlives dockerd restarts, is not one of them.
+    pub fn with_docker_host(mut self, host: &str) -> Plugin {
+        let target = host.strip_prefix("unix://").unwrap_or(host);
+        let link = self.dir.join("dockerd.sock");
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(target, &link)
+            .unwrap_or_else(|e| panic!("link {} to {target}: {e}", link.display()));
+        self.docker_host = format!("unix://{}", link.display());
+        self
+    }
+
     /// The driver and IPAM name for `docker network create -d … --ipam-driver …`.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The daemon binary, also the `cnibridge firewall-reload` client.
+    pub fn bin(&self) -> &Path {
+        &self.bin
     }
 
     pub fn socket(&self) -> &Path {
@@ -130,6 +153,7 @@ impl Plugin {
             .arg("--cni-conf-dir")
             .arg(self.conf_dir())
             .args(["--default-pools", &self.default_pools])
+            .args(["--docker-host", &self.docker_host])
             .args(["--log-level", "debug"])
             .env("RUST_BACKTRACE", "1")
             .stdin(Stdio::null())

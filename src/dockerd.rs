@@ -1,0 +1,118 @@
+//! What cnibridge asks the dockerd it serves. Docker never tells a network plugin about a
+//! network removed while the plugin was down (dockerd logs the failed DeleteNetwork and removes
+//! the network anyway), so at start and whenever dockerd activates the plugin, cnibridge asks
+//! dockerd whether each network it knows from before still exists.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::unix_http;
+
+/// dockerd answers from memory; the bound is for a dockerd that accepted the connection but is
+/// still starting (its API serves only after containers are restored).
+const TIMEOUT: Duration = Duration::from_secs(300);
+
+/// What dockerd says about one network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    Present,
+    /// dockerd answered 404: it has no such network.
+    Removed,
+}
+
+/// dockerd's view of networks, as the driver needs it (a fake in tests).
+pub trait DockerNetworks: Send + Sync + 'static {
+    /// Whether dockerd still has the network. `Err` when dockerd cannot be asked or gives no
+    /// clear answer; then nothing is forgotten.
+    fn presence(&self, network_id: &str) -> impl Future<Output = Result<Presence, String>> + Send;
+}
+
+/// The Engine API on dockerd's unix socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DockerApi {
+    socket: PathBuf,
+}
+
+impl DockerApi {
+    /// From `--docker-host`: `unix:///path` or `/path`; `none` (or empty) turns the checks off.
+    pub fn from_host(host: &str) -> Result<Option<DockerApi>, String> {
+        let host = host.trim();
+        if host.is_empty() || host == "none" {
+            return Ok(None);
+        }
+        let path = host.strip_prefix("unix://").unwrap_or(host);
+        if !path.starts_with('/') {
+            return Err(format!(
+                "--docker-host {host:?}: give dockerd's unix socket as unix:///path (or none)"
+            ));
+        }
+        Ok(Some(DockerApi {
+            socket: PathBuf::from(path),
+        }))
+    }
+
+    pub fn socket(&self) -> &std::path::Path {
+        &self.socket
+    }
+}
+
+impl DockerNetworks for DockerApi {
+    async fn presence(&self, network_id: &str) -> Result<Presence, String> {
+        // Docker's ids are hex; anything else must not reach a request path.
+        if network_id.is_empty() || !network_id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(format!("{network_id:?} is not a Docker network id"));
+        }
+        let socket = self.socket.clone();
+        let path = format!("/networks/{network_id}");
+        let answer = tokio::task::spawn_blocking(move || {
+            unix_http::request(&socket, "GET", &path, None, TIMEOUT)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("asking dockerd on {}: {e}", self.socket.display()))?;
+        match answer.status {
+            200 => Ok(Presence::Present),
+            404 => Ok(Presence::Removed),
+            code => Err(format!(
+                "dockerd on {} answered HTTP {code} for network {network_id}: {}",
+                self.socket.display(),
+                answer.body.trim()
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_forms() {
+        let api = |h: &str| DockerApi::from_host(h).unwrap().map(|a| a.socket);
+        assert_eq!(
+            api("unix:///var/run/docker.sock"),
+            Some(PathBuf::from("/var/run/docker.sock"))
+        );
+        assert_eq!(api("/run/d.sock"), Some(PathBuf::from("/run/d.sock")));
+        assert_eq!(api("none"), None);
+        assert_eq!(api(""), None);
+        let err = DockerApi::from_host("tcp://127.0.0.1:2375").unwrap_err();
+        assert!(err.contains("unix:///path"), "{err}");
+    }
+
+    #[test]
+    fn odd_ids_never_reach_the_request() {
+        let api = DockerApi::from_host("/nonexistent.sock").unwrap().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        for id in ["", "../containers", "a/b", "a?b"] {
+            let err = rt.block_on(api.presence(id)).unwrap_err();
+            assert!(err.contains("not a Docker network id"), "{id}: {err}");
+        }
+        let err = rt.block_on(api.presence("abc123")).unwrap_err();
+        assert!(err.contains("/nonexistent.sock"), "{err}");
+    }
+}

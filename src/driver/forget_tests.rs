@@ -1,0 +1,143 @@
+//! Networks dockerd removed while cnibridge was down: forgotten completely, and only on a clear
+//! answer from dockerd about a network known before the check began.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use super::*;
+use crate::dockerd::{DockerNetworks, Presence};
+
+const NET3: &str = "5c3f0e1a9d7b4c2e8f6a1b3d5e7f9a0b2c4d6e8f0a1b3c5d7e9f1a3b5c7d9e0f";
+
+/// dockerd as the test describes it; networks it was not told about are "unreachable".
+#[derive(Default)]
+struct FakeDockerd {
+    answers: HashMap<&'static str, Presence>,
+    asked: Mutex<Vec<String>>,
+}
+
+impl DockerNetworks for FakeDockerd {
+    async fn presence(&self, network_id: &str) -> Result<Presence, String> {
+        self.asked.lock().unwrap().push(network_id.to_string());
+        self.answers
+            .get(network_id)
+            .copied()
+            .ok_or_else(|| "dockerd is not reachable".to_string())
+    }
+}
+
+/// A network made as Docker makes one: pool, gateway address, CreateNetwork.
+async fn network(r: &Rig, id: &str, subnet: &str, bridge: &str) -> String {
+    let ipam = r.driver.ipam().clone();
+    let grant = ipam
+        .request_pool(&PoolRequest {
+            address_space: "CniLocal".into(),
+            pool: Some(subnet.parse().unwrap()),
+            ..Default::default()
+        })
+        .unwrap();
+    let gw = ipam.request_address(&grant.pool_id, None, true).unwrap();
+    let mut req = net_req(id, json!({ "bridge": bridge }), false);
+    req.ipv4_data[0].address_space = "CniLocal".into();
+    req.ipv4_data[0].pool = subnet.into();
+    req.ipv4_data[0].gateway = gw.to_string();
+    r.driver.create_network(&req).await.unwrap();
+    grant.pool_id
+}
+
+fn address_files(r: &Rig, subnet: &str) -> Vec<String> {
+    let dir = r
+        .dir
+        .path()
+        .join("data")
+        .join(format!("cnibridge-{}", subnet.replace('/', "-")));
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn a_network_dockerd_removed_goes_with_its_rules_bridge_pool_and_files() {
+    let r = rig().await;
+    let gone_pool = network(&r, NET, "10.15.50.0/24", "cnbtf1").await;
+    let kept_pool = network(&r, NET2, "10.15.51.0/24", "cnbtf2").await;
+    // An endpoint whose DeleteEndpoint was lost with the network.
+    r.joined(NET, EP, "10.15.50.2/24").await;
+    let dockerd = FakeDockerd {
+        answers: HashMap::from([(NET, Presence::Removed), (NET2, Presence::Present)]),
+        ..Default::default()
+    };
+
+    let forgotten = r
+        .driver
+        .forget_removed_networks(&dockerd, &[NET.to_string(), NET2.to_string()])
+        .await;
+
+    assert_eq!(forgotten, vec![NET.to_string()]);
+    assert!(!r.fw.has_network(NET) && r.fw.has_network(NET2));
+    assert!(
+        r.dp.bridge("cnbtf1").is_none(),
+        "the removed network's bridge"
+    );
+    assert!(r.dp.bridge("cnbtf2").is_some());
+    assert!(
+        r.dp.veth(&names::host_veth(EP)).is_none(),
+        "the lost endpoint's veth"
+    );
+    let ipam = r.driver.ipam();
+    assert!(ipam.pool(&gone_pool).is_none() && ipam.pool(&kept_pool).is_some());
+    assert_eq!(address_files(&r, "10.15.50.0/24"), Vec::<String>::new());
+    assert_eq!(address_files(&r, "10.15.51.0/24"), vec!["10.15.51.1"]);
+    assert_eq!(r.driver.network_ids(), vec![NET2.to_string()]);
+
+    // Forgotten for good: the next life neither re-creates nor re-installs it.
+    r.driver.settle().await;
+    let Rig { dir, driver, .. } = r;
+    drop(driver);
+    let r = rig_in(dir, RecordingDataplane::new(), RecordingFirewall::new()).await;
+    assert_eq!(r.driver.network_ids(), vec![NET2.to_string()]);
+    assert!(!r.fw.has_network(NET) && r.fw.has_network(NET2));
+    assert!(r.dp.bridge("cnbtf1").is_none());
+}
+
+#[tokio::test]
+async fn without_a_clear_answer_nothing_is_forgotten() {
+    let r = rig().await;
+    network(&r, NET, "10.15.50.0/24", "cnbtf1").await;
+    network(&r, NET2, "10.15.51.0/24", "cnbtf2").await;
+    let dockerd = FakeDockerd::default();
+    let forgotten = r
+        .driver
+        .forget_removed_networks(&dockerd, &[NET.to_string(), NET2.to_string()])
+        .await;
+    assert!(forgotten.is_empty());
+    // dockerd is down: one question, not one per network.
+    assert_eq!(*dockerd.asked.lock().unwrap(), vec![NET.to_string()]);
+    assert!(r.fw.has_network(NET) && r.fw.has_network(NET2));
+    assert_eq!(r.driver.network_ids().len(), 2);
+}
+
+#[tokio::test]
+async fn only_networks_known_at_activation_are_asked_about() {
+    let r = rig().await;
+    network(&r, NET, "10.15.50.0/24", "cnbtf1").await;
+    r.driver.note_activation();
+    // Created right after Activate: dockerd may not have stored it yet.
+    network(&r, NET2, "10.15.51.0/24", "cnbtf2").await;
+    let candidates = r.driver.next_activation().await;
+    assert_eq!(candidates, vec![NET.to_string()]);
+    // Unknown ids (deleted through Docker meanwhile) are skipped without asking.
+    let dockerd = FakeDockerd::default();
+    let forgotten = r
+        .driver
+        .forget_removed_networks(&dockerd, &[NET3.to_string()])
+        .await;
+    assert!(forgotten.is_empty() && dockerd.asked.lock().unwrap().is_empty());
+}

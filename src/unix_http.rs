@@ -1,0 +1,102 @@
+//! One HTTP/1.1 request over a unix socket, answered and closed (`Connection: close`): what the
+//! `firewall-reload` command sends to the daemon and what the daemon asks dockerd. Blocking on
+//! purpose: both are rare, one-shot exchanges, so a client stack would buy nothing.
+
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+/// An answer: the status code and the body as sent (chunked encoding is not undone; callers
+/// only read bodies of answers with a known length, or only for an error message).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    pub body: String,
+}
+
+/// Send `method path` with an optional JSON body; `timeout` bounds each read and write.
+pub fn request(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    json: Option<&str>,
+    timeout: Duration,
+) -> io::Result<Answer> {
+    let mut s = UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    if let Some(body) = json {
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    req.push_str("\r\n");
+    // One write: the peer sees the whole request at once.
+    req.push_str(json.unwrap_or_default());
+    s.write_all(req.as_bytes())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse::<u16>().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no HTTP status line"))?;
+    Ok(Answer {
+        status,
+        body: body.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+
+    /// A server answering one connection with `reply`; the thread returns what it was sent.
+    fn serve_once(
+        reply: &'static [u8],
+    ) -> (
+        tempfile::TempDir,
+        std::path::PathBuf,
+        std::thread::JoinHandle<String>,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut c, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 1024];
+            let n = c.read(&mut buf).unwrap();
+            c.write_all(reply).unwrap();
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        });
+        (dir, path, server)
+    }
+
+    #[test]
+    fn sends_the_request_and_reads_status_and_body() {
+        let (_dir, path, server) =
+            serve_once(b"HTTP/1.1 404 Not Found\r\nContent-Length: 15\r\n\r\n{\"message\":\"x\"}");
+        let a = request(&path, "GET", "/networks/abc", None, Duration::from_secs(5)).unwrap();
+        assert_eq!(a.status, 404);
+        assert_eq!(a.body, "{\"message\":\"x\"}");
+        let sent = server.join().unwrap();
+        assert!(sent.starts_with("GET /networks/abc HTTP/1.1\r\n"), "{sent}");
+        assert!(sent.contains("Connection: close\r\n"), "{sent}");
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        let (_dir, path, server) = serve_once(b"hello");
+        let e = request(&path, "POST", "/x", Some("{}"), Duration::from_secs(5)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        let sent = server.join().unwrap();
+        assert!(sent.ends_with("Content-Length: 2\r\n\r\n{}"), "{sent}");
+    }
+}

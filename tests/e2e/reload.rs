@@ -1,0 +1,163 @@
+//! Issue 5 f: cnibridge's rules come from its state. After someone removes them by hand,
+//! `cnibridge firewall-reload` gives back egress and published ports; after cnibridge was down while a
+//! network was removed, its start leaves none of that network's rules (nor bridge, addresses, export).
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::ctx::{Ctx, SETTLE};
+use crate::firewall::{expect_egress, expect_no_egress, fail, outside};
+use crate::ports::{expect_no_answer, expect_page, get_from_outside};
+use crate::support::host::{ip_files_in, iptables_mentions, link};
+use crate::support::outside::HOST_IP;
+use crate::support::process::{run_timeout, stderr_text, stdout_text};
+use crate::support::wait_for;
+
+pub const RELOAD_SUBNETS: &[&str] = &["10.248.1.0/24", "10.248.2.0/24"];
+pub const RELOAD_BRIDGES: &[&str] = &["cnbtrl", "cnbtgn"];
+const PORT: u16 = 8090;
+const CMD_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn ok(cmd: &str, args: &[&str]) -> String {
+    let out = run_timeout(Command::new(cmd).args(args), CMD_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{cmd} {}: {e}", args.join(" ")));
+    if !out.status.success() {
+        panic!("{cmd} {} failed: {}", args.join(" "), stderr_text(&out));
+    }
+    stdout_text(&out)
+}
+
+/// What a careless `iptables -F`/`-X` does to cnibridge: every rule jumping into its chains and the
+/// chains themselves are gone (other rules are left alone; this host's other firewall users are not ours
+/// to break).
+fn remove_our_rules() {
+    let ours = |chain: &str| chain.starts_with("CNIBRIDGE") || chain.starts_with("CNIB-");
+    for tool in ["iptables", "ip6tables"] {
+        for table in ["filter", "nat"] {
+            let listing = ok(tool, &["-w", "-t", table, "-S"]);
+            let mut chains = Vec::new();
+            for line in listing.lines() {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                match words.as_slice() {
+                    ["-N", chain] if ours(chain) => chains.push(chain.to_string()),
+                    ["-A", chain, rest @ ..]
+                        if !ours(chain) && rest.windows(2).any(|w| w[0] == "-j" && ours(w[1])) =>
+                    {
+                        let mut args = vec!["-w", "-t", table, "-D", chain];
+                        args.extend_from_slice(rest);
+                        ok(tool, &args);
+                    }
+                    _ => {}
+                }
+            }
+            for chain in &chains {
+                ok(tool, &["-w", "-t", table, "-F", chain]);
+            }
+            for chain in &chains {
+                ok(tool, &["-w", "-t", table, "-X", chain]);
+            }
+        }
+    }
+}
+
+/// Acceptance f, first half: a container with a published port, its rules removed by hand and put back by
+/// `cnibridge firewall-reload`.
+pub fn f_firewall_reload_restores_traffic(ctx: &mut Ctx) {
+    ctx.require_plugin();
+    let (subnet, bridge) = (RELOAD_SUBNETS[0], RELOAD_BRIDGES[0]);
+    let out = outside();
+    let mut s = ctx.scope();
+    s.network(
+        "cnbt-rl",
+        &["--subnet", subnet, "-o", &format!("bridge={bridge}")],
+    );
+    let o = s.run(
+        "cnbt-rl1",
+        "cnbt-rl",
+        &["-p", &format!("{PORT}:80")],
+        &["httpd", "-f", "-p", "80", "-h", "/www"],
+    );
+    assert!(o.status.success(), "docker run -p: {}", stderr_text(&o));
+    let from_outside = || get_from_outside(&out, HOST_IP, PORT);
+    expect_page("the published port from outside", from_outside);
+    expect_egress(ctx, "cnbt-rl1", &out, HOST_IP);
+
+    remove_our_rules();
+    let left = iptables_mentions(&[bridge, subnet]);
+    assert!(left.is_empty(), "rules left after removing ours: {left:?}");
+    expect_no_answer(
+        "the published port without cnibridge's rules",
+        from_outside(),
+    );
+    expect_no_egress(
+        ctx,
+        "cnbt-rl1",
+        &out,
+        "cnibridge's rules are gone and FORWARD drops",
+    );
+
+    let said = ok(
+        &ctx.plugin.bin().to_string_lossy(),
+        &[
+            "firewall-reload",
+            "--socket",
+            &ctx.plugin.socket().to_string_lossy(),
+        ],
+    );
+    assert!(said.contains("re-applied"), "firewall-reload said {said:?}");
+    expect_page("the published port after the reload", from_outside);
+    expect_egress(ctx, "cnbt-rl1", &out, HOST_IP);
+
+    s.rm("cnbt-rl1");
+    s.network_rm("cnbt-rl");
+    let left = iptables_mentions(&[bridge, subnet]);
+    if !left.is_empty() {
+        fail(format!("rules of the removed network: {}", left.join("\n")));
+    }
+}
+
+/// Acceptance f, second half: `docker network rm` while cnibridge is down (dockerd removes the network
+/// even though the driver cannot be reached); the next start of cnibridge leaves nothing of it.
+pub fn f_restart_forgets_deleted_network(ctx: &mut Ctx) {
+    ctx.require_plugin();
+    let (subnet, bridge) = (RELOAD_SUBNETS[1], RELOAD_BRIDGES[1]);
+    let mut s = ctx.scope();
+    s.network(
+        "cnbt-gone",
+        &["--subnet", subnet, "-o", &format!("bridge={bridge}")],
+    );
+    assert!(
+        !iptables_mentions(&[bridge]).is_empty(),
+        "the network has no rules to lose"
+    );
+    ctx.plugin
+        .stop()
+        .unwrap_or_else(|e| panic!("stopping cnibridge: {e}"));
+    let rm = ctx.docker(&["network", "rm", "cnbt-gone"]);
+    println!(
+        "note: docker network rm with cnibridge down: {} {} {}",
+        rm.status,
+        stdout_text(&rm),
+        stderr_text(&rm)
+    );
+    ctx.plugin
+        .start()
+        .unwrap_or_else(|e| panic!("starting cnibridge: {e}"));
+    assert!(
+        rm.status.success(),
+        "docker network rm with cnibridge down failed: {}",
+        stderr_text(&rm)
+    );
+    s.forget_network("cnbt-gone");
+    wait_for("the removed network's rules gone", SETTLE, || {
+        let left = iptables_mentions(&[bridge, subnet]);
+        match left.is_empty() {
+            true => Ok(()),
+            false => Err(left.join("\n")),
+        }
+    })
+    .unwrap_or_else(|e| fail(e));
+    ctx.wait_link_gone(bridge);
+    assert_eq!(ip_files_in(&ctx.cni_dir(subnet)), Vec::<String>::new());
+    assert!(link(bridge).is_none());
+}
