@@ -1,10 +1,13 @@
 //! Docker e2e tier (design.md): the real `docker` CLI against a private dockerd, with cnibridge serving as
-//! a legacy network + IPAM plugin. One dockerd, one image and one plugin for the whole suite (starting
-//! dockerd costs seconds), scenarios run in order, and teardown runs whatever happened.
+//! a legacy network + IPAM plugin. One suite per firewall backend: iptables (every scenario, dockerd with
+//! its own iptables rules) and then nftables (the firewall scenarios, dockerd with `--iptables=false`).
+//! Within a suite one dockerd, one image and one plugin serve all scenarios (starting dockerd costs
+//! seconds), scenarios run in order, and teardown runs whatever happened.
 //!
 //! `harness = false`: we need one shared setup, an ordered run, and a teardown that is itself checked
-//! (scenario g), which libtest cannot express. Extra arguments select scenarios by substring;
-//! `g_nothing_left` always runs. `CNBT_PLUGIN_BIN` replaces the daemon binary
+//! (scenario g), which libtest cannot express. Extra arguments select scenarios by substring of their
+//! reported names (`nftables/…` for the second suite); a suite none of whose scenarios is selected does
+//! not start, and `g_nothing_left` always runs in a suite that did. `CNBT_PLUGIN_BIN` replaces the daemon binary
 //! under test; `CNBT_KEEP_LOGS=<dir>` keeps the logs.
 
 mod support;
@@ -17,6 +20,8 @@ mod cniconf;
 mod ctx;
 #[path = "e2e/firewall.rs"]
 mod firewall;
+#[path = "e2e/fw.rs"]
+mod fw;
 #[path = "e2e/ipam.rs"]
 mod ipam;
 #[path = "e2e/lifecycle.rs"]
@@ -38,7 +43,8 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use ctx::Ctx;
-use support::host::{all_ip_files, check_subnets_unused, ensure_forward_drop, iptables_mentions};
+use fw::Backend;
+use support::host::{all_ip_files, check_subnets_unused, ensure_forward_policy, iptables_mentions};
 use support::process::pids_referencing;
 use support::{base_dir, import_busybox, sweep_stale_runs, Cleanup, Dockerd, Plugin, TEST_PREFIX};
 
@@ -163,6 +169,39 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ),
 ];
 
+/// Issue 5 e: the firewall scenarios (of [`SCENARIOS`]) again, with `--firewall nftables` beside a dockerd
+/// started with `--iptables=false` (no Docker rules, `FORWARD` policy `ACCEPT`, as on such a host).
+const NFT_SCENARIOS: &[&str] = &[
+    "h_masquerade_egress",
+    "h_no_masquerade",
+    "h_dockerd_restart_keeps_forwarding",
+    "h_isolation_between_networks",
+    "h_icc_off",
+    "h_internal",
+    "d_published_ports",
+    "f_firewall_reload_restores_traffic",
+    "f_restart_forgets_deleted_network",
+];
+
+/// One suite per backend, each with its own dockerd and cnibridge, one after the other.
+const PHASES: &[Backend] = &[Backend::Iptables, Backend::Nftables];
+
+/// The scenarios a backend's suite runs.
+fn scenarios_of(backend: Backend) -> Vec<&'static (&'static str, Scenario)> {
+    SCENARIOS
+        .iter()
+        .filter(|(name, _)| backend == Backend::Iptables || NFT_SCENARIOS.contains(name))
+        .collect()
+}
+
+/// A scenario's name in the report: the iptables suite keeps the plain names.
+fn display_name(backend: Backend, name: &str) -> String {
+    match backend {
+        Backend::Iptables => name.to_string(),
+        other => format!("{}/{name}", other.flag()),
+    }
+}
+
 /// The message of the last panic, recorded by our hook (the default hook would print it mid-report).
 static LAST_PANIC: Mutex<Option<String>> = Mutex::new(None);
 
@@ -233,6 +272,7 @@ struct Suite {
     base: PathBuf,
     cleanup: Cleanup,
     ctx: Option<Ctx>,
+    backend: Backend,
 }
 
 impl Suite {
@@ -240,24 +280,32 @@ impl Suite {
         check_subnets_unused(SUBNETS).unwrap_or_else(|e| panic!("{e}"));
         std::fs::create_dir_all(&self.base)
             .unwrap_or_else(|e| panic!("create {}: {e}", self.base.display()));
-        let dockerd = Dockerd::start(&self.base.join("d")).unwrap_or_else(|e| panic!("{e}"));
+        fw::set_current(self.backend);
+        let (dockerd_args, policy): (&[&str], &str) = match self.backend {
+            // The scenarios assert what Docker's FORWARD DROP means for containers; dockerd sets it only when
+            // it turns ip_forward on itself, which it does not on a host where forwarding is on already.
+            Backend::Iptables => (&[], "DROP"),
+            // A host whose dockerd leaves the firewall alone: nothing in iptables stops forwarding, so
+            // whatever is isolated is isolated by cnibridge's nftables rules.
+            Backend::Nftables => (&["--iptables=false"], "ACCEPT"),
+        };
+        let dockerd = Dockerd::start_with(&self.base.join("d"), dockerd_args)
+            .unwrap_or_else(|e| panic!("{e}"));
         println!(
-            "note: dockerd up (storage driver {}), log {}",
+            "note: dockerd {} up (storage driver {}), log {}",
+            dockerd_args.join(" "),
             dockerd.storage_driver(),
             dockerd.log_path().display()
         );
-        // The scenarios assert what Docker's FORWARD DROP means for containers; dockerd sets it only when it
-        // turns ip_forward on itself, which it does not on a host where forwarding is on already.
-        if let Some(old) = ensure_forward_drop().unwrap_or_else(|e| panic!("{e}")) {
-            println!(
-                "note: iptables FORWARD policy was {old} (forwarding already on); DROP for the run"
-            );
+        if let Some(old) = ensure_forward_policy(policy).unwrap_or_else(|e| panic!("{e}")) {
+            println!("note: iptables FORWARD policy was {old}; {policy} for the run");
         }
         let image = import_busybox(&dockerd);
         let name = format!("{TEST_PREFIX}{}", std::process::id());
         let pools = format!("{DEFAULT_POOL_V4}:24,{DEFAULT_POOL_V6}:64");
         let mut plugin = Plugin::new(&plugin_binary(), &self.base.join("p"), &name, &pools)
-            .with_docker_host(dockerd.cli().host());
+            .with_docker_host(dockerd.cli().host())
+            .with_firewall(self.backend.flag());
         // Tolerated: the scenarios that need the plugin fail fast with this reason; the rest still run.
         let plugin_error = plugin.start().err();
         match &plugin_error {
@@ -273,6 +321,7 @@ impl Suite {
             plugin,
             plugin_error,
             image,
+            backend: self.backend,
         });
     }
 
@@ -305,11 +354,20 @@ impl Suite {
                     .map(|f| format!("allocation file {}", f.display())),
             );
             // Every network is gone, so no rule may mention a test bridge any more.
+            let words = [TEST_PREFIX, "cnb-", "vcb"];
             l.items.extend(
-                iptables_mentions(&[TEST_PREFIX, "cnb-", "vcb"])
+                iptables_mentions(&words)
                     .into_iter()
                     .map(|r| format!("iptables: {r}")),
             );
+            if self.backend != Backend::Iptables {
+                l.items.extend(
+                    self.backend
+                        .mentions(&words)
+                        .into_iter()
+                        .map(|r| format!("{}: {r}", self.backend.flag())),
+                );
+            }
             keep_logs(&ctx);
             if let Err(e) = ctx.plugin.stop() {
                 l.notes.push(format!("plugin stop: {e}"));
@@ -434,53 +492,90 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let snapshot = panic::catch_unwind(|| {
+    let swept = panic::catch_unwind(|| {
         for line in sweep_stale_runs(BRIDGES) {
             println!("note: stale: {line}");
         }
-        // After the stale sweep, so a dead run's leftovers do not count as pre-existing.
-        Cleanup::new()
     });
-    let cleanup = snapshot.unwrap_or_else(|p| {
+    if let Err(p) = swept {
         println!("test setup ... FAILED: {}", panic_message(p));
         println!("0 passed, 1 failed");
         std::process::exit(1);
-    });
+    }
+    let (mut passed, mut failed) = (0, 0);
+    for backend in PHASES {
+        let chosen: Vec<&(&str, Scenario)> = scenarios_of(*backend)
+            .into_iter()
+            .filter(|(name, _)| {
+                let shown = display_name(*backend, name);
+                filters.is_empty() || filters.iter().any(|f| shown.contains(f.as_str()))
+            })
+            .collect();
+        if chosen.is_empty() {
+            continue;
+        }
+        let (p, f) = run_phase(*backend, &chosen);
+        passed += p;
+        failed += f;
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}
+
+/// One backend's suite: setup, the chosen scenarios in order, teardown, and its check that nothing is
+/// left. Returns (passed, failed).
+fn run_phase(backend: Backend, chosen: &[&(&str, Scenario)]) -> (u32, u32) {
+    let (mut passed, mut failed) = (0, 0);
+    let mut count = |ok: bool| if ok { passed += 1 } else { failed += 1 };
+    // Taken after the earlier phase's teardown, so only this phase's leftovers count.
+    let cleanup = match panic::catch_unwind(Cleanup::new) {
+        Ok(c) => c,
+        Err(p) => {
+            println!(
+                "test {} ... FAILED: {}",
+                display_name(backend, "setup"),
+                panic_message(p)
+            );
+            return (0, 1);
+        }
+    };
     let mut suite = Suite {
         base: base_dir(),
         cleanup,
         ctx: None,
+        backend,
     };
-    let (mut passed, mut failed) = (0, 0);
-    let mut count = |ok: bool| if ok { passed += 1 } else { failed += 1 };
-
     let setup_ok = panic::catch_unwind(AssertUnwindSafe(|| suite.setup()));
     if let Err(p) = setup_ok {
-        println!("test setup ... FAILED: {}", panic_message(p));
+        println!(
+            "test {} ... FAILED: {}",
+            display_name(backend, "setup"),
+            panic_message(p)
+        );
         count(false);
     } else {
-        for (name, scenario) in SCENARIOS {
-            if filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())) {
-                let ctx = suite.ctx.as_mut().expect("set up");
-                // A daemon that crashed in one scenario would otherwise fail all later ones too.
-                if ctx.plugin_error.is_none() && !ctx.plugin.is_running() {
-                    println!("note: cnibridge is not running; starting it again before {name}");
-                    if let Err(e) = ctx.plugin.start() {
-                        println!("warning: {e}");
-                    }
+        for (name, scenario) in chosen {
+            let shown = display_name(backend, name);
+            let ctx = suite.ctx.as_mut().expect("set up");
+            // A daemon that crashed in one scenario would otherwise fail all later ones too.
+            if ctx.plugin_error.is_none() && !ctx.plugin.is_running() {
+                println!("note: cnibridge is not running; starting it again before {shown}");
+                if let Err(e) = ctx.plugin.start() {
+                    println!("warning: {e}");
                 }
-                let ok = run_one(name, || scenario(ctx));
-                if !ok && ctx.plugin_error.is_none() {
-                    println!("    cnibridge log tail:");
-                    for line in ctx.plugin.log_tail(25).lines() {
-                        println!("      {line}");
-                    }
-                }
-                count(ok);
             }
+            let ok = run_one(&shown, || scenario(ctx));
+            if !ok && ctx.plugin_error.is_none() {
+                println!("    cnibridge log tail:");
+                for line in ctx.plugin.log_tail(25).lines() {
+                    println!("      {line}");
+                }
+            }
+            count(ok);
         }
     }
-
     let leftovers = match panic::catch_unwind(AssertUnwindSafe(|| suite.teardown())) {
         Ok(l) => l,
         Err(p) => Leftovers {
@@ -488,10 +583,8 @@ fn main() {
             notes: vec![],
         },
     };
-    count(run_one("g_nothing_left", || g_nothing_left(&leftovers)));
-
-    println!("{passed} passed, {failed} failed");
-    if failed > 0 {
-        std::process::exit(1);
-    }
+    count(run_one(&display_name(backend, "g_nothing_left"), || {
+        g_nothing_left(&leftovers)
+    }));
+    (passed, failed)
 }

@@ -13,15 +13,13 @@
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::ctx::{Ctx, SETTLE};
 use crate::support::cni::{first_plugin, CniNetns};
 use crate::support::host::delete_link;
-use crate::support::process::{run_timeout, stderr_text, stdout_text};
+use crate::support::process::{run_ok, stderr_text, stdout_text};
 use crate::support::wait_for;
 
 /// The subnets of the configs compared here (added to the suite's checked list).
@@ -47,20 +45,6 @@ pub const CONF_BRIDGES: &[&str] = &[
     "cni_bridge0",
     "cnbtr5",
 ];
-const CMD_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// `cmd args` that must succeed; returns stdout.
-fn run_ok(cmd: &str, args: &[&str]) -> String {
-    let out = run_timeout(Command::new(cmd).args(args), CMD_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{cmd} {}: {e}", args.join(" ")));
-    assert!(
-        out.status.success(),
-        "{cmd} {} failed: {}",
-        args.join(" "),
-        stderr_text(&out)
-    );
-    stdout_text(&out)
-}
 
 fn json(text: &str, what: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("{what}: {e}: {text}"))

@@ -12,6 +12,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::fw::Backend;
 use crate::support::host::{ip_files_in, link};
 use crate::support::process::{stderr_text, stdout_text};
 use crate::support::{wait_for, DockerCli, Dockerd, Plugin};
@@ -25,6 +26,8 @@ pub struct Ctx {
     /// Why the plugin's first start failed, if it did; scenarios needing it fail fast with this.
     pub plugin_error: Option<String>,
     pub image: String,
+    /// The daemon's `--firewall` backend in this suite.
+    pub backend: Backend,
 }
 
 /// One container's attachment to one network, from `docker inspect`.

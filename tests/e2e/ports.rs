@@ -17,6 +17,7 @@ use std::time::Duration;
 use nix::sched::{setns, CloneFlags};
 
 use crate::ctx::{Ctx, SETTLE};
+use crate::fw;
 use crate::support::host::http_get;
 use crate::support::image::INDEX_HTML;
 use crate::support::outside::{Outside, HOST_IP};
@@ -65,46 +66,42 @@ pub(crate) fn expect_no_answer(what: &str, r: Result<String, String>) {
     }
 }
 
+/// The firewall with counters, and the bridge ports' hairpin flags, for failure messages.
 fn nat_dump() -> String {
-    let mut s = String::new();
-    for (cmd, args) in [
-        ("iptables", &["-w", "5", "-t", "nat", "-v", "-S"][..]),
-        ("iptables", &["-w", "5", "-t", "filter", "-v", "-S"][..]),
-        ("bridge", &["-d", "link", "show"][..]),
-        ("sysctl", &["net.bridge.bridge-nf-call-iptables"][..]),
-    ] {
-        match run_timeout(Command::new(cmd).args(args), Duration::from_secs(30)) {
-            Ok(o) => s.push_str(&format!(
-                "--- {cmd} {}:\n{}{}\n",
-                args.join(" "),
-                stdout_text(&o),
-                stderr_text(&o)
-            )),
-            Err(e) => s.push_str(&format!("({cmd}: {e})\n")),
-        }
-    }
-    s
+    let bridge = match run_timeout(
+        Command::new("bridge").args(["-d", "link", "show"]),
+        Duration::from_secs(30),
+    ) {
+        Ok(o) => stdout_text(&o) + &stderr_text(&o),
+        Err(e) => e,
+    };
+    format!(
+        "--- firewall:{}\n--- bridge -d link show:\n{bridge}",
+        fw::current().dump()
+    )
 }
 
-/// Every iptables/ip6tables rule (nat and filter) whose text contains `word`.
-fn rules_mentioning(word: &str) -> Vec<String> {
-    crate::support::host::iptables_mentions(&[word])
-}
-
-/// The comment the daemon puts on an endpoint's rules.
-fn ep_comment(endpoint_id: &str) -> String {
-    format!("cnibridge ep {}", &endpoint_id[..12])
-}
-
-/// Host ports of an endpoint's tcp jumps in nat `CNIBRIDGE-HOSTPORTS`.
-fn published_tcp_ports(endpoint_id: &str) -> Vec<u16> {
-    let comment = ep_comment(endpoint_id);
-    let mut ports: Vec<u16> = rules_mentioning(&comment)
-        .iter()
-        .filter(|r| r.contains("-A CNIBRIDGE-HOSTPORTS") && r.contains("-p tcp"))
-        .filter_map(|r| {
-            let rest = r.split("--dport ").nth(1)?;
-            rest.split_whitespace().next()?.parse().ok()
+/// The host ports of an endpoint's tcp mappings, as the daemon recorded them in its state (where a
+/// host port 0 is kept resolved).
+fn published_tcp_ports(ctx: &Ctx, endpoint_id: &str) -> Vec<u16> {
+    let path = ctx
+        .plugin
+        .state_dir()
+        .join("endpoints")
+        .join(format!("{endpoint_id}.json"));
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("endpoint record {}: {e}", path.display()));
+    let rec: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("endpoint record {}: {e}: {text}", path.display()));
+    let mut ports: Vec<u16> = rec["ports"]["mappings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["proto"] == "tcp")
+        .flat_map(|m| {
+            let first = m["host_port"].as_u64().unwrap_or(0) as u16;
+            let last = m["host_port_end"].as_u64().unwrap_or(0) as u16;
+            first..=last
         })
         .collect();
     ports.sort_unstable();
@@ -238,10 +235,11 @@ pub fn d_published_ports(ctx: &mut Ctx) {
     );
     assert!(o.status.success(), "docker run -p …: {}", stderr_text(&o));
     let ep = ctx.endpoint("cnbt-pt1", net);
-    let comment = ep_comment(&ep.endpoint_id);
+    // Both backends name an endpoint's rules by its short id.
+    let ep_key = ep.endpoint_id[..12].to_string();
 
     // Host port 0: docker ps cannot show it for a remote driver; the nat rules do.
-    let tcp_ports = published_tcp_ports(&ep.endpoint_id);
+    let tcp_ports = published_tcp_ports(ctx, &ep.endpoint_id);
     let dynamic: Vec<u16> = tcp_ports
         .iter()
         .copied()
@@ -329,6 +327,7 @@ pub fn d_published_ports(ctx: &mut Ctx) {
     }
 
     // A second container asking for 8080/tcp is refused with a readable error.
+    let before = ctx.backend.listing();
     let o = s.run("cnbt-pt2", net, &["-p", "8080:80"], &["sleep", "600"]);
     let err = stderr_text(&o) + &stdout_text(&o);
     assert!(!o.status.success(), "a second -p 8080:80 started: {err}");
@@ -337,15 +336,11 @@ pub fn d_published_ports(ctx: &mut Ctx) {
         "docker run output for the conflicting -p 8080:80: {err}"
     );
     s.rm("cnbt-pt2");
-    // Nor left rules of its own behind: every endpoint comment in the rules is the first container's.
-    let others: Vec<String> = rules_mentioning("cnibridge ep ")
-        .into_iter()
-        .filter(|r| !r.contains(&comment))
-        .collect();
-    assert!(
-        others.is_empty(),
-        "rules of another endpoint after the refused -p 8080:80:\n{}",
-        others.join("\n")
+    // Nor changed any rule: the refused endpoint left nothing behind and took nothing away.
+    let after = ctx.backend.listing();
+    assert_eq!(
+        after, before,
+        "cnibridge's rules changed with the refused -p 8080:80"
     );
     // The refused container must not have taken the first one's port away.
     expect_page("outside GET 8080 after the refused conflict", || {
@@ -358,7 +353,7 @@ pub fn d_published_ports(ctx: &mut Ctx) {
     wait_for(
         "no rule mentions the removed endpoint",
         SETTLE,
-        || match rules_mentioning(&comment) {
+        || match ctx.backend.mentions(&[&ep_key]) {
             r if r.is_empty() => Ok(()),
             r => Err(r.join("\n")),
         },

@@ -2,63 +2,17 @@
 //! `cnibridge firewall-reload` gives back egress and published ports; after cnibridge was down while a
 //! network was removed, its start leaves none of that network's rules (nor bridge, addresses, export).
 
-use std::process::Command;
-use std::time::Duration;
-
 use crate::ctx::{Ctx, SETTLE};
 use crate::firewall::{expect_egress, expect_no_egress, fail, outside};
 use crate::ports::{expect_no_answer, expect_page, get_from_outside};
-use crate::support::host::{ip_files_in, iptables_mentions, link};
+use crate::support::host::{ip_files_in, link};
 use crate::support::outside::HOST_IP;
-use crate::support::process::{run_timeout, stderr_text, stdout_text};
+use crate::support::process::{run_ok, stderr_text, stdout_text};
 use crate::support::wait_for;
 
 pub const RELOAD_SUBNETS: &[&str] = &["10.248.1.0/24", "10.248.2.0/24"];
 pub const RELOAD_BRIDGES: &[&str] = &["cnbtrl", "cnbtgn"];
 const PORT: u16 = 8090;
-const CMD_TIMEOUT: Duration = Duration::from_secs(30);
-
-fn ok(cmd: &str, args: &[&str]) -> String {
-    let out = run_timeout(Command::new(cmd).args(args), CMD_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{cmd} {}: {e}", args.join(" ")));
-    if !out.status.success() {
-        panic!("{cmd} {} failed: {}", args.join(" "), stderr_text(&out));
-    }
-    stdout_text(&out)
-}
-
-/// What a careless `iptables -F`/`-X` does to cnibridge: every rule jumping into its chains and the
-/// chains themselves are gone (other rules are left alone; this host's other firewall users are not ours
-/// to break).
-fn remove_our_rules() {
-    let ours = |chain: &str| chain.starts_with("CNIBRIDGE") || chain.starts_with("CNIB-");
-    for tool in ["iptables", "ip6tables"] {
-        for table in ["filter", "nat"] {
-            let listing = ok(tool, &["-w", "-t", table, "-S"]);
-            let mut chains = Vec::new();
-            for line in listing.lines() {
-                let words: Vec<&str> = line.split_whitespace().collect();
-                match words.as_slice() {
-                    ["-N", chain] if ours(chain) => chains.push(chain.to_string()),
-                    ["-A", chain, rest @ ..]
-                        if !ours(chain) && rest.windows(2).any(|w| w[0] == "-j" && ours(w[1])) =>
-                    {
-                        let mut args = vec!["-w", "-t", table, "-D", chain];
-                        args.extend_from_slice(rest);
-                        ok(tool, &args);
-                    }
-                    _ => {}
-                }
-            }
-            for chain in &chains {
-                ok(tool, &["-w", "-t", table, "-F", chain]);
-            }
-            for chain in &chains {
-                ok(tool, &["-w", "-t", table, "-X", chain]);
-            }
-        }
-    }
-}
 
 /// Acceptance f, first half: a container with a published port, its rules removed by hand and put back by
 /// `cnibridge firewall-reload`.
@@ -82,21 +36,16 @@ pub fn f_firewall_reload_restores_traffic(ctx: &mut Ctx) {
     expect_page("the published port from outside", from_outside);
     expect_egress(ctx, "cnbt-rl1", &out, HOST_IP);
 
-    remove_our_rules();
-    let left = iptables_mentions(&[bridge, subnet]);
+    ctx.backend.remove_ours();
+    let left = ctx.backend.mentions(&[bridge, subnet]);
     assert!(left.is_empty(), "rules left after removing ours: {left:?}");
     expect_no_answer(
         "the published port without cnibridge's rules",
         from_outside(),
     );
-    expect_no_egress(
-        ctx,
-        "cnbt-rl1",
-        &out,
-        "cnibridge's rules are gone and FORWARD drops",
-    );
+    expect_no_egress(ctx, "cnbt-rl1", &out, "cnibridge's rules are gone");
 
-    let said = ok(
+    let said = run_ok(
         &ctx.plugin.bin().to_string_lossy(),
         &[
             "firewall-reload",
@@ -110,7 +59,7 @@ pub fn f_firewall_reload_restores_traffic(ctx: &mut Ctx) {
 
     s.rm("cnbt-rl1");
     s.network_rm("cnbt-rl");
-    let left = iptables_mentions(&[bridge, subnet]);
+    let left = ctx.backend.mentions(&[bridge, subnet]);
     if !left.is_empty() {
         fail(format!("rules of the removed network: {}", left.join("\n")));
     }
@@ -127,7 +76,7 @@ pub fn f_restart_forgets_deleted_network(ctx: &mut Ctx) {
         &["--subnet", subnet, "-o", &format!("bridge={bridge}")],
     );
     assert!(
-        !iptables_mentions(&[bridge]).is_empty(),
+        !ctx.backend.mentions(&[bridge]).is_empty(),
         "the network has no rules to lose"
     );
     ctx.plugin
@@ -150,7 +99,7 @@ pub fn f_restart_forgets_deleted_network(ctx: &mut Ctx) {
     );
     s.forget_network("cnbt-gone");
     wait_for("the removed network's rules gone", SETTLE, || {
-        let left = iptables_mentions(&[bridge, subnet]);
+        let left = ctx.backend.mentions(&[bridge, subnet]);
         match left.is_empty() {
             true => Ok(()),
             false => Err(left.join("\n")),

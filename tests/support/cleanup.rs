@@ -120,13 +120,16 @@ impl Cleanup {
         report
     }
 
-    /// `cnbt…` network namespaces that appeared during the suite. Reported, never deleted here: the e2e tier
-    /// makes only its outside namespace (removed by [`outside::sweep`]; dockerd keeps its sandboxes under its
-    /// exec root), and a concurrent test may own the others.
+    /// `cnbt…` network namespaces of this process (their names carry its pid) that appeared during the
+    /// suite. Reported, never deleted here: the scenarios remove their own (outside, CNI-attached) on drop,
+    /// dockerd keeps its sandboxes under its exec root, and the namespace tests running beside us have
+    /// namespaces of their own pids.
     pub fn new_netns(&self) -> Vec<String> {
+        let pid = std::process::id().to_string();
         netns_matching(TEST_PREFIX)
             .into_iter()
             .filter(|n| !self.netns_before.contains(n))
+            .filter(|n| n.split(|c: char| !c.is_ascii_digit()).any(|t| t == pid))
             .collect()
     }
 

@@ -51,6 +51,8 @@ impl DockerCli {
 pub struct Dockerd {
     dir: PathBuf,
     storage_driver: String,
+    /// Flags beyond the harness's own, for every (re)start.
+    extra: Vec<String>,
     child: Option<Child>,
     cli: DockerCli,
 }
@@ -58,6 +60,11 @@ pub struct Dockerd {
 impl Dockerd {
     /// Starts a dockerd under `dir` (created; removed again on drop) and waits until it answers.
     pub fn start(dir: &Path) -> Result<Dockerd, String> {
+        Self::start_with(dir, &[])
+    }
+
+    /// [`Dockerd::start`] with extra flags (e.g. `--iptables=false`), kept for restarts.
+    pub fn start_with(dir: &Path, extra: &[&str]) -> Result<Dockerd, String> {
         fs::create_dir_all(dir.join("cli"))
             .map_err(|e| format!("create {}: {e}", dir.display()))?;
         // An empty config file of our own: a host daemon.json repeating one of our flags would make dockerd
@@ -66,6 +73,7 @@ impl Dockerd {
         let mut d = Dockerd {
             dir: dir.to_path_buf(),
             storage_driver: String::new(),
+            extra: extra.iter().map(|a| a.to_string()).collect(),
             child: None,
             cli: DockerCli {
                 host: format!("unix://{}", dir.join("docker.sock").display()),
@@ -120,6 +128,7 @@ impl Dockerd {
             .args(["--containerd-plugins-namespace", &format!("{ns}p")])
             // Debug logs every plugin call, which is what one needs when a scenario fails.
             .args(["--log-level", "debug"])
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
             .stderr(log)

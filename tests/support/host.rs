@@ -261,6 +261,21 @@ pub fn http_get(ip: IpAddr, port: u16, timeout: Duration) -> Result<String, Stri
 pub struct FirewallSnapshot {
     chains: HashSet<(String, String, String)>,
     policies: Vec<(String, String)>,
+    /// cnibridge's nftables tables (`family name`) that existed before.
+    nft_tables: HashSet<String>,
+}
+
+/// cnibridge's nftables tables, as `family name`.
+fn cnibridge_nft_tables() -> HashSet<String> {
+    match run_timeout(Command::new("nft").args(["list", "tables"]), CMD_TIMEOUT) {
+        Ok(out) if out.status.success() => stdout_text(&out)
+            .lines()
+            .filter_map(|l| l.strip_prefix("table "))
+            .filter(|t| t.contains("cnibridge"))
+            .map(str::to_string)
+            .collect(),
+        _ => HashSet::new(),
+    }
 }
 
 const FIREWALL_TOOLS: [&str; 2] = ["iptables", "ip6tables"];
@@ -294,7 +309,11 @@ impl FirewallSnapshot {
                 }
             }
         }
-        FirewallSnapshot { chains, policies }
+        FirewallSnapshot {
+            chains,
+            policies,
+            nft_tables: cnibridge_nft_tables(),
+        }
     }
 
     /// Deletes the chains that appeared since the snapshot, with every rule that jumps to them, and puts
@@ -341,6 +360,16 @@ impl FirewallSnapshot {
                 }
             }
         }
+        for table in cnibridge_nft_tables().difference(&self.nft_tables) {
+            let mut args = vec!["delete", "table"];
+            args.extend(table.split_whitespace());
+            let deleted = run_timeout(Command::new("nft").args(&args), CMD_TIMEOUT)
+                .map(|o| o.status.success())
+                .unwrap_or(false);
+            if deleted {
+                report.push(format!("nft: removed table {table}"));
+            }
+        }
         for (tool, policy) in &self.policies {
             let now = rules_of(tool, "filter");
             if !now.iter().any(|r| r == &format!("-P FORWARD {policy}"))
@@ -366,22 +395,23 @@ pub fn forward_policy() -> Result<String, String> {
         .ok_or_else(|| format!("no policy in iptables -S FORWARD: {}", stdout_text(&out)))
 }
 
-/// Makes `FORWARD`'s policy `DROP`, as on a host where Docker turned forwarding on: dockerd sets the policy
-/// only when it finds `ip_forward` off, so on a host where an earlier run (or anything else) left it on,
-/// the policy stays what it was. Returns the policy it replaced, if any; the suite's [`FirewallSnapshot`]
-/// puts it back at the end.
-pub fn ensure_forward_drop() -> Result<Option<String>, String> {
+/// Makes `FORWARD`'s policy `want`: `DROP` as on a host where Docker turned forwarding on (dockerd sets
+/// the policy only when it finds `ip_forward` off, so on a host where an earlier run or anything else left
+/// it on the policy stays what it was), `ACCEPT` as on a host whose dockerd runs with
+/// `--iptables=false`. Returns the policy it replaced, if any; the suite's [`FirewallSnapshot`] puts it
+/// back at the end.
+pub fn ensure_forward_policy(want: &str) -> Result<Option<String>, String> {
     let policy = forward_policy()?;
-    if policy == "DROP" {
+    if policy == want {
         return Ok(None);
     }
     let out = run_timeout(
-        Command::new("iptables").args(["-w", "5", "-P", "FORWARD", "DROP"]),
+        Command::new("iptables").args(["-w", "5", "-P", "FORWARD", want]),
         CMD_TIMEOUT,
     )?;
     if !out.status.success() {
         return Err(format!(
-            "iptables -P FORWARD DROP: {}",
+            "iptables -P FORWARD {want}: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }

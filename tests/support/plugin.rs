@@ -28,6 +28,8 @@ pub struct Plugin {
     /// `--docker-host`: `none` unless a test names its own dockerd, so a test daemon never asks
     /// (and never forgets networks because of) some other dockerd on the host.
     docker_host: String,
+    /// `--firewall`.
+    firewall: String,
     child: Option<Child>,
     starts: u32,
     made_plugin_dir: bool,
@@ -45,6 +47,7 @@ impl Plugin {
             dir: dir.to_path_buf(),
             default_pools: default_pools.to_string(),
             docker_host: "none".to_string(),
+            firewall: "iptables".to_string(),
             child: None,
             starts: 0,
             made_plugin_dir,
@@ -76,6 +79,12 @@ impl Plugin {
         std::os::unix::fs::symlink(target, &link)
             .unwrap_or_else(|e| panic!("link {} to {target}: {e}", link.display()));
         self.docker_host = format!("unix://{}", link.display());
+        self
+    }
+
+    /// The firewall backend (`--firewall`).
+    pub fn with_firewall(mut self, backend: &str) -> Plugin {
+        self.firewall = backend.to_string();
         self
     }
 
@@ -154,6 +163,7 @@ impl Plugin {
             .arg(self.conf_dir())
             .args(["--default-pools", &self.default_pools])
             .args(["--docker-host", &self.docker_host])
+            .args(["--firewall", &self.firewall])
             .args(["--log-level", "debug"])
             .env("RUST_BACKTRACE", "1")
             .stdin(Stdio::null())

@@ -16,6 +16,19 @@ use nix::unistd::Pid;
 /// How often bounded waits look again.
 pub const POLL: Duration = Duration::from_millis(50);
 
+/// How long a host tool (`ip`, `iptables`, `nft`, …) may take.
+pub const TOOL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `cmd args` that must succeed within [`TOOL_TIMEOUT`]; returns stdout, else panics with stderr.
+pub fn run_ok(cmd: &str, args: &[&str]) -> String {
+    let out = run_timeout(Command::new(cmd).args(args), TOOL_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{cmd} {}: {e}", args.join(" ")));
+    if !out.status.success() {
+        panic!("{cmd} {} failed: {}", args.join(" "), stderr_text(&out));
+    }
+    stdout_text(&out)
+}
+
 /// Runs `cmd` to completion, killing it after `timeout`.
 pub fn run_timeout(cmd: &mut Command, timeout: Duration) -> Result<Output, String> {
     let shown = format!("{cmd:?}");
