@@ -1,6 +1,7 @@
 //! CreateNetwork options → a validated network plan, before any side effect.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use serde_json::{Map, Value};
 
@@ -26,6 +27,8 @@ pub const DOCKER_IP_MASQ: &str = "com.docker.network.bridge.enable_ip_masquerade
 pub const IP_MASQ_IPV6: &str = "ipMasqIPv6";
 /// Docker's inter-container communication switch.
 pub const DOCKER_ICC: &str = "com.docker.network.bridge.enable_icc";
+/// Docker's default host address of published ports without one (`-p 8080:80`).
+pub const HOST_BINDING: &str = "com.docker.network.bridge.host_binding_ipv4";
 
 /// Selects a CNI config from `--cni-conf-dir` (also as `--ipam-opt`).
 pub const CNI_CONF: &str = "cni.conf";
@@ -53,11 +56,8 @@ const HONOURED: &[&str] = &[
     HAIRPIN_MODE,
     PROMISC_MODE,
     FORCE_ADDRESS,
+    HOST_BINDING,
 ];
-
-/// CNI and Docker bridge keys that later work will honour (published ports, CNI configs):
-/// accepted so existing commands keep working, and logged as not applied.
-const RECORDED: &[&str] = &["com.docker.network.bridge.host_binding_ipv4"];
 
 /// Keys Docker or compose set that mean nothing to this driver.
 const IGNORED: &[&str] = &[
@@ -78,6 +78,8 @@ pub struct NetworkOptions {
     pub enable_ipv6: bool,
     /// Masquerade and icc, as `firewall_options` reads them.
     pub firewall: FirewallOptions,
+    /// `host_binding_ipv4`: where ports published without a host address listen.
+    pub host_binding: Option<IpAddr>,
     /// `-o cni.conf=NAME`.
     pub cni_conf: Option<String>,
     /// The CNI bridge switches given as `-o` options.
@@ -157,6 +159,20 @@ impl FirewallOptions {
             masquerade_ipv6: false,
             icc: true,
         }
+    }
+}
+
+/// `com.docker.network.bridge.host_binding_ipv4`, as Docker's bridge reads it: any IP address
+/// (despite the name, an IPv6 one too), the host address of every port published without one.
+/// Unset is Docker's empty `HostIP`: every address.
+pub fn host_binding(generic: &BTreeMap<String, String>) -> Result<Option<IpAddr>, DriverError> {
+    match generic.get(HOST_BINDING).map(|v| v.trim()) {
+        None | Some("") => Ok(None),
+        Some(v) => v.parse().map(Some).map_err(|_| {
+            DriverError::Invalid(format!(
+                "-o {HOST_BINDING}={v:?} is not an IP address; give the host address published ports listen on"
+            ))
+        }),
     }
 }
 
@@ -283,19 +299,15 @@ pub fn parse(options: &Map<String, Value>) -> Result<NetworkOptions, DriverError
     }
     for key in generic.keys() {
         let known = HONOURED.contains(&key.as_str())
-            || RECORDED.contains(&key.as_str())
             || IGNORED.contains(&key.as_str())
             || key.starts_with("com.docker.network.driver.private.");
         if !known {
-            let mut all: Vec<&str> = HONOURED.iter().chain(RECORDED).copied().collect();
+            let mut all: Vec<&str> = HONOURED.to_vec();
             all.sort_unstable();
             return Err(DriverError::Invalid(format!(
                 "unknown option -o {key}; known options: {}",
                 all.join(", ")
             )));
-        }
-        if RECORDED.contains(&key.as_str()) {
-            tracing::warn!(option = %key, "option accepted but not applied by this version of cnibridge");
         }
     }
 
@@ -335,6 +347,7 @@ pub fn parse(options: &Map<String, Value>) -> Result<NetworkOptions, DriverError
         internal,
         enable_ipv6: top_bool(options, ENABLE_IPV6)?,
         firewall: firewall_options(&generic, internal)?,
+        host_binding: host_binding(&generic)?,
         cni_conf: generic.get(CNI_CONF).cloned(),
         cni_flags: CniFlags::parse(&generic)?,
         generic,

@@ -12,7 +12,7 @@
 use serde_json::{Map, Value};
 
 use super::ports::{self, Families};
-use super::{fw_err, short, Driver, DriverError, NetState};
+use super::{fw_err, options, short, Driver, DriverError, NetState};
 use crate::dataplane::Dataplane;
 use crate::firewall::{EndpointPorts, Firewall};
 use crate::state::records::ENDPOINTS;
@@ -66,10 +66,18 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
                 endpoint: short(endpoint_id).to_string(),
             });
         };
-        let requests = match sent {
+        let mut requests = match sent {
             Some(r) => r,
             None => ns.requested.get(endpoint_id).cloned().unwrap_or_default(),
         };
+        // Checked at CreateNetwork; only a record of a version that accepted anything gets here.
+        let binding = options::host_binding(&ns.net.options).unwrap_or_else(|e| {
+            tracing::warn!(network = short(network_id), error = %e, "ignoring the stored host binding");
+            None
+        });
+        for r in requests.iter_mut().filter(|r| r.host_ip.is_none()) {
+            r.host_ip = binding;
+        }
         if ns.net.internal {
             if !requests.is_empty() {
                 tracing::warn!(

@@ -478,3 +478,52 @@ async fn a_failed_reload_is_reported_and_the_next_one_works() {
     r.driver.reload_firewall().await.unwrap();
     assert!(r.fw.has_network(NET));
 }
+
+#[tokio::test]
+async fn host_binding_gives_ports_without_a_host_address_their_address() {
+    let r = rig().await;
+    r.driver
+        .create_network(&net_req(
+            NET,
+            json!({ "bridge": "cnbt0", "com.docker.network.bridge.host_binding_ipv4": "127.0.0.1" }),
+            false,
+        ))
+        .await
+        .unwrap();
+    r.driver
+        .create_endpoint(&ep_req(NET, EP, "10.15.40.2/24"))
+        .await
+        .unwrap();
+    r.driver.join(NET, EP).await.unwrap();
+    let map = portmap(json!([
+        {"Proto": 6, "Port": 80, "HostIP": "", "HostPort": 8080, "HostPortEnd": 8080},
+        {"Proto": 6, "Port": 81, "HostIP": "10.9.9.9", "HostPort": 8081, "HostPortEnd": 8081}
+    ]));
+    r.driver
+        .program_external_connectivity(NET, EP, &map)
+        .await
+        .unwrap();
+    let localhost: IpAddr = "127.0.0.1".parse().unwrap();
+    assert_eq!(
+        r.fw.ports_of(NET, EP).unwrap().mappings,
+        vec![
+            PortMapping::single(Proto::Tcp, Some("10.9.9.9".parse().unwrap()), 8081, 81),
+            PortMapping::single(Proto::Tcp, Some(localhost), 8080, 80),
+        ]
+    );
+
+    let err = r
+        .driver
+        .create_network(&net_req(
+            NET2,
+            json!({ "com.docker.network.bridge.host_binding_ipv4": "localhost" }),
+            false,
+        ))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "-o com.docker.network.bridge.host_binding_ipv4=\"localhost\" is not an IP address; give the host address published ports listen on"
+    );
+}
