@@ -490,11 +490,7 @@ async fn host_binding_gives_ports_without_a_host_address_their_address() {
         ))
         .await
         .unwrap();
-    r.driver
-        .create_endpoint(&ep_req(NET, EP, "10.15.40.2/24"))
-        .await
-        .unwrap();
-    r.driver.join(NET, EP).await.unwrap();
+    r.joined(NET, EP, "10.15.40.2/24").await;
     let map = portmap(json!([
         {"Proto": 6, "Port": 80, "HostIP": "", "HostPort": 8080, "HostPortEnd": 8080},
         {"Proto": 6, "Port": 81, "HostIP": "10.9.9.9", "HostPort": 8081, "HostPortEnd": 8081}
