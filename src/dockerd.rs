@@ -1,8 +1,9 @@
 //! What cnibridge asks the dockerd it serves. Docker never tells a network plugin about a
-//! network removed while the plugin was down (dockerd logs the failed DeleteNetwork and removes
-//! the network anyway), so at start and whenever dockerd activates the plugin, cnibridge asks
-//! dockerd whether each network it knows from before still exists.
+//! network or endpoint removed while the plugin was down (dockerd logs the failed call and goes
+//! ahead), so at start and whenever dockerd activates the plugin, cnibridge asks dockerd about
+//! each network it knew from before: whether it still exists, and with which endpoints.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,11 +15,33 @@ use crate::unix_http;
 const TIMEOUT: Duration = Duration::from_secs(300);
 
 /// What dockerd says about one network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Presence {
-    Present,
+    /// dockerd has the network, with these endpoints (of running containers and of ones not
+    /// yet started alike).
+    Present { endpoints: BTreeSet<String> },
     /// dockerd answered 404: it has no such network.
     Removed,
+}
+
+/// The endpoint ids of a `GET /networks/<id>` answer (`Containers.*.EndpointID`).
+fn endpoints_of(body: &str) -> Result<BTreeSet<String>, String> {
+    let v: serde_json::Value =
+        serde_json::from_str(body.trim()).map_err(|e| format!("unreadable network: {e}"))?;
+    let containers = match v.get("Containers") {
+        None | Some(serde_json::Value::Null) => return Ok(BTreeSet::new()),
+        Some(serde_json::Value::Object(m)) => m,
+        Some(other) => return Err(format!("Containers is not a map: {other}")),
+    };
+    containers
+        .values()
+        .map(|c| {
+            c.get("EndpointID")
+                .and_then(|e| e.as_str())
+                .map(str::to_string)
+                .ok_or_else(|| format!("a container without EndpointID: {c}"))
+        })
+        .collect()
 }
 
 /// dockerd's view of networks, as the driver needs it (a fake in tests).
@@ -72,7 +95,14 @@ impl DockerNetworks for DockerApi {
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("asking dockerd on {}: {e}", self.socket.display()))?;
         match answer.status {
-            200 => Ok(Presence::Present),
+            200 => Ok(Presence::Present {
+                endpoints: endpoints_of(&answer.body).map_err(|e| {
+                    format!(
+                        "dockerd on {} about network {network_id}: {e}",
+                        self.socket.display()
+                    )
+                })?,
+            }),
             404 => Ok(Presence::Removed),
             code => Err(format!(
                 "dockerd on {} answered HTTP {code} for network {network_id}: {}",
@@ -99,6 +129,21 @@ mod tests {
         assert_eq!(api(""), None);
         let err = DockerApi::from_host("tcp://127.0.0.1:2375").unwrap_err();
         assert!(err.contains("unix:///path"), "{err}");
+    }
+
+    #[test]
+    fn endpoints_come_from_the_containers_map() {
+        let body = r#"{"Name":"n","Containers":{
+            "c1":{"Name":"a","EndpointID":"e1","IPv4Address":"10.1.0.2/24"},
+            "ep-e2":{"Name":"b","EndpointID":"e2"}}}"#;
+        assert_eq!(
+            endpoints_of(body).unwrap(),
+            BTreeSet::from(["e1".to_string(), "e2".to_string()])
+        );
+        assert!(endpoints_of(r#"{"Containers":{}}"#).unwrap().is_empty());
+        assert!(endpoints_of(r#"{"Name":"n"}"#).unwrap().is_empty());
+        assert!(endpoints_of(r#"{"Containers":{"c":{}}}"#).is_err());
+        assert!(endpoints_of("<html>").is_err());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use cnibridge::cnm::{router, server};
 use cnibridge::dataplane::netlink::NetlinkDataplane;
 use cnibridge::dataplane::Dataplane;
 use cnibridge::dockerd::DockerApi;
-use cnibridge::driver::{Driver, DriverConfig, DEFAULT_EXPORT_SUBDIR};
+use cnibridge::driver::{Driver, DriverConfig, Known, DEFAULT_EXPORT_SUBDIR};
 use cnibridge::firewall::iptables::IptablesFirewall;
 use cnibridge::firewall::Firewall;
 use cnibridge::firewall::NoFirewall;
@@ -174,10 +174,9 @@ async fn serve<F: Firewall>(args: ServeArgs, fw: F) -> Result<(), String> {
     tracing::info!(socket = %args.socket.display(), "cnibridge serving");
     let driver = Arc::new(driver);
     let reloader = tokio::spawn(reload_on_sighup(driver.clone(), hup));
-    // The networks of the earlier life, before the socket lets dockerd create new ones.
-    let earlier = driver.network_ids();
-    let forgetter =
-        docker.map(|d| tokio::spawn(forget_removed_networks(driver.clone(), d, earlier)));
+    // What the earlier life knew, taken before the socket lets dockerd create anything new.
+    let earlier = driver.known().await;
+    let forgetter = docker.map(|d| tokio::spawn(forget_removed(driver.clone(), d, earlier)));
     let served = server::serve(listener, &args.socket, router(driver), shutdown_signal()).await;
     reloader.abort();
     if let Some(f) = forgetter {
@@ -221,16 +220,16 @@ async fn reload_on_sighup<D: Dataplane, F: Firewall>(
     }
 }
 
-/// Asks dockerd about the networks known at start, then again at every `Plugin.Activate` (dockerd
-/// restarted) about those known then; see `Driver::forget_removed_networks`.
-async fn forget_removed_networks<D: Dataplane, F: Firewall>(
+/// Asks dockerd about what was known at start, then again at every `Plugin.Activate` (dockerd
+/// restarted) about what was known then; see `Driver::forget_removed`.
+async fn forget_removed<D: Dataplane, F: Firewall>(
     driver: Arc<Driver<D, F>>,
     docker: DockerApi,
-    mut candidates: Vec<String>,
+    mut candidates: Known,
 ) {
     loop {
         if !candidates.is_empty() {
-            driver.forget_removed_networks(&docker, &candidates).await;
+            driver.forget_removed(&docker, &candidates).await;
         }
         candidates = driver.next_activation().await;
     }

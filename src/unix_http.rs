@@ -39,18 +39,52 @@ pub fn request(
     s.write_all(req.as_bytes())?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| invalid("no end of the HTTP header"))?;
+    let head = String::from_utf8_lossy(&raw[..split]);
+    let body = &raw[split + 4..];
     let status = head
         .lines()
         .next()
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|c| c.parse::<u16>().ok())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no HTTP status line"))?;
+        .ok_or_else(|| invalid("no HTTP status line"))?;
+    // Go's server chunks answers it could not buffer whole (e.g. a network with many
+    // containers); with `Connection: close` nothing else needs undoing.
+    let chunked = head.lines().any(|l| {
+        l.split_once(':').is_some_and(|(k, v)| {
+            k.trim().eq_ignore_ascii_case("transfer-encoding")
+                && v.trim().eq_ignore_ascii_case("chunked")
+        })
+    });
+    let body = if chunked {
+        dechunk(body).ok_or_else(|| invalid("malformed chunked body"))?
+    } else {
+        body.to_vec()
+    };
     Ok(Answer {
         status,
-        body: body.to_string(),
+        body: String::from_utf8_lossy(&body).into_owned(),
     })
+}
+
+/// The payload of a chunked body (`<hex size>[;ext]\r\n<data>\r\n`… `0\r\n\r\n`).
+fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let eol = b.windows(2).position(|w| w == b"\r\n")?;
+        let line = std::str::from_utf8(&b[..eol]).ok()?;
+        let size = usize::from_str_radix(line.split(';').next()?.trim(), 16).ok()?;
+        b = &b[eol + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(b.get(..size)?);
+        b = b.get(size + 2..)?;
+    }
 }
 
 #[cfg(test)]
@@ -89,6 +123,18 @@ mod tests {
         let sent = server.join().unwrap();
         assert!(sent.starts_with("GET /networks/abc HTTP/1.1\r\n"), "{sent}");
         assert!(sent.contains("Connection: close\r\n"), "{sent}");
+    }
+
+    #[test]
+    fn chunked_answers_are_decoded() {
+        let (_dir, path, server) = serve_once(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n5;x=y\r\n:1}\r\n\r\n0\r\n\r\n",
+        );
+        let a = request(&path, "GET", "/n", None, Duration::from_secs(5)).unwrap();
+        assert_eq!((a.status, a.body.as_str()), (200, "{\"a\":1}\r\n"));
+        server.join().unwrap();
+        assert_eq!(dechunk(b"3\r\nab"), None);
+        assert_eq!(dechunk(b"zz\r\n"), None);
     }
 
     #[test]

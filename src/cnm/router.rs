@@ -150,7 +150,7 @@ async fn handle<D: Dataplane, F: Firewall>(
 ) -> Option<Outcome> {
     let out = match method {
         "Plugin.Activate" => {
-            app.note_activation();
+            app.note_activation().await;
             ok(ActivateResponse {
                 implements: vec!["NetworkDriver", "IpamDriver"],
             })

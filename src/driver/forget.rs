@@ -1,12 +1,14 @@
-//! Networks dockerd removed while cnibridge could not hear it. dockerd removes a network even
-//! when the driver's DeleteNetwork fails (the plugin was down), and a remote driver is never told
-//! again; without this, the network's bridge, rules and addresses would come back at every start.
+//! Networks and endpoints dockerd removed while cnibridge could not hear it. dockerd removes a
+//! network, or a container's endpoint, even when the driver's DeleteNetwork/DeleteEndpoint fails
+//! (the plugin was down), and a remote driver is never told again; without this, their bridges,
+//! veths, rules and addresses would stay, and come back at every start.
 //!
-//! When: at start (for the networks of the earlier life) and after each `Plugin.Activate` (dockerd
-//! (re)started and reconnects), never on a timer. Only networks known *before* the trigger are
-//! asked about: a network created right after it may not be in dockerd's store yet (libnetwork
-//! calls CreateNetwork before it stores the network) and would look removed.
+//! When: at start (for what the earlier life knew) and after each `Plugin.Activate` (dockerd
+//! (re)started and reconnects), never on a timer. Only networks and endpoints known *before* the
+//! trigger are asked about: one created right after it may not be in dockerd's store yet
+//! (libnetwork calls the driver before it stores the object) and would look removed.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use tokio::sync::Notify;
@@ -15,68 +17,109 @@ use super::{blocking, short, Driver, DriverError};
 use crate::dataplane::Dataplane;
 use crate::dockerd::{DockerNetworks, Presence};
 use crate::firewall::Firewall;
+use crate::ipam::Owner;
 
-/// The networks known at the last `Plugin.Activate`, for the task that asks dockerd about them.
+/// Networks (by id) and their endpoints known at one moment.
+pub type Known = BTreeMap<String, Vec<String>>;
+
+/// What was known at the last `Plugin.Activate`, for the task that asks dockerd about it.
 #[derive(Default)]
 pub(crate) struct Activations {
-    pending: Mutex<Option<Vec<String>>>,
+    pending: Mutex<Option<Known>>,
     notify: Notify,
 }
 
 /// The slot holds a plain value replaced whole, so a panic elsewhere cannot leave it torn.
-fn pending(a: &Activations) -> std::sync::MutexGuard<'_, Option<Vec<String>>> {
+fn pending(a: &Activations) -> std::sync::MutexGuard<'_, Option<Known>> {
     a.pending.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// What one check forgot.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Forgotten {
+    pub networks: Vec<String>,
+    /// (network id, endpoint id).
+    pub endpoints: Vec<(String, String)>,
+}
+
 impl<D: Dataplane, F: Firewall> Driver<D, F> {
-    /// `Plugin.Activate` arrived: dockerd (re)connected. Records which networks exist now, before
-    /// the answer lets dockerd send anything else.
-    pub fn note_activation(&self) {
-        *pending(&self.activations) = Some(self.network_ids());
+    /// The networks and endpoints known now.
+    pub async fn known(&self) -> Known {
+        let entries: Vec<(String, super::NetEntry)> = match self.nets.read() {
+            Ok(m) => m.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            Err(_) => return Known::new(),
+        };
+        let mut known = Known::new();
+        for (id, entry) in entries {
+            let eps = entry.lock().await.endpoints.keys().cloned().collect();
+            known.insert(id, eps);
+        }
+        known
+    }
+
+    /// `Plugin.Activate` arrived: dockerd (re)connected. Records what is known now, before the
+    /// answer lets dockerd send anything else.
+    pub async fn note_activation(&self) {
+        let known = self.known().await;
+        *pending(&self.activations) = Some(known);
         // A stored permit if the task is busy: the activation is not lost.
         self.activations.notify.notify_one();
     }
 
-    /// Waits for the next `Plugin.Activate`; returns the networks known when it arrived.
-    pub async fn next_activation(&self) -> Vec<String> {
+    /// Waits for the next `Plugin.Activate`; returns what was known when it arrived.
+    pub async fn next_activation(&self) -> Known {
         loop {
             self.activations.notify.notified().await;
-            if let Some(ids) = pending(&self.activations).take() {
-                return ids;
+            if let Some(known) = pending(&self.activations).take() {
+                return known;
             }
         }
     }
 
-    /// Asks dockerd about each of `candidates` still known and forgets those it no longer has:
-    /// their endpoints, rules, bridge (if cnibridge made it), export, address files and pools.
-    /// Stops at the first network dockerd cannot answer for (it is down or starting: the next
-    /// activation asks again). Returns the ids forgotten.
-    pub async fn forget_removed_networks(
+    /// Asks dockerd about each network of `candidates` still known: one it no longer has is
+    /// forgotten whole (endpoints, rules, bridge if cnibridge made it, export, address files,
+    /// pools); of one it has, the candidate endpoints it does not list are forgotten (ports,
+    /// veth, address files). Stops at the first network dockerd cannot answer for (it is down
+    /// or starting: the next activation asks again).
+    pub async fn forget_removed(
         &self,
         docker: &impl DockerNetworks,
-        candidates: &[String],
-    ) -> Vec<String> {
-        let mut forgotten = Vec::new();
-        for id in candidates {
+        candidates: &Known,
+    ) -> Forgotten {
+        let mut forgotten = Forgotten::default();
+        for (id, endpoints) in candidates {
             if self.entry(id).is_none() {
                 continue;
             }
             match docker.presence(id).await {
-                Ok(Presence::Present) => {}
+                Ok(Presence::Present { endpoints: theirs }) => {
+                    for ep in endpoints.iter().filter(|ep| !theirs.contains(*ep)) {
+                        match self.forget_endpoint(id, ep).await {
+                            Ok(true) => {
+                                tracing::info!(network = short(id), endpoint = short(ep), "dockerd removed this endpoint while cnibridge was away; forgotten");
+                                forgotten.endpoints.push((id.clone(), ep.clone()));
+                            }
+                            Ok(false) => {}
+                            Err(e) => {
+                                tracing::warn!(network = short(id), endpoint = short(ep), error = %e, "cannot forget an endpoint dockerd removed")
+                            }
+                        }
+                    }
+                }
                 Ok(Presence::Removed) => match self.forget_network(id).await {
                     Ok(()) => {
                         tracing::info!(
                             network = short(id),
                             "dockerd removed this network while cnibridge was away; forgotten"
                         );
-                        forgotten.push(id.clone());
+                        forgotten.networks.push(id.clone());
                     }
                     Err(e) => {
                         tracing::warn!(network = short(id), error = %e, "cannot forget a network dockerd removed")
                     }
                 },
                 Err(e) => {
-                    tracing::info!(error = %e, "cannot ask dockerd which networks still exist; asking again when it activates the plugin");
+                    tracing::info!(error = %e, "cannot ask dockerd what it still has; asking again when it activates the plugin");
                     break;
                 }
             }
@@ -102,5 +145,38 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
             blocking(move || ipam.release_pool(&pool)).await?;
         }
         Ok(())
+    }
+
+    /// Leave and DeleteEndpoint, then the ReleaseAddress calls dockerd never sent, for files
+    /// the endpoint still holds. `Ok(false)`: it was gone already.
+    async fn forget_endpoint(
+        &self,
+        network_id: &str,
+        endpoint_id: &str,
+    ) -> Result<bool, DriverError> {
+        let Some(entry) = self.entry(network_id) else {
+            return Ok(false);
+        };
+        let held: Vec<(String, std::net::IpAddr)> = {
+            let ns = entry.lock().await;
+            let Some(ep) = ns.endpoints.get(endpoint_id) else {
+                return Ok(false);
+            };
+            [
+                (ns.net.ipv4.as_ref(), ep.address),
+                (ns.net.ipv6.as_ref(), ep.address_ipv6),
+            ]
+            .into_iter()
+            .filter_map(|(fam, addr)| Some((fam?.pool_id.clone()?, addr?.addr())))
+            .collect()
+        };
+        self.leave(network_id, endpoint_id).await?;
+        self.delete_endpoint(network_id, endpoint_id).await?;
+        for (pool, addr) in held {
+            let ipam = self.ipam.clone();
+            let owner = Owner::endpoint(endpoint_id);
+            blocking(move || ipam.release_owned(&pool, addr, &owner)).await?;
+        }
+        Ok(true)
     }
 }

@@ -1,7 +1,7 @@
-//! Networks dockerd removed while cnibridge was down: forgotten completely, and only on a clear
-//! answer from dockerd about a network known before the check began.
+//! Networks and endpoints dockerd removed while cnibridge was down: forgotten completely, and
+//! only on a clear answer from dockerd about what was known before the check began.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 
 use super::*;
@@ -21,9 +21,25 @@ impl DockerNetworks for FakeDockerd {
         self.asked.lock().unwrap().push(network_id.to_string());
         self.answers
             .get(network_id)
-            .copied()
+            .cloned()
             .ok_or_else(|| "dockerd is not reachable".to_string())
     }
+}
+
+fn present(endpoints: &[&str]) -> Presence {
+    Presence::Present {
+        endpoints: endpoints
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<BTreeSet<_>>(),
+    }
+}
+
+/// Candidates as `Driver::known` gives them.
+fn known(nets: &[(&str, &[&str])]) -> Known {
+    nets.iter()
+        .map(|(n, eps)| (n.to_string(), eps.iter().map(|e| e.to_string()).collect()))
+        .collect()
 }
 
 /// A network made as Docker makes one: pool, gateway address, CreateNetwork.
@@ -71,16 +87,22 @@ async fn a_network_dockerd_removed_goes_with_its_rules_bridge_pool_and_files() {
     // An endpoint whose DeleteEndpoint was lost with the network.
     r.joined(NET, EP, "10.15.50.2/24").await;
     let dockerd = FakeDockerd {
-        answers: HashMap::from([(NET, Presence::Removed), (NET2, Presence::Present)]),
+        answers: HashMap::from([(NET, Presence::Removed), (NET2, present(&[]))]),
         ..Default::default()
     };
 
     let forgotten = r
         .driver
-        .forget_removed_networks(&dockerd, &[NET.to_string(), NET2.to_string()])
+        .forget_removed(&dockerd, &r.driver.known().await)
         .await;
 
-    assert_eq!(forgotten, vec![NET.to_string()]);
+    assert_eq!(
+        forgotten,
+        Forgotten {
+            networks: vec![NET.to_string()],
+            endpoints: vec![]
+        }
+    );
     assert!(!r.fw.has_network(NET) && r.fw.has_network(NET2));
     assert!(
         r.dp.bridge("cnbtf1").is_none(),
@@ -115,11 +137,11 @@ async fn without_a_clear_answer_nothing_is_forgotten() {
     let dockerd = FakeDockerd::default();
     let forgotten = r
         .driver
-        .forget_removed_networks(&dockerd, &[NET.to_string(), NET2.to_string()])
+        .forget_removed(&dockerd, &known(&[(NET, &[]), (NET2, &[])]))
         .await;
-    assert!(forgotten.is_empty());
+    assert_eq!(forgotten, Forgotten::default());
     // dockerd is down: one question, not one per network.
-    assert_eq!(*dockerd.asked.lock().unwrap(), vec![NET.to_string()]);
+    assert_eq!(dockerd.asked.lock().unwrap().len(), 1);
     assert!(r.fw.has_network(NET) && r.fw.has_network(NET2));
     assert_eq!(r.driver.network_ids().len(), 2);
 }
@@ -128,16 +150,80 @@ async fn without_a_clear_answer_nothing_is_forgotten() {
 async fn only_networks_known_at_activation_are_asked_about() {
     let r = rig().await;
     network(&r, NET, "10.15.50.0/24", "cnbtf1").await;
-    r.driver.note_activation();
-    // Created right after Activate: dockerd may not have stored it yet.
+    r.joined(NET, EP, "10.15.50.2/24").await;
+    r.driver.note_activation().await;
+    // Created right after Activate: dockerd may not have stored them yet.
     network(&r, NET2, "10.15.51.0/24", "cnbtf2").await;
+    r.joined(NET, EP2, "10.15.50.3/24").await;
     let candidates = r.driver.next_activation().await;
-    assert_eq!(candidates, vec![NET.to_string()]);
+    assert_eq!(candidates, known(&[(NET, &[EP])]));
     // Unknown ids (deleted through Docker meanwhile) are skipped without asking.
     let dockerd = FakeDockerd::default();
     let forgotten = r
         .driver
-        .forget_removed_networks(&dockerd, &[NET3.to_string()])
+        .forget_removed(&dockerd, &known(&[(NET3, &[])]))
         .await;
-    assert!(forgotten.is_empty() && dockerd.asked.lock().unwrap().is_empty());
+    assert_eq!(forgotten, Forgotten::default());
+    assert!(dockerd.asked.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn an_endpoint_dockerd_removed_goes_with_its_ports_veth_and_address() {
+    let r = rig().await;
+    let pool = network(&r, NET, "10.15.50.0/24", "cnbtf1").await;
+    let ipam = r.driver.ipam().clone();
+    let mut eps = Vec::new();
+    for ep in [EP, EP2] {
+        let addr = ipam.request_address(&pool, None, false).unwrap();
+        r.joined(NET, ep, &addr.to_string()).await;
+        eps.push(addr);
+    }
+    // EP's container was removed while cnibridge was down; EP2's is still there.
+    let dockerd = FakeDockerd {
+        answers: HashMap::from([(NET, present(&[EP2]))]),
+        ..Default::default()
+    };
+    let forgotten = r
+        .driver
+        .forget_removed(&dockerd, &r.driver.known().await)
+        .await;
+    assert_eq!(forgotten.endpoints, vec![(NET.to_string(), EP.to_string())]);
+    assert!(forgotten.networks.is_empty());
+    r.driver.settle().await;
+    assert!(r.dp.veth(&names::host_veth(EP)).is_none());
+    assert!(r.dp.veth(&names::host_veth(EP2)).is_some());
+    assert!(!r.driver.has_endpoint(NET, EP).await && r.driver.has_endpoint(NET, EP2).await);
+    let mut left = vec!["10.15.50.1".to_string(), eps[1].addr().to_string()];
+    left.sort();
+    assert_eq!(address_files(&r, "10.15.50.0/24"), left);
+    // A second check finds nothing more to do.
+    let again = r
+        .driver
+        .forget_removed(&dockerd, &known(&[(NET, &[EP, EP2])]))
+        .await;
+    assert_eq!(again, Forgotten::default());
+}
+
+#[tokio::test]
+async fn an_address_handed_on_is_not_released_for_its_old_endpoint() {
+    let r = rig().await;
+    let pool = network(&r, NET, "10.15.50.0/24", "cnbtf1").await;
+    let ipam = r.driver.ipam().clone();
+    let addr = ipam.request_address(&pool, None, false).unwrap();
+    r.joined(NET, EP, &addr.to_string()).await;
+    // Docker released it after all, and another endpoint holds it now.
+    ipam.release_address(&pool, addr.addr()).unwrap();
+    let again = ipam
+        .request_address(&pool, Some(addr.addr()), false)
+        .unwrap();
+    ipam.set_owner(&pool, again.addr(), &crate::ipam::Owner::endpoint(EP2))
+        .unwrap();
+    let dockerd = FakeDockerd {
+        answers: HashMap::from([(NET, present(&[EP2]))]),
+        ..Default::default()
+    };
+    r.driver
+        .forget_removed(&dockerd, &known(&[(NET, &[EP])]))
+        .await;
+    assert!(address_files(&r, "10.15.50.0/24").contains(&addr.addr().to_string()));
 }

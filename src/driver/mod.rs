@@ -23,6 +23,7 @@ mod cni;
 mod endpoint;
 mod export;
 mod forget;
+pub use forget::{Forgotten, Known};
 pub mod names;
 mod network;
 pub mod options;

@@ -133,6 +133,35 @@ impl Ipam {
         Ok(())
     }
 
+    /// Give an address back only while `owner` holds it: the ReleaseAddress dockerd never sent
+    /// for an endpoint it removed behind cnibridge's back, which must not free the address if
+    /// it has been handed on since. Returns whether a file was removed.
+    pub fn release_owned(
+        &self,
+        pool_id: &str,
+        address: IpAddr,
+        owner: &Owner,
+    ) -> Result<bool, IpamError> {
+        let Some(slot) = self.slot(pool_id) else {
+            return Ok(false);
+        };
+        let mut work = slot.work();
+        if work.released {
+            return Ok(false);
+        }
+        let rec = read(&slot.record).clone();
+        let address = canonical(address);
+        if !rec.subnet.contains(&address) {
+            return Ok(false);
+        }
+        let want = owner.render();
+        let store = work.store(&rec)?;
+        locked(store, |s| match s.read(address)? {
+            Some(c) if c == want => s.remove(address),
+            _ => Ok(false),
+        })
+    }
+
     /// Relabel an address we hold (CreateEndpoint, gateway/aux): the file is rewritten in
     /// place, so the address never looks free. Only a file whose content is ours is touched.
     pub fn set_owner(
