@@ -13,6 +13,7 @@ use std::future::Future;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+mod exec;
 pub mod iptables;
 pub mod ports;
 #[cfg(any(test, feature = "testing"))]

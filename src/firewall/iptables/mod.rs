@@ -15,13 +15,9 @@
 //! those jumps.
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
-use std::time::Duration;
-
-use tokio::io::AsyncWriteExt;
-use tokio::process::Command;
 use tokio::sync::Mutex;
 
+use super::exec::{run_tool as run, set_route_localnet};
 use super::ports::validate_ports;
 use super::{validate_rules, EndpointPorts, Firewall, FirewallError, NetworkRules};
 
@@ -36,10 +32,6 @@ pub use render_ports::{
     accept_chain, dnat_chain, endpoint_comment, endpoint_rules, render_port_update,
     HOSTPORTS_CHAIN, MASQ_CHAIN, PUBLISHED_CHAIN, SETMARK_CHAIN,
 };
-
-/// `-w` makes legacy iptables wait for the xtables lock without bound; this bounds the whole
-/// process instead, so a wedged tool cannot hang a Docker request forever.
-const TOOL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The two programs used for one address family.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,18 +111,6 @@ fn chains_of(p: &EndpointPorts) -> [String; 2] {
         dnat_chain(&p.network_id, &p.endpoint_id),
         accept_chain(&p.network_id, &p.endpoint_id),
     ]
-}
-
-/// Let the bridge route packets with a 127.0.0.0/8 source, which the host's connections to
-/// `127.0.0.1:<port>` carry once DNATed to the container (until masquerade rewrites them in
-/// POSTROUTING). Never reset: other endpoints on the bridge may rely on it (as CNI's portmap).
-/// A failure only loses the localhost path, so it is a warning.
-fn set_route_localnet(bridge: &str) {
-    // The name is validated ([A-Za-z0-9_.-], no leading '-'), so it is one path component.
-    let path = format!("/proc/sys/net/ipv4/conf/{bridge}/route_localnet");
-    if let Err(e) = std::fs::write(&path, "1") {
-        tracing::warn!(%bridge, error = %e, "cannot set route_localnet; published ports will not answer on 127.0.0.1");
-    }
 }
 
 impl IptablesFirewall {
@@ -421,47 +401,6 @@ async fn jump_present(tools: &IptablesTools, jump: &Jump) -> Result<bool, Firewa
                 stderr.trim()
             ),
         }),
-    }
-}
-
-/// Run a tool with an optional stdin, bounded by `TOOL_TIMEOUT`. The child inherits the
-/// calling thread's network namespace.
-async fn run(
-    tool: &str,
-    args: &[&str],
-    stdin: Option<&str>,
-) -> Result<std::process::Output, FirewallError> {
-    let backend = |reason: String| FirewallError::Backend {
-        tool: tool.to_string(),
-        reason,
-    };
-    let mut cmd = Command::new(tool);
-    cmd.args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| backend(format!("cannot run {tool}: {e}")))?;
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(input.as_bytes())
-            .await
-            .map_err(|e| backend(format!("cannot write the script to {tool}: {e}")))?;
-        // Dropping the pipe sends EOF, which is what makes restore commit.
-        drop(pipe);
-    }
-    match tokio::time::timeout(TOOL_TIMEOUT, child.wait_with_output()).await {
-        Ok(Ok(out)) => Ok(out),
-        Ok(Err(e)) => Err(backend(format!("waiting for {tool}: {e}"))),
-        Err(_) => Err(backend(format!(
-            "{tool} did not finish within {}s",
-            TOOL_TIMEOUT.as_secs()
-        ))),
     }
 }
 
