@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 mod exec;
 pub mod iptables;
+pub mod nftables;
 pub mod ports;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -1,0 +1,304 @@
+//! nftables implementation of `Firewall` (`--firewall nftables`): the apply half.
+//!
+//! Everything lives in one table of ours, `inet cnibridge` (see `render` for its layout and for
+//! why each hook and priority was chosen); nothing else on the host is touched. It is meant for
+//! hosts where dockerd runs with `--iptables=false`: a `drop` in any base chain is final in
+//! nftables, so where Docker's iptables `FORWARD DROP` is active this table cannot let our
+//! containers' traffic through, and without it the table itself keeps the outside out.
+//!
+//! How: every change is one `nft -f -` process, i.e. one atomic transaction. A network change or
+//! a reconcile rewrites the whole table (`render_table`); publishing or removing one endpoint's
+//! ports touches only its chain and the two dispatch chains (`render_port_update`), and falls
+//! back to the whole rewrite if that fails (someone deleted our table or a chain of it).
+
+use std::collections::BTreeMap;
+
+use tokio::sync::Mutex;
+
+use super::exec::{run_tool, set_route_localnet};
+use super::ports::validate_ports;
+use super::{validate_rules, EndpointPorts, Firewall, FirewallError, NetworkRules};
+
+pub mod render;
+pub mod render_ports;
+
+pub use render::{render_table, table_chains, Family, Rule, TABLE};
+pub use render_ports::{dnat_chain, endpoint_rules, render_port_update, EndpointRules};
+
+/// (network id, endpoint id).
+type EndpointKey = (String, String);
+
+struct State {
+    networks: BTreeMap<String, NetworkRules>,
+    ports: BTreeMap<EndpointKey, EndpointPorts>,
+}
+
+/// `Firewall` over `nft`.
+pub struct NftablesFirewall {
+    nft: String,
+    // An async mutex, held across the apply, so concurrent changes reach the kernel in the
+    // order they change the set.
+    state: Mutex<State>,
+}
+
+impl Default for NftablesFirewall {
+    fn default() -> Self {
+        Self::new("nft")
+    }
+}
+
+fn key(network_id: &str, endpoint_id: &str) -> EndpointKey {
+    (network_id.to_string(), endpoint_id.to_string())
+}
+
+impl NftablesFirewall {
+    /// A firewall running this `nft` program.
+    pub fn new(nft: impl Into<String>) -> Self {
+        NftablesFirewall {
+            nft: nft.into(),
+            state: Mutex::new(State {
+                networks: BTreeMap::new(),
+                ports: BTreeMap::new(),
+            }),
+        }
+    }
+
+    /// The networks whose rules are installed, as this process knows them.
+    pub async fn networks(&self) -> Vec<NetworkRules> {
+        self.state.lock().await.networks.values().cloned().collect()
+    }
+
+    /// The endpoints whose ports are published, as this process knows them.
+    pub async fn ports(&self) -> Vec<EndpointPorts> {
+        self.state.lock().await.ports.values().cloned().collect()
+    }
+
+    /// Rewrite the table for `networks` and `ports`, then remember them as the set.
+    async fn apply(
+        &self,
+        state: &mut State,
+        networks: BTreeMap<String, NetworkRules>,
+        ports: BTreeMap<EndpointKey, EndpointPorts>,
+    ) -> Result<(), FirewallError> {
+        let nets: Vec<NetworkRules> = networks.values().cloned().collect();
+        let eps: Vec<EndpointPorts> = ports.values().cloned().collect();
+        for p in eps.iter().filter(|p| p.needs_route_localnet()) {
+            set_route_localnet(&p.bridge);
+        }
+        self.nft(&render_table(&nets, &eps)).await?;
+        state.networks = networks;
+        state.ports = ports;
+        Ok(())
+    }
+
+    /// Replace one endpoint's ports (`None` = remove them) in one transaction; if that fails,
+    /// rewrite the whole table, which repairs whatever was changed under us.
+    async fn update_ports(
+        &self,
+        state: &mut State,
+        key: EndpointKey,
+        new: Option<&EndpointPorts>,
+    ) -> Result<(), FirewallError> {
+        let old = state.ports.get(&key).cloned();
+        let mut next = state.ports.clone();
+        match new {
+            Some(p) => {
+                if p.needs_route_localnet() {
+                    set_route_localnet(&p.bridge);
+                }
+                next.insert(key.clone(), p.clone());
+            }
+            None => {
+                next.remove(&key);
+            }
+        }
+        let all: Vec<EndpointPorts> = next.values().cloned().collect();
+        let script = render_port_update(&all, old.as_ref(), new);
+        match self.nft(&script).await {
+            Ok(()) => {
+                state.ports = next;
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(endpoint = %key.1, error = %e, "updating the endpoint's chains failed; rewriting the cnibridge table");
+                let networks = state.networks.clone();
+                self.apply(state, networks, next).await
+            }
+        }
+    }
+
+    /// Run one `nft -f -` with `script`: one transaction, all or nothing.
+    async fn nft(&self, script: &str) -> Result<(), FirewallError> {
+        let out = run_tool(&self.nft, &["-f", "-"], Some(script)).await?;
+        if out.status.success() {
+            return Ok(());
+        }
+        Err(FirewallError::Backend {
+            tool: self.nft.clone(),
+            reason: format!(
+                "{} rejected the update of table {TABLE} ({}): {}",
+                self.nft,
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        })
+    }
+}
+
+impl Firewall for NftablesFirewall {
+    async fn add_network(&self, rules: &NetworkRules) -> Result<(), FirewallError> {
+        validate_rules(rules)?;
+        let mut state = self.state.lock().await;
+        let mut next = state.networks.clone();
+        next.insert(rules.network_id.clone(), rules.clone());
+        let ports = state.ports.clone();
+        // Applied even when nothing changed: a re-sent CreateNetwork then repairs a table
+        // someone changed.
+        self.apply(&mut state, next, ports).await
+    }
+
+    async fn del_network(&self, rules: &NetworkRules) -> Result<(), FirewallError> {
+        let mut state = self.state.lock().await;
+        if !state.networks.contains_key(&rules.network_id) {
+            // Unknown is success by contract; `reconcile` removes what this process never knew.
+            return Ok(());
+        }
+        let mut next = state.networks.clone();
+        next.remove(&rules.network_id);
+        // Ports left behind by a lost DeleteEndpoint go with their network.
+        let ports = state
+            .ports
+            .clone()
+            .into_iter()
+            .filter(|((net, _), _)| *net != rules.network_id)
+            .collect();
+        self.apply(&mut state, next, ports).await
+    }
+
+    async fn add_ports(&self, ports: &EndpointPorts) -> Result<(), FirewallError> {
+        validate_ports(ports)?;
+        let mut state = self.state.lock().await;
+        if !state.networks.contains_key(&ports.network_id) {
+            return Err(FirewallError::UnknownNetwork(ports.network_id.clone()));
+        }
+        let key = key(&ports.network_id, &ports.endpoint_id);
+        self.update_ports(&mut state, key, Some(ports)).await
+    }
+
+    async fn del_ports(&self, network_id: &str, endpoint_id: &str) -> Result<(), FirewallError> {
+        let mut state = self.state.lock().await;
+        let key = key(network_id, endpoint_id);
+        if !state.ports.contains_key(&key) {
+            return Ok(());
+        }
+        self.update_ports(&mut state, key, None).await
+    }
+
+    async fn reconcile(
+        &self,
+        networks: &[NetworkRules],
+        ports: &[EndpointPorts],
+    ) -> Result<(), FirewallError> {
+        for rules in networks {
+            validate_rules(rules)?;
+        }
+        for p in ports {
+            validate_ports(p)?;
+            if !networks.iter().any(|n| n.network_id == p.network_id) {
+                return Err(FirewallError::UnknownNetwork(p.network_id.clone()));
+            }
+        }
+        let next = networks
+            .iter()
+            .map(|r| (r.network_id.clone(), r.clone()))
+            .collect();
+        let ports = ports
+            .iter()
+            .map(|p| (key(&p.network_id, &p.endpoint_id), p.clone()))
+            .collect();
+        let mut state = self.state.lock().await;
+        // The table is deleted and written anew, so whatever an earlier process left goes.
+        self.apply(&mut state, next, ports).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn unsafe_names_are_refused_before_any_process() {
+        let fw = NftablesFirewall::new("/nonexistent/nft");
+        let rt = rt();
+        for (id, br) in [
+            ("id", "br+"),
+            ("id", "-br"),
+            ("id", "br 0"),
+            ("", "br0"),
+            ("a\"b", "br0"),
+            ("id", "bridgenametoolong"),
+            ("id", "br\"}"),
+        ] {
+            let rules = NetworkRules::new(id, br);
+            let err = rt.block_on(fw.add_network(&rules)).unwrap_err();
+            assert!(
+                matches!(err, FirewallError::Invalid { .. }),
+                "{id:?} {br:?}: {err}"
+            );
+            let err = rt.block_on(fw.reconcile(&[rules], &[])).unwrap_err();
+            assert!(matches!(err, FirewallError::Invalid { .. }), "{err}");
+        }
+    }
+
+    #[test]
+    fn missing_tool_is_a_backend_error_naming_it() {
+        let fw = NftablesFirewall::new("/nonexistent/nft");
+        let rt = rt();
+        let err = rt
+            .block_on(fw.add_network(&NetworkRules::new("id", "br0")))
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("/nonexistent/nft failed: cannot run /nonexistent/nft:"),
+            "{err}"
+        );
+        assert!(rt.block_on(fw.networks()).is_empty());
+    }
+
+    #[test]
+    fn ports_need_their_network_and_valid_input() {
+        let fw = NftablesFirewall::new("/nonexistent/nft");
+        let rt = rt();
+        let p = EndpointPorts {
+            network_id: "n1".into(),
+            endpoint_id: "e1".into(),
+            bridge: "br0".into(),
+            container_ipv4: Some("10.1.0.2/24".parse().unwrap()),
+            container_ipv6: None,
+            mappings: vec![],
+        };
+        let err = rt.block_on(fw.add_ports(&p)).unwrap_err();
+        assert!(matches!(err, FirewallError::UnknownNetwork(_)), "{err}");
+        let bad = EndpointPorts {
+            endpoint_id: "e;1".into(),
+            ..p.clone()
+        };
+        let err = rt.block_on(fw.add_ports(&bad)).unwrap_err();
+        assert!(matches!(err, FirewallError::Invalid { .. }), "{err}");
+        let err = rt
+            .block_on(fw.reconcile(&[], std::slice::from_ref(&p)))
+            .unwrap_err();
+        assert!(matches!(err, FirewallError::UnknownNetwork(_)), "{err}");
+        // Unknown endpoints and networks are fine to remove, without running anything.
+        rt.block_on(fw.del_ports("n1", "e1")).unwrap();
+        rt.block_on(fw.del_network(&NetworkRules::new("n1", "br0")))
+            .unwrap();
+    }
+}
