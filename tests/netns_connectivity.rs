@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use cnibridge::dataplane::netlink::NetlinkDataplane;
 use cnibridge::dataplane::{BridgeSpec, Dataplane, VethSpec};
-use cnibridge::firewall::iptables::IptablesFirewall;
 use cnibridge::firewall::{Firewall, NetworkRules};
-use support::{in_netns, run, tcp_peer, udp_peer, NamedNetns};
+use support::backend::Backend;
+use support::{in_netns_for, run, tcp_peer, udp_peer, NamedNetns};
 
 const NET_A: &str = "aaaaaaaaaaaa1111111111111111111111111111111111111111111111111111";
 const NET_B: &str = "bbbbbbbbbbbb2222222222222222222222222222222222222222222222222222";
@@ -55,10 +55,8 @@ struct Host {
 }
 
 impl Host {
-    async fn new() -> Host {
-        for tool in ["iptables", "ip6tables"] {
-            run(&[tool, "-P", "FORWARD", "DROP"]);
-        }
+    async fn new(b: Backend) -> Host {
+        b.host_policy();
         run(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
         run(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
         let outside = NamedNetns::new("out");
@@ -141,7 +139,11 @@ impl Host {
 
 /// What dockerd does to `FORWARD` at each start: its jumps go (back) to the head, in front of
 /// ours. Its chains stay empty here, so they return every packet of our bridges to `FORWARD`.
-fn dockerd_restarted() {
+fn dockerd_restarted(b: Backend) {
+    if b == Backend::Nftables {
+        // dockerd --iptables=false leaves iptables alone.
+        return;
+    }
     for chain in ["DOCKER-USER", "DOCKER-FORWARD"] {
         let _ = std::process::Command::new("iptables")
             .args(["-N", chain])
@@ -170,60 +172,89 @@ fn peer_ip(
 
 #[test]
 fn masquerade_shows_the_host_address_outside_and_keeps_the_subnet_unchanged() {
-    in_netns("masquerade_shows_the_host_address_outside", || async {
-        let h = Host::new().await;
-        h.bridge("cnb-a", "10.77.0.1/24", None).await;
-        let a = h
-            .container("a", "cnb-a", "10.77.0.2/24", Some("10.77.0.1"))
-            .await;
-        let b = h
-            .container("b", "cnb-a", "10.77.0.3/24", Some("10.77.0.1"))
-            .await;
-        let out = Some(&h.outside);
-        assert_eq!(
-            peer_ip(&a, out, sa(OUT, 7000), NO),
-            None,
-            "FORWARD DROP, no rules yet"
-        );
+    masquerade_shows_the_host_address_outside_and_keeps_the_subnet_unchanged_with(
+        Backend::Iptables,
+    );
+}
 
-        let fw = IptablesFirewall::default();
-        fw.add_network(&network(NET_A, "cnb-a", &["10.77.0.0/24"]))
-            .await
-            .unwrap();
-        dockerd_restarted();
-        // The outside has no route to 10.77.0.0/24: only masquerade makes the reply come back.
-        assert_eq!(peer_ip(&a, out, sa(OUT, 7000), YES), ip(HOST_OUT));
-        assert_eq!(peer_ip(&b, out, sa(OUT, 7000), YES), ip(HOST_OUT));
-        let udp = udp_peer(Some(&a), out, sa(OUT, 7001), YES).map(|p| p.ip());
-        assert_eq!(udp, ip(HOST_OUT), "datagrams are masqueraded too");
-        // Inside the subnet nothing is rewritten, although br_netfilter runs bridged frames
-        // through nat POSTROUTING too.
-        assert_eq!(
-            peer_ip(&a, Some(&b), sa("10.77.0.3", 7001), YES),
-            ip("10.77.0.2")
-        );
-    });
+#[test]
+fn masquerade_shows_the_host_address_outside_and_keeps_the_subnet_unchanged_nftables() {
+    masquerade_shows_the_host_address_outside_and_keeps_the_subnet_unchanged_with(
+        Backend::Nftables,
+    );
+}
+
+fn masquerade_shows_the_host_address_outside_and_keeps_the_subnet_unchanged_with(backend: Backend) {
+    in_netns_for(
+        backend,
+        "masquerade_shows_the_host_address_outside",
+        move || async move {
+            let h = Host::new(backend).await;
+            h.bridge("cnb-a", "10.77.0.1/24", None).await;
+            let a = h
+                .container("a", "cnb-a", "10.77.0.2/24", Some("10.77.0.1"))
+                .await;
+            let b = h
+                .container("b", "cnb-a", "10.77.0.3/24", Some("10.77.0.1"))
+                .await;
+            let out = Some(&h.outside);
+            assert_eq!(
+                // A port of its own: without Docker's FORWARD DROP (nftables) this SYN reaches
+                // the listener, and its half-open connection could hold the port at the next bind.
+                peer_ip(&a, out, sa(OUT, 7099), NO),
+                None,
+                "no rules yet: dropped (Docker's FORWARD DROP) or not routed back"
+            );
+
+            let fw = backend.firewall();
+            fw.add_network(&network(NET_A, "cnb-a", &["10.77.0.0/24"]))
+                .await
+                .unwrap();
+            dockerd_restarted(backend);
+            // The outside has no route to 10.77.0.0/24: only masquerade makes the reply come back.
+            assert_eq!(peer_ip(&a, out, sa(OUT, 7000), YES), ip(HOST_OUT));
+            assert_eq!(peer_ip(&b, out, sa(OUT, 7000), YES), ip(HOST_OUT));
+            let udp = udp_peer(Some(&a), out, sa(OUT, 7001), YES).map(|p| p.ip());
+            assert_eq!(udp, ip(HOST_OUT), "datagrams are masqueraded too");
+            // Inside the subnet nothing is rewritten, although br_netfilter runs bridged frames
+            // through nat POSTROUTING too.
+            assert_eq!(
+                peer_ip(&a, Some(&b), sa("10.77.0.3", 7001), YES),
+                ip("10.77.0.2")
+            );
+        },
+    );
 }
 
 #[test]
 fn without_masquerade_the_outside_sees_the_container_and_cannot_connect_in() {
-    in_netns(
+    without_masquerade_the_outside_sees_the_container_and_cannot_connect_in_with(Backend::Iptables);
+}
+
+#[test]
+fn without_masquerade_the_outside_sees_the_container_and_cannot_connect_in_nftables() {
+    without_masquerade_the_outside_sees_the_container_and_cannot_connect_in_with(Backend::Nftables);
+}
+
+fn without_masquerade_the_outside_sees_the_container_and_cannot_connect_in_with(backend: Backend) {
+    in_netns_for(
+        backend,
         "without_masquerade_the_outside_sees_the_container",
-        || async {
-            let h = Host::new().await;
+        move || async move {
+            let h = Host::new(backend).await;
             h.bridge("cnb-a", "10.77.0.1/24", None).await;
             let a = h
                 .container("a", "cnb-a", "10.77.0.2/24", Some("10.77.0.1"))
                 .await;
             h.outside
                 .ip(&["route", "add", "10.77.0.0/24", "via", HOST_OUT]);
-            let fw = IptablesFirewall::default();
+            let fw = backend.firewall();
             let rules = NetworkRules {
                 masquerade: false,
                 ..network(NET_A, "cnb-a", &["10.77.0.0/24"])
             };
             fw.add_network(&rules).await.unwrap();
-            dockerd_restarted();
+            dockerd_restarted(backend);
             assert_eq!(
                 peer_ip(&a, Some(&h.outside), sa(OUT, 7000), YES),
                 ip("10.77.0.2")
@@ -239,10 +270,20 @@ fn without_masquerade_the_outside_sees_the_container_and_cannot_connect_in() {
 
 #[test]
 fn containers_of_two_networks_cannot_reach_each_other() {
-    in_netns(
+    containers_of_two_networks_cannot_reach_each_other_with(Backend::Iptables);
+}
+
+#[test]
+fn containers_of_two_networks_cannot_reach_each_other_nftables() {
+    containers_of_two_networks_cannot_reach_each_other_with(Backend::Nftables);
+}
+
+fn containers_of_two_networks_cannot_reach_each_other_with(backend: Backend) {
+    in_netns_for(
+        backend,
         "containers_of_two_networks_cannot_reach_each_other",
-        || async {
-            let h = Host::new().await;
+        move || async move {
+            let h = Host::new(backend).await;
             h.bridge("cnb-a", "10.77.0.1/24", None).await;
             h.bridge("cnb-b", "10.78.0.1/24", None).await;
             let a = h
@@ -251,14 +292,14 @@ fn containers_of_two_networks_cannot_reach_each_other() {
             let b = h
                 .container("b", "cnb-b", "10.78.0.2/24", Some("10.78.0.1"))
                 .await;
-            let fw = IptablesFirewall::default();
+            let fw = backend.firewall();
             fw.add_network(&network(NET_A, "cnb-a", &["10.77.0.0/24"]))
                 .await
                 .unwrap();
             fw.add_network(&network(NET_B, "cnb-b", &["10.78.0.0/24"]))
                 .await
                 .unwrap();
-            dockerd_restarted();
+            dockerd_restarted(backend);
             // Both reach the outside through the very rule (`-i br ! -o br ACCEPT`) that would let
             // them reach each other without the isolation chains.
             assert_eq!(
@@ -285,78 +326,103 @@ fn containers_of_two_networks_cannot_reach_each_other() {
 
 #[test]
 fn icc_off_separates_containers_of_one_network_but_not_from_their_gateway() {
-    in_netns("icc_off_separates_containers_of_one_network", || async {
-        // The namespace-wide switch off: cnibridge's bridges ask br_netfilter for iptables
-        // themselves (per-bridge nf_call_iptables), so icc=false must hold anyway.
-        let sysctl = "/proc/sys/net/bridge/bridge-nf-call-iptables";
-        let have_br_netfilter = std::path::Path::new(sysctl).exists();
-        if have_br_netfilter {
-            std::fs::write(sysctl, "0").unwrap();
-        }
-        let h = Host::new().await;
-        h.bridge("cnb-a", "10.77.0.1/24", None).await;
-        let a = h
-            .container("a", "cnb-a", "10.77.0.2/24", Some("10.77.0.1"))
-            .await;
-        let b = h
-            .container("b", "cnb-a", "10.77.0.3/24", Some("10.77.0.1"))
-            .await;
-        let fw = IptablesFirewall::default();
-        let rules = NetworkRules {
-            icc: false,
-            ..network(NET_A, "cnb-a", &["10.77.0.0/24"])
-        };
-        fw.add_network(&rules).await.unwrap();
-        dockerd_restarted();
-        for (c, addr) in [(&a, "10.77.0.2"), (&b, "10.77.0.3")] {
-            assert_eq!(
-                peer_ip(c, None, sa("10.77.0.1", 7005), YES),
-                ip(addr),
-                "gateway"
-            );
-            assert_eq!(
-                peer_ip(c, Some(&h.outside), sa(OUT, 7000), YES),
-                ip(HOST_OUT)
-            );
-        }
-        if have_br_netfilter {
-            assert!(!support::bridged_through_iptables());
-            assert_eq!(
-                peer_ip(&a, Some(&b), sa("10.77.0.3", 7006), NO),
-                None,
-                "a -> b"
-            );
-            assert_eq!(
-                peer_ip(&b, Some(&a), sa("10.77.0.2", 7006), NO),
-                None,
-                "b -> a"
-            );
-        } else {
-            eprintln!("SKIPPED icc assertions: br_netfilter does not filter bridged frames here");
-        }
-    });
+    icc_off_separates_containers_of_one_network_but_not_from_their_gateway_with(Backend::Iptables);
+}
+
+#[test]
+fn icc_off_separates_containers_of_one_network_but_not_from_their_gateway_nftables() {
+    icc_off_separates_containers_of_one_network_but_not_from_their_gateway_with(Backend::Nftables);
+}
+
+fn icc_off_separates_containers_of_one_network_but_not_from_their_gateway_with(backend: Backend) {
+    in_netns_for(
+        backend,
+        "icc_off_separates_containers_of_one_network",
+        move || async move {
+            // The namespace-wide switch off: cnibridge's bridges ask br_netfilter for iptables
+            // themselves (per-bridge nf_call_iptables), so icc=false must hold anyway.
+            let sysctl = "/proc/sys/net/bridge/bridge-nf-call-iptables";
+            let have_br_netfilter = std::path::Path::new(sysctl).exists();
+            if have_br_netfilter {
+                std::fs::write(sysctl, "0").unwrap();
+            }
+            let h = Host::new(backend).await;
+            h.bridge("cnb-a", "10.77.0.1/24", None).await;
+            let a = h
+                .container("a", "cnb-a", "10.77.0.2/24", Some("10.77.0.1"))
+                .await;
+            let b = h
+                .container("b", "cnb-a", "10.77.0.3/24", Some("10.77.0.1"))
+                .await;
+            let fw = backend.firewall();
+            let rules = NetworkRules {
+                icc: false,
+                ..network(NET_A, "cnb-a", &["10.77.0.0/24"])
+            };
+            fw.add_network(&rules).await.unwrap();
+            dockerd_restarted(backend);
+            for (c, addr) in [(&a, "10.77.0.2"), (&b, "10.77.0.3")] {
+                assert_eq!(
+                    peer_ip(c, None, sa("10.77.0.1", 7005), YES),
+                    ip(addr),
+                    "gateway"
+                );
+                assert_eq!(
+                    peer_ip(c, Some(&h.outside), sa(OUT, 7000), YES),
+                    ip(HOST_OUT)
+                );
+            }
+            if have_br_netfilter {
+                assert!(!support::bridged_through_iptables());
+                assert_eq!(
+                    peer_ip(&a, Some(&b), sa("10.77.0.3", 7006), NO),
+                    None,
+                    "a -> b"
+                );
+                assert_eq!(
+                    peer_ip(&b, Some(&a), sa("10.77.0.2", 7006), NO),
+                    None,
+                    "b -> a"
+                );
+            } else {
+                eprintln!(
+                    "SKIPPED icc assertions: br_netfilter does not filter bridged frames here"
+                );
+            }
+        },
+    );
 }
 
 #[test]
 fn internal_network_containers_talk_to_each_other_only() {
-    in_netns(
+    internal_network_containers_talk_to_each_other_only_with(Backend::Iptables);
+}
+
+#[test]
+fn internal_network_containers_talk_to_each_other_only_nftables() {
+    internal_network_containers_talk_to_each_other_only_with(Backend::Nftables);
+}
+
+fn internal_network_containers_talk_to_each_other_only_with(backend: Backend) {
+    in_netns_for(
+        backend,
         "internal_network_containers_talk_to_each_other_only",
-        || async {
-            let h = Host::new().await;
+        move || async move {
+            let h = Host::new(backend).await;
             h.bridge("cnb-a", "10.77.0.1/24", None).await;
             // As Join answers for --internal: no gateway, so no default route.
             let a = h.container("a", "cnb-a", "10.77.0.2/24", None).await;
             let b = h.container("b", "cnb-a", "10.77.0.3/24", None).await;
             h.outside
                 .ip(&["route", "add", "10.77.0.0/24", "via", HOST_OUT]);
-            let fw = IptablesFirewall::default();
+            let fw = backend.firewall();
             let rules = NetworkRules {
                 internal: true,
                 masquerade: false,
                 ..network(NET_A, "cnb-a", &["10.77.0.0/24"])
             };
             fw.add_network(&rules).await.unwrap();
-            dockerd_restarted();
+            dockerd_restarted(backend);
             // Internal must not rest on the policy: without Docker, FORWARD accepts by default.
             for tool in ["iptables", "ip6tables"] {
                 run(&[tool, "-P", "FORWARD", "ACCEPT"]);
@@ -412,18 +478,27 @@ fn internal_network_containers_talk_to_each_other_only() {
 
 #[test]
 fn ipv6_masquerade_is_opt_in() {
-    in_netns("ipv6_masquerade_is_opt_in", || async {
-        let h = Host::new().await;
+    ipv6_masquerade_is_opt_in_with(Backend::Iptables);
+}
+
+#[test]
+fn ipv6_masquerade_is_opt_in_nftables() {
+    ipv6_masquerade_is_opt_in_with(Backend::Nftables);
+}
+
+fn ipv6_masquerade_is_opt_in_with(backend: Backend) {
+    in_netns_for(backend, "ipv6_masquerade_is_opt_in", move || async move {
+        let h = Host::new(backend).await;
         h.bridge("cnb-a", "10.77.0.1/24", Some("fd77::1/64")).await;
         let a = h
             .container("a", "cnb-a", "10.77.0.2/24", Some("10.77.0.1"))
             .await;
         a.ip(&["addr", "add", "fd77::2/64", "dev", "vp-a", "nodad"]);
         a.ip(&["-6", "route", "add", "default", "via", "fd77::1"]);
-        let fw = IptablesFirewall::default();
+        let fw = backend.firewall();
         let rules = network(NET_A, "cnb-a", &["10.77.0.0/24", "fd77::/64"]);
         fw.add_network(&rules).await.unwrap();
-        dockerd_restarted();
+        dockerd_restarted(backend);
         let out6 = sa(OUT6, 7010);
         // Forwarded, but the outside has no route back to fd77::/64 without masquerade.
         assert_eq!(peer_ip(&a, Some(&h.outside), out6, NO), None);

@@ -19,67 +19,15 @@ use cnibridge::firewall::iptables::{
     jumps, render_restore, Family, IptablesFirewall, IptablesTools,
 };
 use cnibridge::firewall::{Firewall, NetworkRules};
+use support::cases::{net_a, network_cases, NET_A, NET_B};
 use support::{assert_golden, in_netns, our_rules, run, tcp_reaches, NamedNetns};
-
-const NET_A: &str = "aaaaaaaaaaaa1111111111111111111111111111111111111111111111111111";
-const NET_B: &str = "bbbbbbbbbbbb2222222222222222222222222222222222222222222222222222";
 
 fn net(id: &str, bridge: &str) -> NetworkRules {
     NetworkRules::new(id, bridge)
 }
 
-/// Network A as Docker flags make it: dual stack, IPv4 masquerade on.
-fn net_a() -> NetworkRules {
-    NetworkRules {
-        subnets: vec![
-            "10.77.0.0/24".parse().unwrap(),
-            "fd77::/64".parse().unwrap(),
-        ],
-        masquerade: true,
-        ..net(NET_A, "cnb-a")
-    }
-}
-
-/// The main option combinations, each a set of networks.
 fn cases() -> Vec<(&'static str, Vec<NetworkRules>)> {
-    let b = NetworkRules {
-        subnets: vec!["10.78.0.0/24".parse().unwrap()],
-        masquerade: true,
-        ..net(NET_B, "cnb-b")
-    };
-    vec![
-        ("masq_on", vec![net_a()]),
-        (
-            "masq_off",
-            vec![NetworkRules {
-                masquerade: false,
-                ..net_a()
-            }],
-        ),
-        (
-            "masq_ipv6",
-            vec![NetworkRules {
-                masquerade_ipv6: true,
-                ..net_a()
-            }],
-        ),
-        (
-            "icc_off",
-            vec![NetworkRules {
-                icc: false,
-                ..net_a()
-            }],
-        ),
-        (
-            "internal",
-            vec![NetworkRules {
-                internal: true,
-                masquerade: false,
-                ..net_a()
-            }],
-        ),
-        ("two_networks", vec![net_a(), b]),
-    ]
+    network_cases()
 }
 
 /// Both families' dumps of our rules, as one text.

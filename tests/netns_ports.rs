@@ -21,93 +21,24 @@ use cnibridge::dataplane::netlink::NetlinkDataplane;
 use cnibridge::dataplane::{BridgeSpec, Dataplane, VethSpec};
 use cnibridge::driver::ports::{HostPorts, SystemHostPorts};
 use cnibridge::firewall::iptables::{render_port_update, Family, IptablesFirewall};
-use cnibridge::firewall::{EndpointPorts, Firewall, NetworkRules, PortMapping, Proto};
+use cnibridge::firewall::{EndpointPorts, Firewall, NetworkRules, Proto};
 use nix::sched::{setns, CloneFlags};
+use support::cases::{endpoint, ip, net_a, port_cases, run_of, tcp, EP_1, EP_2, HOST_OUT, NET_A};
 use support::{assert_golden, in_netns, our_rules, run, NamedNetns};
-
-const NET_A: &str = "aaaaaaaaaaaa1111111111111111111111111111111111111111111111111111";
-const EP_1: &str = "eeeeeeeeeeee1111111111111111111111111111111111111111111111111111";
-const EP_2: &str = "eeeeeeeeeeee2222222222222222222222222222222222222222222222222222";
 
 const YES: Duration = Duration::from_secs(3);
 const NO: Duration = Duration::from_millis(800);
 
-const HOST_OUT: &str = "10.99.0.1";
 const OUT: &str = "10.99.0.2";
 const GW: &str = "10.77.0.1";
 const CONTAINER: &str = "10.77.0.2";
-
-/// Network A as in `netns_firewall`: dual stack, IPv4 masquerade.
-fn net_a() -> NetworkRules {
-    NetworkRules {
-        subnets: vec![
-            "10.77.0.0/24".parse().unwrap(),
-            "fd77::/64".parse().unwrap(),
-        ],
-        masquerade: true,
-        ..NetworkRules::new(NET_A, "cnb-a")
-    }
-}
-
-fn ip(s: &str) -> Option<IpAddr> {
-    Some(s.parse().unwrap())
-}
 
 fn sa(ip: &str, port: u16) -> SocketAddr {
     SocketAddr::new(ip.parse().unwrap(), port)
 }
 
-fn tcp(host_ip: Option<&str>, host: u16, container: u16) -> PortMapping {
-    PortMapping::single(Proto::Tcp, host_ip.and_then(ip), host, container)
-}
-
-fn run_of(proto: Proto, host: u16, end: u16, container: u16) -> PortMapping {
-    PortMapping {
-        host_port_end: end,
-        ..PortMapping::single(proto, None, host, container)
-    }
-}
-
-fn endpoint(
-    id: &str,
-    addr: &str,
-    addr6: Option<&str>,
-    mappings: Vec<PortMapping>,
-) -> EndpointPorts {
-    EndpointPorts {
-        network_id: NET_A.into(),
-        endpoint_id: id.into(),
-        bridge: "cnb-a".into(),
-        container_ipv4: Some(addr.parse().unwrap()),
-        container_ipv6: addr6.map(|a| a.parse().unwrap()),
-        mappings,
-    }
-}
-
-/// The golden cases: one dual-stack endpoint each.
 fn cases() -> Vec<(&'static str, EndpointPorts)> {
-    let ep = |m| endpoint(EP_1, "10.77.0.2/24", Some("fd77::2/64"), m);
-    vec![
-        ("ports_tcp", ep(vec![tcp(None, 8080, 80)])),
-        (
-            "ports_localhost",
-            ep(vec![tcp(Some("127.0.0.1"), 8081, 80)]),
-        ),
-        (
-            "ports_udp_range",
-            ep(vec![run_of(Proto::Udp, 5000, 5002, 6000)]),
-        ),
-        (
-            "ports_mixed",
-            ep(vec![
-                tcp(None, 8080, 80),
-                PortMapping::single(Proto::Udp, ip("127.0.0.1"), 5353, 53),
-                tcp(Some(HOST_OUT), 8443, 443),
-                tcp(Some("fd99::1"), 8443, 443),
-                run_of(Proto::Tcp, 9000, 9001, 7000),
-            ]),
-        ),
-    ]
+    port_cases()
 }
 
 fn kernel_rules() -> String {

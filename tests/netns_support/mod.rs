@@ -18,6 +18,9 @@ use std::time::Duration;
 
 use nix::sched::{setns, unshare, CloneFlags};
 
+pub mod backend;
+pub mod cases;
+
 /// True when the test may run. Without root: under `CI=true` a failure, otherwise a visible
 /// skip note (never a silent pass).
 pub fn root_or_skip(test: &str) -> bool {
@@ -79,6 +82,18 @@ where
         .expect("spawn test thread");
     if let Err(panic) = thread.join() {
         std::panic::resume_unwind(panic);
+    }
+}
+
+/// `in_netns` for a test run against `backend`: needs its tool too (a failure under `CI=true`),
+/// and the name says which backend ran.
+pub fn in_netns_for<F, Fut>(backend: backend::Backend, name: &str, test: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    if backend.available(name) {
+        in_netns(&format!("{name} ({backend:?})"), test);
     }
 }
 

@@ -1,0 +1,171 @@
+//! The firewall backends the netns tests run against, and what each expects of the host: the
+//! iptables backend a Docker host (`FORWARD` policy `DROP`), the nftables backend a host where
+//! dockerd runs with `--iptables=false` (`FORWARD` policy `ACCEPT`, nothing to rely on but our
+//! own table). Only ever applied to the test thread's namespace.
+
+use std::io::Write;
+use std::process::Command;
+
+use cnibridge::firewall::iptables::IptablesFirewall;
+use cnibridge::firewall::nftables::NftablesFirewall;
+use cnibridge::firewall::{EndpointPorts, Firewall, FirewallError, NetworkRules};
+
+use super::run;
+
+/// Which backend a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Iptables,
+    Nftables,
+}
+
+impl Backend {
+    /// A fresh firewall of this backend (a fresh process, as far as the firewall knows).
+    pub fn firewall(self) -> AnyFirewall {
+        match self {
+            Backend::Iptables => AnyFirewall::Iptables(IptablesFirewall::default()),
+            Backend::Nftables => AnyFirewall::Nftables(NftablesFirewall::default()),
+        }
+    }
+
+    /// True when the backend's tool can run. Without it: under `CI=true` a failure, otherwise
+    /// a visible skip note (as `root_or_skip`).
+    pub fn available(self, test: &str) -> bool {
+        let tool = match self {
+            Backend::Iptables => "iptables",
+            Backend::Nftables => "nft",
+        };
+        let ok = Command::new(tool)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            return true;
+        }
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{test} needs {tool}; CI=true, so this is a failure, not a skip");
+        }
+        let _ = writeln!(std::io::stderr(), "SKIPPED {test}: needs {tool}");
+        false
+    }
+
+    /// The `FORWARD` policy of the host this backend is meant for, set in the test netns:
+    /// Docker's `DROP` for iptables, `ACCEPT` (dockerd `--iptables=false`) for nftables.
+    pub fn host_policy(self) {
+        let policy = match self {
+            Backend::Iptables => "DROP",
+            Backend::Nftables => "ACCEPT",
+        };
+        for tool in ["iptables", "ip6tables"] {
+            run(&[tool, "-P", "FORWARD", policy]);
+        }
+    }
+
+    /// Everything of ours gone, as an admin's flush does: every rule of filter and nat (and,
+    /// with `delete`, the chains too) for iptables; the table's rules (or, with `delete`, the
+    /// table) for nftables.
+    pub fn flush_by_hand(self, delete: bool) {
+        match self {
+            Backend::Iptables => {
+                for tool in ["iptables", "ip6tables"] {
+                    for table in ["filter", "nat"] {
+                        run(&[tool, "-t", table, "-F"]);
+                        if delete {
+                            run(&[tool, "-t", table, "-X"]);
+                        }
+                    }
+                }
+            }
+            Backend::Nftables => {
+                let verb = if delete { "delete" } else { "flush" };
+                run(&["nft", verb, "table", "inet", "cnibridge"]);
+            }
+        }
+    }
+
+    /// Drop the guard that keeps containers from the host's 127.0.0.1 services.
+    pub fn remove_loopback_guard(self) {
+        match self {
+            Backend::Iptables => {
+                run(&["iptables", "-F", "CNIBRIDGE-INPUT"]);
+            }
+            Backend::Nftables => {
+                run(&["nft", "flush", "chain", "inet", "cnibridge", "input"]);
+            }
+        }
+    }
+}
+
+/// `nft list table inet cnibridge`, normalised: no handles (`nft` prints none unless asked)
+/// and the set and chain blocks sorted, since their order is only the order they were created
+/// in (an endpoint's chain created by `add_ports` comes after the base chains, in a full
+/// rewrite before them). `(no table)` when there is none.
+pub fn nft_table() -> String {
+    let out = Command::new("nft")
+        .args(["list", "table", "inet", "cnibridge"])
+        .output()
+        .expect("run nft");
+    if !out.status.success() {
+        return "(no table)\n".into();
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (Some(open), Some(close)) = (text.find("{\n"), text.rfind("\n}")) else {
+        return text;
+    };
+    let mut blocks: Vec<&str> = text[open + 2..close].split("\n\n").collect();
+    // Sets sort before chains ("\tchain" < "\tset" would not), then by name.
+    blocks.sort_by_key(|b| (!b.starts_with("\tset"), b.lines().next().unwrap_or("")));
+    format!(
+        "{}{}{}",
+        &text[..open + 2],
+        blocks.join("\n\n"),
+        &text[close..]
+    )
+}
+
+/// Either backend behind one type, so one test body serves both.
+pub enum AnyFirewall {
+    Iptables(IptablesFirewall),
+    Nftables(NftablesFirewall),
+}
+
+impl Firewall for AnyFirewall {
+    async fn add_network(&self, rules: &NetworkRules) -> Result<(), FirewallError> {
+        match self {
+            AnyFirewall::Iptables(f) => f.add_network(rules).await,
+            AnyFirewall::Nftables(f) => f.add_network(rules).await,
+        }
+    }
+
+    async fn del_network(&self, rules: &NetworkRules) -> Result<(), FirewallError> {
+        match self {
+            AnyFirewall::Iptables(f) => f.del_network(rules).await,
+            AnyFirewall::Nftables(f) => f.del_network(rules).await,
+        }
+    }
+
+    async fn add_ports(&self, ports: &EndpointPorts) -> Result<(), FirewallError> {
+        match self {
+            AnyFirewall::Iptables(f) => f.add_ports(ports).await,
+            AnyFirewall::Nftables(f) => f.add_ports(ports).await,
+        }
+    }
+
+    async fn del_ports(&self, network_id: &str, endpoint_id: &str) -> Result<(), FirewallError> {
+        match self {
+            AnyFirewall::Iptables(f) => f.del_ports(network_id, endpoint_id).await,
+            AnyFirewall::Nftables(f) => f.del_ports(network_id, endpoint_id).await,
+        }
+    }
+
+    async fn reconcile(
+        &self,
+        networks: &[NetworkRules],
+        ports: &[EndpointPorts],
+    ) -> Result<(), FirewallError> {
+        match self {
+            AnyFirewall::Iptables(f) => f.reconcile(networks, ports).await,
+            AnyFirewall::Nftables(f) => f.reconcile(networks, ports).await,
+        }
+    }
+}
