@@ -13,6 +13,7 @@ use cnibridge::dataplane::Dataplane;
 use cnibridge::dockerd::DockerApi;
 use cnibridge::driver::{Driver, DriverConfig, Known, DEFAULT_EXPORT_SUBDIR};
 use cnibridge::firewall::iptables::IptablesFirewall;
+use cnibridge::firewall::nftables::NftablesFirewall;
 use cnibridge::firewall::Firewall;
 use cnibridge::firewall::NoFirewall;
 use cnibridge::ipam::{DefaultPool, Ipam, IpamConfig, DEFAULT_POOLS};
@@ -32,7 +33,11 @@ struct Cli {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum FirewallKind {
+    /// iptables/ip6tables chains beside Docker's (a host where dockerd manages iptables).
     Iptables,
+    /// One nftables table, `inet cnibridge` (a host where dockerd runs with `--iptables=false`).
+    Nftables,
+    /// No rules at all.
     None,
 }
 
@@ -126,6 +131,7 @@ fn main() -> ExitCode {
             let result = rt.block_on(async {
                 match args.firewall {
                     FirewallKind::Iptables => serve(args, IptablesFirewall::default()).await,
+                    FirewallKind::Nftables => serve(args, NftablesFirewall::default()).await,
                     FirewallKind::None => serve(args, NoFirewall).await,
                 }
             });

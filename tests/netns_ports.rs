@@ -23,8 +23,9 @@ use cnibridge::driver::ports::{HostPorts, SystemHostPorts};
 use cnibridge::firewall::iptables::{render_port_update, Family, IptablesFirewall};
 use cnibridge::firewall::{EndpointPorts, Firewall, NetworkRules, Proto};
 use nix::sched::{setns, CloneFlags};
+use support::backend::Backend;
 use support::cases::{endpoint, ip, net_a, port_cases, run_of, tcp, EP_1, EP_2, HOST_OUT, NET_A};
-use support::{assert_golden, in_netns, our_rules, run, NamedNetns};
+use support::{assert_golden, in_netns, in_netns_for, our_rules, run, NamedNetns};
 
 const YES: Duration = Duration::from_secs(3);
 const NO: Duration = Duration::from_millis(800);
@@ -171,7 +172,7 @@ fn the_host_port_probe_sees_bound_ports() {
     });
 }
 
-/// The fake host: `FORWARD DROP`, forwarding on, an outside peer on 10.99.0.0/30, bridge
+/// The fake host: the `FORWARD` policy of the backend's host (`Backend::host_policy`), forwarding on, an outside peer on 10.99.0.0/30, bridge
 /// `cnb-a` with 10.77.0.1/24 and one container at 10.77.0.2 (default route via the bridge).
 struct Host {
     dp: NetlinkDataplane,
@@ -179,10 +180,8 @@ struct Host {
     container: NamedNetns,
 }
 
-async fn host() -> Host {
-    for tool in ["iptables", "ip6tables"] {
-        run(&[tool, "-P", "FORWARD", "DROP"]);
-    }
+async fn host(backend: Backend) -> Host {
+    backend.host_policy();
     run(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
     let outside = NamedNetns::new("out");
     run(&[
@@ -325,11 +324,26 @@ fn udp_via(
 
 #[test]
 fn published_ports_answer_from_outside_the_host_localhost_and_the_container_itself() {
-    in_netns("published_ports_answer", || async {
-        let h = host().await;
+    published_ports_answer_from_outside_the_host_localhost_and_the_container_itself_with(
+        Backend::Iptables,
+    );
+}
+
+#[test]
+fn published_ports_answer_from_outside_the_host_localhost_and_the_container_itself_nftables() {
+    published_ports_answer_from_outside_the_host_localhost_and_the_container_itself_with(
+        Backend::Nftables,
+    );
+}
+
+fn published_ports_answer_from_outside_the_host_localhost_and_the_container_itself_with(
+    backend: Backend,
+) {
+    in_netns_for(backend, "published_ports_answer", move || async move {
+        let h = host(backend).await;
         let (c, out) = (&h.container, Some(&h.outside));
         let any80 = sa("0.0.0.0", 80);
-        let fw = IptablesFirewall::default();
+        let fw = backend.firewall();
         fw.add_network(&NetworkRules {
             subnets: vec!["10.77.0.0/24".parse().unwrap()],
             ..net_a()
@@ -403,75 +417,137 @@ fn published_ports_answer_from_outside_the_host_localhost_and_the_container_itse
 /// 127.0.0.0/8 via the bridge, as a hostile one could.
 #[test]
 fn route_localnet_does_not_expose_the_hosts_loopback_services() {
-    in_netns("route_localnet_does_not_expose_loopback", || async {
-        let h = host().await;
-        let c = &h.container;
-        c.ip(&[
-            "route",
-            "del",
-            "local",
-            "127.0.0.0/8",
-            "dev",
-            "lo",
-            "table",
-            "local",
-        ]);
-        c.ip(&[
-            "route",
-            "del",
-            "local",
-            "127.0.0.1",
-            "dev",
-            "lo",
-            "table",
-            "local",
-        ]);
-        c.ip(&["route", "add", "127.0.0.0/8", "via", GW]);
-        run(&[
-            "ip",
-            "netns",
-            "exec",
-            &c.name,
-            "sysctl",
-            "-qw",
-            "net.ipv4.conf.all.route_localnet=1",
-            "net.ipv4.conf.vp-c.route_localnet=1",
-        ]);
-        let fw = IptablesFirewall::default();
-        fw.add_network(&net_a()).await.unwrap();
-        fw.add_ports(&endpoint(
-            EP_1,
-            "10.77.0.2/24",
-            None,
-            vec![tcp(None, 8080, 80)],
-        ))
-        .await
-        .unwrap();
-        // A UDP service on the host's 127.0.0.1 (a stub resolver, say), probed from the
-        // container.
-        let probe = || {
-            let home = File::open("/proc/thread-self/ns/net").unwrap();
-            let container = ns_file(c);
-            std::thread::spawn(move || {
-                let receiver = UdpSocket::bind("127.0.0.1:7070").unwrap();
-                receiver.set_read_timeout(Some(NO)).unwrap();
-                enter(&container);
-                let sender = UdpSocket::bind("0.0.0.0:0").unwrap();
-                let _ = sender.send_to(b"x", "127.0.0.1:7070");
-                enter(&home);
-                let mut buf = [0u8; 4];
-                receiver.recv_from(&mut buf).ok().map(|(_, p)| p.ip())
-            })
-            .join()
-            .unwrap()
-        };
-        assert_eq!(probe(), None, "the guard must drop it");
-        // Proof that the guard is what stops it.
-        run(&["iptables", "-F", "CNIBRIDGE-INPUT"]);
-        assert_eq!(
-            probe(),
-            ip(CONTAINER),
-            "without the guard the datagram arrives"
-        );
-    });
+    route_localnet_does_not_expose_the_hosts_loopback_services_with(Backend::Iptables);
+}
+
+#[test]
+fn route_localnet_does_not_expose_the_hosts_loopback_services_nftables() {
+    route_localnet_does_not_expose_the_hosts_loopback_services_with(Backend::Nftables);
+}
+
+fn route_localnet_does_not_expose_the_hosts_loopback_services_with(backend: Backend) {
+    in_netns_for(
+        backend,
+        "route_localnet_does_not_expose_loopback",
+        move || async move {
+            let h = host(backend).await;
+            let c = &h.container;
+            c.ip(&[
+                "route",
+                "del",
+                "local",
+                "127.0.0.0/8",
+                "dev",
+                "lo",
+                "table",
+                "local",
+            ]);
+            c.ip(&[
+                "route",
+                "del",
+                "local",
+                "127.0.0.1",
+                "dev",
+                "lo",
+                "table",
+                "local",
+            ]);
+            c.ip(&["route", "add", "127.0.0.0/8", "via", GW]);
+            run(&[
+                "ip",
+                "netns",
+                "exec",
+                &c.name,
+                "sysctl",
+                "-qw",
+                "net.ipv4.conf.all.route_localnet=1",
+                "net.ipv4.conf.vp-c.route_localnet=1",
+            ]);
+            let fw = backend.firewall();
+            fw.add_network(&net_a()).await.unwrap();
+            fw.add_ports(&endpoint(
+                EP_1,
+                "10.77.0.2/24",
+                None,
+                vec![tcp(None, 8080, 80)],
+            ))
+            .await
+            .unwrap();
+            // A UDP service on the host's 127.0.0.1 (a stub resolver, say), probed from the
+            // container.
+            let probe = || {
+                let home = File::open("/proc/thread-self/ns/net").unwrap();
+                let container = ns_file(c);
+                std::thread::spawn(move || {
+                    let receiver = UdpSocket::bind("127.0.0.1:7070").unwrap();
+                    receiver.set_read_timeout(Some(NO)).unwrap();
+                    enter(&container);
+                    let sender = UdpSocket::bind("0.0.0.0:0").unwrap();
+                    let _ = sender.send_to(b"x", "127.0.0.1:7070");
+                    enter(&home);
+                    let mut buf = [0u8; 4];
+                    receiver.recv_from(&mut buf).ok().map(|(_, p)| p.ip())
+                })
+                .join()
+                .unwrap()
+            };
+            assert_eq!(probe(), None, "the guard must drop it");
+            // Proof that the guard is what stops it.
+            backend.remove_loopback_guard();
+            assert_eq!(
+                probe(),
+                ip(CONTAINER),
+                "without the guard the datagram arrives"
+            );
+        },
+    );
+}
+
+/// What `cnibridge firewall-reload` (a reconcile) does after an admin removed every rule of
+/// ours: published ports answer again.
+#[test]
+fn reload_after_a_flush_restores_published_traffic() {
+    reload_after_a_flush_restores_published_traffic_with(Backend::Iptables);
+}
+
+#[test]
+fn reload_after_a_flush_restores_published_traffic_nftables() {
+    reload_after_a_flush_restores_published_traffic_with(Backend::Nftables);
+}
+
+fn reload_after_a_flush_restores_published_traffic_with(backend: Backend) {
+    in_netns_for(
+        backend,
+        "reload_restores_published_traffic",
+        move || async move {
+            let h = host(backend).await;
+            let (c, out) = (&h.container, Some(&h.outside));
+            let any80 = sa("0.0.0.0", 80);
+            let fw = backend.firewall();
+            let net = NetworkRules {
+                subnets: vec!["10.77.0.0/24".parse().unwrap()],
+                ..net_a()
+            };
+            let p = endpoint(EP_1, "10.77.0.2/24", None, vec![tcp(None, 8080, 80)]);
+            fw.add_network(&net).await.unwrap();
+            fw.add_ports(&p).await.unwrap();
+            assert_eq!(tcp_via(out, c, any80, sa(HOST_OUT, 8080), YES), ip(OUT));
+            for delete in [false, true] {
+                backend.flush_by_hand(delete);
+                assert_eq!(
+                    tcp_via(out, c, any80, sa(HOST_OUT, 8080), NO),
+                    None,
+                    "flushed (deleted: {delete})"
+                );
+                fw.reconcile(std::slice::from_ref(&net), std::slice::from_ref(&p))
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    tcp_via(out, c, any80, sa(HOST_OUT, 8080), YES),
+                    ip(OUT),
+                    "reloaded (deleted: {delete})"
+                );
+            }
+        },
+    );
 }
