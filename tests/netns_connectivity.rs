@@ -1,9 +1,12 @@
-//! Netns tier: what the firewall's rules do to real traffic. The test thread's namespace plays
-//! a Docker host (`FORWARD` policy `DROP`, forwarding on, Docker's jumps re-inserted at the head
-//! of `FORWARD` after ours as a dockerd restart does); named namespaces play containers (one
-//! veth each on a bridge made by `NetlinkDataplane`) and an "outside" peer reached through a
-//! veth with its own /30 (and /64). TCP probes run in threads inside the right namespaces
-//! (`tcp_peer`), so the server reports the source address it sees. Root required.
+//! Netns tier: what the firewall's rules do to real traffic, each test once per backend
+//! (`<name>` iptables, `<name>_nftables`). For iptables the test thread's namespace plays a
+//! Docker host (`FORWARD` policy `DROP`, forwarding on, Docker's jumps re-inserted at the head
+//! of `FORWARD` after ours as a dockerd restart does); for nftables a host with dockerd
+//! `--iptables=false` (`FORWARD` policy `ACCEPT`: only our table keeps anything out). Named
+//! namespaces play containers (one veth each on a bridge made by `NetlinkDataplane`) and an
+//! "outside" peer reached through a veth with its own /30 (and /64). TCP probes run in threads
+//! inside the right namespaces (`tcp_peer`), so the server reports the source address it sees.
+//! Root required.
 
 mod netns_support;
 use netns_support as support;

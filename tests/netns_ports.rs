@@ -1,7 +1,8 @@
 //! Netns tier for published ports: the rules `add_ports`/`del_ports` write (goldens of the
-//! scripts and of what the kernel holds), and what they do to real traffic. The test thread's
-//! namespace plays the Docker host (`FORWARD DROP`), named namespaces play a container on a
-//! bridge and an "outside" peer wired to the host by a veth. Root required.
+//! scripts and of what the kernel holds, iptables; nftables' are in `netns_nftables`), and what
+//! they do to real traffic, once per backend. The test thread's namespace plays the host the
+//! backend is meant for (`Backend::host_policy`), named namespaces play a container on a bridge
+//! and an "outside" peer wired to the host by a veth. Root required.
 //!
 //! Goldens (`tests/golden/iptables/ports_*`): `<case>.restore.golden` pins the add and remove
 //! scripts of one endpoint (no root needed); `<case>.golden` what the kernel holds after

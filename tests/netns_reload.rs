@@ -1,7 +1,8 @@
 //! Netns tier for `cnibridge firewall-reload` (and SIGHUP): a network created from Docker's
-//! flags with an endpoint publishing a port, through the driver API with the real iptables
-//! firewall and netlink dataplane; then the firewall is flushed by hand, as an admin's
-//! `iptables -F; iptables -t nat -F` does (and a variant that also deletes the chains), and
+//! flags with an endpoint publishing a port, through the driver API with a real firewall (each
+//! test once per backend) and the netlink dataplane; then the firewall is flushed by hand, as an
+//! admin's `iptables -F; iptables -t nat -F` or `nft flush table inet cnibridge` does (and a
+//! variant that also deletes the chains, or the table), and
 //! `Driver::reload_firewall` must bring back exactly what was there. Root required; everything
 //! happens inside the test's own network namespace.
 
@@ -16,18 +17,22 @@ use cnibridge::cnm::types::{
 use cnibridge::dataplane::netlink::NetlinkDataplane;
 use cnibridge::driver::ports::PORTMAP;
 use cnibridge::driver::{Driver, DriverConfig};
-use cnibridge::firewall::iptables::IptablesFirewall;
 use cnibridge::ipam::{Ipam, IpamConfig};
 use cnibridge::state::StateDir;
 use serde_json::{json, Map};
-use support::{in_netns, run};
+use support::backend::{nft_table, Backend};
+use support::{in_netns_for, run};
 
 const NET: &str = "7e1aad7e1aad1111111111111111111111111111111111111111111111111111";
 const EP: &str = "7e1aade0e0e01111111111111111111111111111111111111111111111111111";
 
-/// Both families' full dumps, without comments and counters. The namespace starts empty, so
-/// everything in it is ours (plus the built-in chains' policies).
-fn dump() -> String {
+/// Both families' full dumps, without comments and counters (iptables), or our table
+/// (nftables). The namespace starts empty, so everything in it is ours (plus the built-in
+/// chains' policies).
+fn dump(backend: Backend) -> String {
+    if backend == Backend::Nftables {
+        return nft_table();
+    }
     let mut out = String::new();
     for tool in ["iptables-save", "ip6tables-save"] {
         out.push_str(&format!("## {tool}\n"));
@@ -47,19 +52,6 @@ fn dump() -> String {
     out
 }
 
-/// What an admin's flush does: every rule of filter and nat gone, in both families; with
-/// `delete_chains`, the (now unreferenced) user chains deleted too.
-fn flush_by_hand(delete_chains: bool) {
-    for tool in ["iptables", "ip6tables"] {
-        for table in ["filter", "nat"] {
-            run(&[tool, "-t", table, "-F"]);
-            if delete_chains {
-                run(&[tool, "-t", table, "-X"]);
-            }
-        }
-    }
-}
-
 fn portmap() -> Map<String, serde_json::Value> {
     let mut m = Map::new();
     m.insert(
@@ -71,9 +63,19 @@ fn portmap() -> Map<String, serde_json::Value> {
 
 #[test]
 fn reload_after_a_manual_flush_restores_every_rule() {
-    in_netns(
+    reload_after_a_manual_flush_restores_every_rule_with(Backend::Iptables);
+}
+
+#[test]
+fn reload_after_a_manual_flush_restores_every_rule_nftables() {
+    reload_after_a_manual_flush_restores_every_rule_with(Backend::Nftables);
+}
+
+fn reload_after_a_manual_flush_restores_every_rule_with(backend: Backend) {
+    in_netns_for(
+        backend,
         "reload_after_a_manual_flush_restores_every_rule",
-        || async {
+        move || async move {
             let tmp = tempfile::tempdir().unwrap();
             let confs = tmp.path().join("conf");
             std::fs::create_dir_all(&confs).unwrap();
@@ -87,7 +89,7 @@ fn reload_after_a_manual_flush_restores_every_rule() {
             .unwrap();
             let driver = Driver::open_with(
                 NetlinkDataplane::new().unwrap(),
-                IptablesFirewall::default(),
+                backend.firewall(),
                 ipam,
                 state,
                 DriverConfig {
@@ -96,7 +98,7 @@ fn reload_after_a_manual_flush_restores_every_rule() {
             )
             .await
             .unwrap();
-            let before_network = dump();
+            let before_network = dump(backend);
 
             // docker network create -d cnibridge --subnet 10.78.0.0/24 -o bridge=cnb-rl
             let mut options = Map::new();
@@ -140,21 +142,25 @@ fn reload_after_a_manual_flush_restores_every_rule() {
                 support::link_json("cnb-rl").is_some(),
                 "bridge cnb-rl missing"
             );
-            let saved = dump();
+            let saved = dump(backend);
             assert_ne!(saved, before_network, "no rules were installed");
             assert!(saved.contains("18080"), "published port missing:\n{saved}");
 
             // Nothing flushed: a reload changes nothing.
             driver.reload_firewall().await.unwrap();
-            assert_eq!(dump(), saved, "a reload of intact rules changed them");
+            assert_eq!(
+                dump(backend),
+                saved,
+                "a reload of intact rules changed them"
+            );
 
             for delete_chains in [false, true] {
-                flush_by_hand(delete_chains);
-                let flushed = dump();
+                backend.flush_by_hand(delete_chains);
+                let flushed = dump(backend);
                 assert!(!flushed.contains("18080"), "flush left rules:\n{flushed}");
                 driver.reload_firewall().await.unwrap();
                 assert_eq!(
-                    dump(),
+                    dump(backend),
                     saved,
                     "reload after a flush (chains deleted: {delete_chains}) differs"
                 );
