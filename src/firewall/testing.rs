@@ -185,23 +185,9 @@ impl Firewall for RecordingFirewall {
     ) -> Result<(), FirewallError> {
         let mut s = self.lock();
         s.record(FirewallCall::Reconcile(networks.to_vec(), ports.to_vec()))?;
-        for rules in networks {
-            validate_rules(rules)?;
-        }
-        for p in ports {
-            validate_ports(p)?;
-            if !networks.iter().any(|n| n.network_id == p.network_id) {
-                return Err(FirewallError::UnknownNetwork(p.network_id.clone()));
-            }
-        }
-        s.networks = networks
-            .iter()
-            .map(|r| (r.network_id.clone(), r.clone()))
-            .collect();
-        s.ports = ports
-            .iter()
-            .map(|p| ((p.network_id.clone(), p.endpoint_id.clone()), p.clone()))
-            .collect();
+        let (nets, eps) = super::validate_set(networks, ports)?;
+        s.networks = nets;
+        s.ports = eps;
         Ok(())
     }
 }

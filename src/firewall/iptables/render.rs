@@ -182,14 +182,16 @@ impl Family {
         }
     }
 
-    fn has(self, net: &IpNet) -> bool {
+    /// Whether `net` is of this family.
+    pub(crate) fn has(self, net: &IpNet) -> bool {
         matches!(
             (self, net),
             (Family::V4, IpNet::V4(_)) | (Family::V6, IpNet::V6(_))
         )
     }
 
-    fn masquerades(self, rules: &NetworkRules) -> bool {
+    /// Whether the network masquerades this family.
+    pub(crate) fn masquerades(self, rules: &NetworkRules) -> bool {
         !rules.internal
             && match self {
                 Family::V4 => rules.masquerade,

@@ -17,16 +17,15 @@ use tokio::sync::Mutex;
 
 use super::exec::{run_tool, set_route_localnet};
 use super::ports::validate_ports;
-use super::{validate_rules, EndpointPorts, Firewall, FirewallError, NetworkRules};
+use super::{
+    validate_rules, validate_set, EndpointKey, EndpointPorts, Firewall, FirewallError, NetworkRules,
+};
 
 pub mod render;
 pub mod render_ports;
 
 pub use render::{render_table, table_chains, Family, Rule, TABLE};
 pub use render_ports::{dnat_chain, endpoint_rules, render_port_update, EndpointRules};
-
-/// (network id, endpoint id).
-type EndpointKey = (String, String);
 
 struct State {
     networks: BTreeMap<String, NetworkRules>,
@@ -199,23 +198,7 @@ impl Firewall for NftablesFirewall {
         networks: &[NetworkRules],
         ports: &[EndpointPorts],
     ) -> Result<(), FirewallError> {
-        for rules in networks {
-            validate_rules(rules)?;
-        }
-        for p in ports {
-            validate_ports(p)?;
-            if !networks.iter().any(|n| n.network_id == p.network_id) {
-                return Err(FirewallError::UnknownNetwork(p.network_id.clone()));
-            }
-        }
-        let next = networks
-            .iter()
-            .map(|r| (r.network_id.clone(), r.clone()))
-            .collect();
-        let ports = ports
-            .iter()
-            .map(|p| (key(&p.network_id, &p.endpoint_id), p.clone()))
-            .collect();
+        let (next, ports) = validate_set(networks, ports)?;
         let mut state = self.state.lock().await;
         // The table is deleted and written anew, so whatever an earlier process left goes.
         self.apply(&mut state, next, ports).await

@@ -49,10 +49,9 @@
 //! transaction), so it holds exactly what was rendered, endpoint chains included, whatever was
 //! there before.
 
-use ipnet::IpNet;
-
 use super::render_ports::{endpoint_rules, EndpointRules, HOSTPORTS_CHAIN, PUBLISHED_CHAIN};
 use crate::firewall::iptables::rule_comment;
+pub use crate::firewall::iptables::Family;
 use crate::firewall::{EndpointPorts, NetworkRules};
 
 /// Family and name of our table, as `nft` commands take them.
@@ -63,56 +62,22 @@ pub const BRIDGES_SET: &str = "bridges";
 /// iptables backend).
 pub const MASQ_MARK: &str = "0x2000";
 
-/// An address family of a rule inside the `inet` table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Family {
-    /// `ip`.
-    V4,
-    /// `ip6`.
-    V6,
+/// Both families, in the order their rules are written.
+pub const FAMILIES: [Family; 2] = [Family::V4, Family::V6];
+
+/// The address expression keyword of a family (`ip saddr`, `ip6 daddr`).
+pub fn kw(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "ip",
+        Family::V6 => "ip6",
+    }
 }
 
-impl Family {
-    /// Both, in the order rules are written.
-    pub const ALL: [Family; 2] = [Family::V4, Family::V6];
-
-    /// The address expression keyword (`ip saddr`, `ip6 daddr`).
-    pub fn kw(self) -> &'static str {
-        match self {
-            Family::V4 => "ip",
-            Family::V6 => "ip6",
-        }
-    }
-
-    /// `meta nfproto` value, for rules that match no address of the family.
-    pub fn nfproto(self) -> &'static str {
-        match self {
-            Family::V4 => "ipv4",
-            Family::V6 => "ipv6",
-        }
-    }
-
-    /// Multicast destinations, which are never masqueraded (as in CNI's bridge plugin).
-    pub fn multicast(self) -> &'static str {
-        match self {
-            Family::V4 => "224.0.0.0/4",
-            Family::V6 => "ff00::/8",
-        }
-    }
-
-    fn has(self, net: &IpNet) -> bool {
-        matches!(
-            (self, net),
-            (Family::V4, IpNet::V4(_)) | (Family::V6, IpNet::V6(_))
-        )
-    }
-
-    fn masquerades(self, rules: &NetworkRules) -> bool {
-        !rules.internal
-            && match self {
-                Family::V4 => rules.masquerade,
-                Family::V6 => rules.masquerade_ipv6,
-            }
+/// `meta nfproto` value of a family, for rules that match no address of it.
+pub fn nfproto(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "ipv4",
+        Family::V6 => "ipv6",
     }
 }
 
@@ -225,11 +190,11 @@ fn network_rules(net: &NetworkRules) -> (Vec<Rule>, Vec<Rule>) {
             ),
         ));
     }
-    for family in Family::ALL {
+    for family in FAMILIES {
         if !family.masquerades(net) {
             continue;
         }
-        let ip = family.kw();
+        let ip = kw(family);
         for subnet in net.subnets.iter().filter(|s| family.has(s)) {
             let subnet = subnet.trunc();
             rules.push(Rule::new(

@@ -28,7 +28,7 @@
 
 use std::net::IpAddr;
 
-use super::render::{Family, Rule, MASQ_MARK, TABLE};
+use super::render::{kw, nfproto, Family, Rule, FAMILIES, MASQ_MARK, TABLE};
 use crate::firewall::iptables::endpoint_comment;
 use crate::firewall::ports::{endpoint_hash, IpFamily, PortMapping};
 use crate::firewall::EndpointPorts;
@@ -70,7 +70,7 @@ fn ports(m: &PortMapping, from: u16, to: u16) -> String {
 /// Matches selecting the family and, where given, source and destination: `ip saddr S ip
 /// daddr D`, or `meta nfproto ipv4` when neither is given.
 fn addresses(family: Family, saddr: Option<&str>, daddr: Option<IpAddr>) -> String {
-    let ip = family.kw();
+    let ip = kw(family);
     let mut parts = Vec::new();
     if let Some(s) = saddr {
         parts.push(format!("{ip} saddr {s}"));
@@ -79,14 +79,14 @@ fn addresses(family: Family, saddr: Option<&str>, daddr: Option<IpAddr>) -> Stri
         parts.push(format!("{ip} daddr {d}"));
     }
     if parts.is_empty() {
-        parts.push(format!("meta nfproto {}", family.nfproto()));
+        parts.push(format!("meta nfproto {}", nfproto(family)));
     }
     parts.join(" ")
 }
 
 /// The DNAT statement of `m` to `addr`.
 fn dnat(family: Family, addr: IpAddr, m: &PortMapping) -> String {
-    let ip = family.kw();
+    let ip = kw(family);
     let host = match addr {
         IpAddr::V4(a) => a.to_string(),
         IpAddr::V6(a) => format!("[{a}]"),
@@ -119,7 +119,7 @@ pub fn endpoint_rules(p: &EndpointPorts) -> EndpointRules {
         dispatch: Vec::new(),
         published: Vec::new(),
     };
-    for family in Family::ALL {
+    for family in FAMILIES {
         let (addr, subnet, fam): (IpAddr, String, IpFamily) = match family {
             Family::V4 => match p.container_ipv4 {
                 Some(n) => (IpAddr::V4(n.addr()), n.trunc().to_string(), IpFamily::V4),
