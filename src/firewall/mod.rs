@@ -5,8 +5,13 @@
 //! networks, `enable_icc=false` and `--internal` like Docker's bridge driver, and masquerade
 //! for `ipMasq` networks (CNI's semantics), all network-wide and installed once per network; and
 //! published ports (`docker run -p`), per endpoint, added and removed with paired verbs
-//! (`add_ports`/`del_ports`) that touch only that endpoint's rules. An nftables backend is later
-//! work.
+//! (`add_ports`/`del_ports`) that touch only that endpoint's rules.
+//!
+//! Two backends give the same semantics: `iptables` (chains of ours beside Docker's, for hosts
+//! where dockerd manages iptables and its `FORWARD DROP` is the default) and `nftables` (one
+//! table, `inet cnibridge`, for hosts where dockerd runs with `--iptables=false`; a drop in any
+//! nftables base chain is final, so it cannot open what Docker's iptables rules close).
+//! `NoFirewall` installs nothing.
 
 use std::collections::BTreeMap;
 use std::future::Future;
