@@ -255,6 +255,113 @@ mod tests {
         assert!(rt.block_on(fw.networks()).is_empty());
     }
 
+    /// An `nft` that records each call (its arguments, then its stdin) as `call-<n>` in `dir`,
+    /// and fails once, with an nft-like message, whenever `dir/fail` exists.
+    fn fake_nft(dir: &std::path::Path) -> String {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join("nft");
+        let d = dir.display();
+        std::fs::write(
+            &path,
+            format!(
+                "#!/bin/sh\nn=$(ls {d} | grep -c call-)\n\
+                 {{ echo \"$*\"; cat; }} > {d}/call-$n\n\
+                 if [ -e {d}/fail ]; then rm {d}/fail; \
+                 echo 'Error: No such file or directory; did you mean table inet cnibridge?' >&2; exit 1; fi\n"
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path.display().to_string()
+    }
+
+    fn calls(dir: &std::path::Path) -> Vec<String> {
+        (0..)
+            .map(|n| dir.join(format!("call-{n}")))
+            .take_while(|p| p.exists())
+            .map(|p| std::fs::read_to_string(p).unwrap())
+            .collect()
+    }
+
+    fn ports(endpoint: &str, port: u16) -> EndpointPorts {
+        EndpointPorts {
+            network_id: "n1".into(),
+            endpoint_id: endpoint.into(),
+            bridge: "br0".into(),
+            container_ipv4: Some("10.1.0.2/24".parse().unwrap()),
+            container_ipv6: None,
+            mappings: vec![crate::firewall::PortMapping::single(
+                crate::firewall::Proto::Tcp,
+                None,
+                port,
+                80,
+            )],
+        }
+    }
+
+    #[test]
+    fn each_change_is_one_nft_transaction_and_a_failed_port_update_rewrites_the_table() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let fw = NftablesFirewall::new(fake_nft(dir));
+        let rt = rt();
+        let net = NetworkRules {
+            subnets: vec!["10.1.0.0/24".parse().unwrap()],
+            ..NetworkRules::new("n1", "br0")
+        };
+        rt.block_on(fw.add_network(&net)).unwrap();
+        rt.block_on(fw.add_ports(&ports("e1", 8080))).unwrap();
+        let c = calls(dir);
+        assert_eq!(c.len(), 2, "{c:?}");
+        assert!(c[0].starts_with(
+            "-f -\nadd table inet cnibridge\ndelete table inet cnibridge\ntable inet cnibridge {\n"
+        ));
+        assert!(
+            c[1].starts_with("-f -\nadd chain inet cnibridge dnat-"),
+            "{}",
+            c[1]
+        );
+        assert!(!c[1].contains("table inet cnibridge"), "{}", c[1]);
+
+        // The endpoint's transaction fails (say our table was deleted): one full rewrite
+        // follows, with both endpoints.
+        std::fs::write(dir.join("fail"), "").unwrap();
+        rt.block_on(fw.add_ports(&ports("e2", 8090))).unwrap();
+        let c = calls(dir);
+        assert_eq!(c.len(), 4, "{c:?}");
+        assert!(c[3].contains("delete table inet cnibridge\ntable inet cnibridge {"));
+        assert!(c[3].contains("tcp dport 8080 ") && c[3].contains("tcp dport 8090 "));
+        assert_eq!(rt.block_on(fw.ports()).len(), 2);
+
+        // A refused network change names nft and its message, and changes nothing known.
+        std::fs::write(dir.join("fail"), "").unwrap();
+        let other = NetworkRules::new("n2", "br1");
+        let err = rt.block_on(fw.add_network(&other)).unwrap_err();
+        let FirewallError::Backend { tool, reason } = &err else {
+            panic!("{err}");
+        };
+        assert!(tool.ends_with("/nft"), "{tool}");
+        assert!(
+            reason.contains("rejected the update of table inet cnibridge"),
+            "{reason}"
+        );
+        assert!(
+            reason.contains("did you mean table inet cnibridge?"),
+            "{reason}"
+        );
+        assert_eq!(rt.block_on(fw.networks()), vec![net.clone()]);
+
+        // Removing the network is one transaction that takes its ports too.
+        rt.block_on(fw.del_network(&net)).unwrap();
+        let c = calls(dir);
+        assert_eq!(c.len(), 6);
+        assert_eq!(
+            c[5],
+            "-f -\nadd table inet cnibridge\ndelete table inet cnibridge\n"
+        );
+        assert!(rt.block_on(fw.ports()).is_empty());
+    }
+
     #[test]
     fn ports_need_their_network_and_valid_input() {
         let fw = NftablesFirewall::new("/nonexistent/nft");
