@@ -25,7 +25,9 @@ use cnibridge::firewall::iptables::{render_port_update, Family, IptablesFirewall
 use cnibridge::firewall::{EndpointPorts, Firewall, NetworkRules, Proto};
 use nix::sched::{setns, CloneFlags};
 use support::backend::Backend;
-use support::cases::{endpoint, ip, net_a, port_cases, run_of, tcp, EP_1, EP_2, HOST_OUT, NET_A};
+use support::cases::{
+    endpoint, ip, net_a, net_b, port_cases, run_of, tcp, EP_1, EP_2, HOST_OUT, NET_A,
+};
 use support::{assert_golden, in_netns, in_netns_for, our_rules, run, NamedNetns};
 
 const YES: Duration = Duration::from_secs(3);
@@ -199,33 +201,47 @@ async fn host(backend: Backend) -> Host {
     run(&["ip", "link", "set", "vout", "up"]);
     outside.adopt("vout-o", &format!("{OUT}/30"));
     let dp = NetlinkDataplane::new().unwrap();
+    let container = bridge_with_container(&dp, "cnb-a", GW, "c", CONTAINER).await;
+    Host {
+        dp,
+        outside,
+        container,
+    }
+}
+
+/// Bridge `bridge` with gateway `gw`/24 and a container `tag` at `addr`/24 on it (veth
+/// `vh-<tag>`/`vp-<tag>`), routed via the gateway.
+async fn bridge_with_container(
+    dp: &NetlinkDataplane,
+    bridge: &str,
+    gw: &str,
+    tag: &str,
+    addr: &str,
+) -> NamedNetns {
     dp.ensure_bridge(&BridgeSpec {
-        name: "cnb-a".into(),
+        name: bridge.into(),
         mtu: None,
-        addresses: vec![format!("{GW}/24").parse().unwrap()],
+        addresses: vec![format!("{gw}/24").parse().unwrap()],
         promisc: false,
         force_address: false,
     })
     .await
     .unwrap();
+    let peer = format!("vp-{tag}");
     dp.create_veth(&VethSpec {
-        host_name: "vh-c".into(),
-        peer_name: "vp-c".into(),
-        bridge: "cnb-a".into(),
+        host_name: format!("vh-{tag}"),
+        peer_name: peer.clone(),
+        bridge: bridge.into(),
         mtu: None,
         peer_mac: None,
         hairpin: false,
     })
     .await
     .unwrap();
-    let container = NamedNetns::new("c");
-    container.adopt("vp-c", &format!("{CONTAINER}/24"));
-    container.ip(&["route", "add", "default", "via", GW]);
-    Host {
-        dp,
-        outside,
-        container,
-    }
+    let ns = NamedNetns::new(tag);
+    ns.adopt(&peer, &format!("{addr}/24"));
+    ns.ip(&["route", "add", "default", "via", gw]);
+    ns
 }
 
 fn enter(f: &File) {
@@ -549,6 +565,64 @@ fn reload_after_a_flush_restores_published_traffic_with(backend: Backend) {
                     "reloaded (deleted: {delete})"
                 );
             }
+        },
+    );
+}
+
+/// Isolation holds for published ports too: a container of another cnibridge network cannot
+/// reach them through the host's address (the DNAT happens, the forward is dropped), while the
+/// outside can.
+#[test]
+fn a_container_of_another_network_cannot_reach_a_published_port() {
+    a_container_of_another_network_cannot_reach_a_published_port_with(Backend::Iptables);
+}
+
+#[test]
+fn a_container_of_another_network_cannot_reach_a_published_port_nftables() {
+    a_container_of_another_network_cannot_reach_a_published_port_with(Backend::Nftables);
+}
+
+fn a_container_of_another_network_cannot_reach_a_published_port_with(backend: Backend) {
+    in_netns_for(
+        backend,
+        "another_network_cannot_reach_a_published_port",
+        move || async move {
+            let h = host(backend).await;
+            let other = bridge_with_container(&h.dp, "cnb-b", "10.78.0.1", "d", "10.78.0.2").await;
+            let (c, out) = (&h.container, Some(&h.outside));
+            let any80 = sa("0.0.0.0", 80);
+            let fw = backend.firewall();
+            fw.add_network(&NetworkRules {
+                subnets: vec!["10.77.0.0/24".parse().unwrap()],
+                ..net_a()
+            })
+            .await
+            .unwrap();
+            fw.add_network(&net_b()).await.unwrap();
+            fw.add_ports(&endpoint(
+                EP_1,
+                "10.77.0.2/24",
+                None,
+                vec![tcp(None, 8080, 80)],
+            ))
+            .await
+            .unwrap();
+            assert_eq!(tcp_via(out, c, any80, sa(HOST_OUT, 8080), YES), ip(OUT));
+            assert_eq!(
+                tcp_via(Some(&other), c, any80, sa(HOST_OUT, 8080), NO),
+                None,
+                "via the host's outside address"
+            );
+            assert_eq!(
+                tcp_via(Some(&other), c, any80, sa("10.78.0.1", 8080), NO),
+                None,
+                "via its own gateway"
+            );
+            // The other network's container itself still gets out.
+            assert_eq!(
+                tcp_via(Some(&other), &h.outside, sa(OUT, 7000), sa(OUT, 7000), YES),
+                ip(HOST_OUT)
+            );
         },
     );
 }
