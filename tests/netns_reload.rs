@@ -180,3 +180,84 @@ fn reload_after_a_manual_flush_restores_every_rule_with(backend: Backend) {
         },
     );
 }
+
+/// The daemon as run with `--firewall nftables`: a network created over the socket gets its
+/// table, SIGHUP brings it back after an admin deleted it, and deleting the network removes it.
+/// The daemon is forked from the test thread, so it runs in the test's namespace.
+#[test]
+fn the_daemon_with_firewall_nftables_installs_and_reloads_its_table() {
+    in_netns_for(Backend::Nftables, "daemon_firewall_nftables", || async {
+        use std::io::{Read, Write};
+        use std::os::unix::net::UnixStream;
+
+        let tmp = tempfile::tempdir().unwrap();
+        let socket = tmp.path().join("cnibridge.sock");
+        let daemon = Command::new(env!("CARGO_BIN_EXE_cnibridge"))
+            .args(["serve", "--firewall", "nftables", "--log-level", "warn"])
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(tmp.path().join("state"))
+            .arg("--cni-data-dir")
+            .arg(tmp.path().join("data"))
+            .arg("--cni-conf-dir")
+            .arg(tmp.path().join("conf"))
+            .spawn()
+            .unwrap();
+        struct Kill(std::process::Child);
+        impl Drop for Kill {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let pid = daemon.id().to_string();
+        let _guard = Kill(daemon);
+        let post = |path: &str, body: serde_json::Value| -> String {
+            let body = body.to_string();
+            let mut s = UnixStream::connect(&socket).unwrap();
+            write!(
+                s,
+                "POST {path} HTTP/1.1\r\nHost: plugin\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .unwrap();
+            let mut answer = String::new();
+            s.read_to_string(&mut answer).unwrap();
+            assert!(answer.starts_with("HTTP/1.1 200"), "{path}: {answer}");
+            answer
+        };
+        let until = |what: &str, ok: &dyn Fn(&str) -> bool| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !ok(&nft_table()) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{what}: {}",
+                    nft_table()
+                );
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while UnixStream::connect(&socket).is_err() {
+            assert!(std::time::Instant::now() < deadline, "daemon did not serve");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+
+        post(
+            "/NetworkDriver.CreateNetwork",
+            json!({"NetworkID": NET, "Options": {"com.docker.network.generic":
+                   {"com.docker.network.bridge.name": "cnb-dm"}},
+                   "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": "10.79.0.0/24",
+                                 "Gateway": "10.79.0.1/24", "AuxAddresses": {}}],
+                   "IPv6Data": []}),
+        );
+        let installed = nft_table();
+        assert!(installed.contains("\"cnb-dm\""), "{installed}");
+        run(&["nft", "delete", "table", "inet", "cnibridge"]);
+        run(&["kill", "-HUP", &pid]);
+        until("SIGHUP restores the table", &|t| t == installed);
+        post("/NetworkDriver.DeleteNetwork", json!({ "NetworkID": NET }));
+        until("the table goes with the network", &|t| t == "(no table)\n");
+    });
+}
