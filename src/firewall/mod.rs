@@ -13,13 +13,13 @@
 //! nftables base chain is final, so it cannot open what Docker's iptables rules close).
 //! `NoFirewall` installs nothing.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 mod exec;
+mod intent;
 pub mod iptables;
 pub mod nftables;
 pub mod ports;
@@ -171,43 +171,6 @@ pub fn validate_rules(rules: &NetworkRules) -> Result<(), FirewallError> {
         });
     }
     Ok(())
-}
-
-/// (network id, endpoint id): how the backends key published ports.
-pub(crate) type EndpointKey = (String, String);
-
-/// A set as `reconcile` receives it, checked before anything is run (every network's rules,
-/// every endpoint's ports, and that each endpoint's network is in the set) and keyed as the
-/// backends keep it.
-#[allow(clippy::type_complexity)]
-pub(crate) fn validate_set(
-    networks: &[NetworkRules],
-    ports: &[EndpointPorts],
-) -> Result<
-    (
-        BTreeMap<String, NetworkRules>,
-        BTreeMap<EndpointKey, EndpointPorts>,
-    ),
-    FirewallError,
-> {
-    for rules in networks {
-        validate_rules(rules)?;
-    }
-    for p in ports {
-        ports::validate_ports(p)?;
-        if !networks.iter().any(|n| n.network_id == p.network_id) {
-            return Err(FirewallError::UnknownNetwork(p.network_id.clone()));
-        }
-    }
-    let nets = networks
-        .iter()
-        .map(|r| (r.network_id.clone(), r.clone()))
-        .collect();
-    let eps = ports
-        .iter()
-        .map(|p| ((p.network_id.clone(), p.endpoint_id.clone()), p.clone()))
-        .collect();
-    Ok((nets, eps))
 }
 
 /// The firewall of `--firewall none`: installs nothing, so same-bridge traffic depends on the

@@ -185,9 +185,9 @@ impl Firewall for RecordingFirewall {
     ) -> Result<(), FirewallError> {
         let mut s = self.lock();
         s.record(FirewallCall::Reconcile(networks.to_vec(), ports.to_vec()))?;
-        let (nets, eps) = super::validate_set(networks, ports)?;
-        s.networks = nets;
-        s.ports = eps;
+        let set = super::intent::Intent::from_set(networks, ports)?;
+        s.networks = set.networks;
+        s.ports = set.ports;
         Ok(())
     }
 }

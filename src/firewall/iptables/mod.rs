@@ -14,14 +14,11 @@
 //! (`render_ports`), with no checks before it. Nothing outside our chains is touched except
 //! those jumps.
 
-use std::collections::BTreeMap;
 use tokio::sync::Mutex;
 
 use super::exec::{run_tool as run, set_route_localnet};
-use super::ports::validate_ports;
-use super::{
-    validate_rules, validate_set, EndpointKey, EndpointPorts, Firewall, FirewallError, NetworkRules,
-};
+use super::intent::{key, EndpointKey, Intent};
+use super::{EndpointPorts, Firewall, FirewallError, NetworkRules};
 
 pub mod render;
 pub mod render_ports;
@@ -71,8 +68,8 @@ enum V6 {
 }
 
 struct State {
-    networks: BTreeMap<String, NetworkRules>,
-    ports: BTreeMap<EndpointKey, EndpointPorts>,
+    /// What our chains hold, as far as this process knows.
+    set: Intent,
     v6: V6,
 }
 
@@ -100,10 +97,6 @@ impl Default for IptablesFirewall {
     }
 }
 
-fn key(network_id: &str, endpoint_id: &str) -> EndpointKey {
-    (network_id.to_string(), endpoint_id.to_string())
-}
-
 /// Both chain names of an endpoint (whether or not it has rules in either table).
 fn chains_of(p: &EndpointPorts) -> [String; 2] {
     [
@@ -120,8 +113,7 @@ impl IptablesFirewall {
             v4,
             v6,
             state: Mutex::new(State {
-                networks: BTreeMap::new(),
-                ports: BTreeMap::new(),
+                set: Intent::default(),
                 v6: V6::Unknown,
             }),
         }
@@ -129,25 +121,23 @@ impl IptablesFirewall {
 
     /// The networks whose rules are installed, as this process knows them.
     pub async fn networks(&self) -> Vec<NetworkRules> {
-        self.state.lock().await.networks.values().cloned().collect()
+        self.state.lock().await.set.network_list()
     }
 
     /// The endpoints whose ports are published, as this process knows them.
     pub async fn ports(&self) -> Vec<EndpointPorts> {
-        self.state.lock().await.ports.values().cloned().collect()
+        self.state.lock().await.set.port_list()
     }
 
-    /// Rewrite all our chains for `networks` and `ports` in both families, then remember them
-    /// as the set.
+    /// Rewrite all our chains for `next` in both families, then remember it as the set.
     async fn apply(
         &self,
         state: &mut State,
-        networks: BTreeMap<String, NetworkRules>,
-        ports: BTreeMap<EndpointKey, EndpointPorts>,
+        next: Intent,
         stale: Stale,
     ) -> Result<(), FirewallError> {
-        let nets: Vec<NetworkRules> = networks.values().cloned().collect();
-        let eps: Vec<EndpointPorts> = ports.values().cloned().collect();
+        let nets = next.network_list();
+        let eps = next.port_list();
         for p in eps.iter().filter(|p| p.needs_route_localnet()) {
             set_route_localnet(&p.bridge);
         }
@@ -163,8 +153,7 @@ impl IptablesFirewall {
                 }
             },
         }
-        state.networks = networks;
-        state.ports = ports;
+        state.set = next;
         Ok(())
     }
 
@@ -178,7 +167,7 @@ impl IptablesFirewall {
         key: EndpointKey,
         new: Option<&EndpointPorts>,
     ) -> Result<(), FirewallError> {
-        let old = state.ports.get(&key).cloned();
+        let old = state.set.ports.get(&key).cloned();
         if let Some(p) = new.filter(|p| p.needs_route_localnet()) {
             set_route_localnet(&p.bridge);
         }
@@ -197,30 +186,17 @@ impl IptablesFirewall {
         }
         match outcome {
             Ok(()) => {
-                match new {
-                    Some(p) => state.ports.insert(key, p.clone()),
-                    None => state.ports.remove(&key),
-                };
+                state.set = state.set.with_ports(&key, new);
                 Ok(())
             }
             Err(e) => {
                 tracing::warn!(endpoint = %key.1, error = %e, "updating the endpoint's chains failed; rewriting all cnibridge chains");
-                let mut ports = state.ports.clone();
-                let stale = match new {
-                    Some(p) => {
-                        ports.insert(key, p.clone());
-                        Vec::new()
-                    }
-                    None => {
-                        ports.remove(&key);
-                        old.as_ref()
-                            .map(|p| chains_of(p).to_vec())
-                            .unwrap_or_default()
-                    }
+                let next = state.set.with_ports(&key, new);
+                let stale = match (new, &old) {
+                    (None, Some(p)) => chains_of(p).to_vec(),
+                    _ => Vec::new(),
                 };
-                let networks = state.networks.clone();
-                self.apply(state, networks, ports, Stale::Known(stale))
-                    .await
+                self.apply(state, next, Stale::Known(stale)).await
             }
         }
     }
@@ -228,51 +204,35 @@ impl IptablesFirewall {
 
 impl Firewall for IptablesFirewall {
     async fn add_network(&self, rules: &NetworkRules) -> Result<(), FirewallError> {
-        validate_rules(rules)?;
         let mut state = self.state.lock().await;
-        let mut next = state.networks.clone();
-        next.insert(rules.network_id.clone(), rules.clone());
-        let ports = state.ports.clone();
+        let next = state.set.with_network(rules)?;
         // Applied even when nothing changed: a re-sent CreateNetwork then repairs a chain
         // someone flushed.
-        self.apply(&mut state, next, ports, Stale::Known(Vec::new()))
-            .await
+        self.apply(&mut state, next, Stale::Known(Vec::new())).await
     }
 
     async fn del_network(&self, rules: &NetworkRules) -> Result<(), FirewallError> {
         let mut state = self.state.lock().await;
-        if !state.networks.contains_key(&rules.network_id) {
-            // Unknown is success by contract; rules of networks this process never knew are
-            // removed by `reconcile`, which sees the whole set.
+        // Unknown is success by contract; rules of networks this process never knew are
+        // removed by `reconcile`, which sees the whole set. Ports left behind by a lost
+        // DeleteEndpoint go with their network.
+        let Some((next, gone)) = state.set.without_network(&rules.network_id) else {
             return Ok(());
-        }
-        let mut next = state.networks.clone();
-        next.remove(&rules.network_id);
-        // Ports left behind by a lost DeleteEndpoint go with their network.
-        let (gone, ports): (BTreeMap<_, _>, BTreeMap<_, _>) = state
-            .ports
-            .clone()
-            .into_iter()
-            .partition(|((net, _), _)| *net == rules.network_id);
-        let stale = gone.values().flat_map(chains_of).collect();
-        self.apply(&mut state, next, ports, Stale::Known(stale))
-            .await
+        };
+        let stale = gone.iter().flat_map(chains_of).collect();
+        self.apply(&mut state, next, Stale::Known(stale)).await
     }
 
     async fn add_ports(&self, ports: &EndpointPorts) -> Result<(), FirewallError> {
-        validate_ports(ports)?;
         let mut state = self.state.lock().await;
-        if !state.networks.contains_key(&ports.network_id) {
-            return Err(FirewallError::UnknownNetwork(ports.network_id.clone()));
-        }
-        let key = key(&ports.network_id, &ports.endpoint_id);
+        let key = state.set.ports_key(ports)?;
         self.update_ports(&mut state, key, Some(ports)).await
     }
 
     async fn del_ports(&self, network_id: &str, endpoint_id: &str) -> Result<(), FirewallError> {
         let mut state = self.state.lock().await;
         let key = key(network_id, endpoint_id);
-        if !state.ports.contains_key(&key) {
+        if !state.set.ports.contains_key(&key) {
             return Ok(());
         }
         self.update_ports(&mut state, key, None).await
@@ -283,9 +243,9 @@ impl Firewall for IptablesFirewall {
         networks: &[NetworkRules],
         ports: &[EndpointPorts],
     ) -> Result<(), FirewallError> {
-        let (next, ports) = validate_set(networks, ports)?;
+        let next = Intent::from_set(networks, ports)?;
         let mut state = self.state.lock().await;
-        self.apply(&mut state, next, ports, Stale::FromKernel).await
+        self.apply(&mut state, next, Stale::FromKernel).await
     }
 }
 

@@ -11,15 +11,11 @@
 //! ports touches only its chain and the two dispatch chains (`render_port_update`), and falls
 //! back to the whole rewrite if that fails (someone deleted our table or a chain of it).
 
-use std::collections::BTreeMap;
-
 use tokio::sync::Mutex;
 
 use super::exec::{run_tool, set_route_localnet};
-use super::ports::validate_ports;
-use super::{
-    validate_rules, validate_set, EndpointKey, EndpointPorts, Firewall, FirewallError, NetworkRules,
-};
+use super::intent::{key, EndpointKey, Intent};
+use super::{EndpointPorts, Firewall, FirewallError, NetworkRules};
 
 pub mod render;
 pub mod render_ports;
@@ -27,17 +23,12 @@ pub mod render_ports;
 pub use render::{render_table, table_chains, Family, Rule, TABLE};
 pub use render_ports::{dnat_chain, endpoint_rules, render_port_update, EndpointRules};
 
-struct State {
-    networks: BTreeMap<String, NetworkRules>,
-    ports: BTreeMap<EndpointKey, EndpointPorts>,
-}
-
 /// `Firewall` over `nft`.
 pub struct NftablesFirewall {
     nft: String,
-    // An async mutex, held across the apply, so concurrent changes reach the kernel in the
-    // order they change the set.
-    state: Mutex<State>,
+    // What the table holds, as far as this process knows. An async mutex, held across the
+    // apply, so concurrent changes reach the kernel in the order they change the set.
+    state: Mutex<Intent>,
 }
 
 impl Default for NftablesFirewall {
@@ -46,47 +37,34 @@ impl Default for NftablesFirewall {
     }
 }
 
-fn key(network_id: &str, endpoint_id: &str) -> EndpointKey {
-    (network_id.to_string(), endpoint_id.to_string())
-}
-
 impl NftablesFirewall {
     /// A firewall running this `nft` program.
     pub fn new(nft: impl Into<String>) -> Self {
         NftablesFirewall {
             nft: nft.into(),
-            state: Mutex::new(State {
-                networks: BTreeMap::new(),
-                ports: BTreeMap::new(),
-            }),
+            state: Mutex::new(Intent::default()),
         }
     }
 
     /// The networks whose rules are installed, as this process knows them.
     pub async fn networks(&self) -> Vec<NetworkRules> {
-        self.state.lock().await.networks.values().cloned().collect()
+        self.state.lock().await.network_list()
     }
 
     /// The endpoints whose ports are published, as this process knows them.
     pub async fn ports(&self) -> Vec<EndpointPorts> {
-        self.state.lock().await.ports.values().cloned().collect()
+        self.state.lock().await.port_list()
     }
 
-    /// Rewrite the table for `networks` and `ports`, then remember them as the set.
-    async fn apply(
-        &self,
-        state: &mut State,
-        networks: BTreeMap<String, NetworkRules>,
-        ports: BTreeMap<EndpointKey, EndpointPorts>,
-    ) -> Result<(), FirewallError> {
-        let nets: Vec<NetworkRules> = networks.values().cloned().collect();
-        let eps: Vec<EndpointPorts> = ports.values().cloned().collect();
-        for p in eps.iter().filter(|p| p.needs_route_localnet()) {
+    /// Rewrite the table for `next`, then remember it as the set.
+    async fn apply(&self, state: &mut Intent, next: Intent) -> Result<(), FirewallError> {
+        let ports = next.port_list();
+        for p in ports.iter().filter(|p| p.needs_route_localnet()) {
             set_route_localnet(&p.bridge);
         }
-        self.nft(&render_table(&nets, &eps)).await?;
-        state.networks = networks;
-        state.ports = ports;
+        self.nft(&render_table(&next.network_list(), &ports))
+            .await?;
+        *state = next;
         Ok(())
     }
 
@@ -94,34 +72,23 @@ impl NftablesFirewall {
     /// rewrite the whole table, which repairs whatever was changed under us.
     async fn update_ports(
         &self,
-        state: &mut State,
+        state: &mut Intent,
         key: EndpointKey,
         new: Option<&EndpointPorts>,
     ) -> Result<(), FirewallError> {
-        let old = state.ports.get(&key).cloned();
-        let mut next = state.ports.clone();
-        match new {
-            Some(p) => {
-                if p.needs_route_localnet() {
-                    set_route_localnet(&p.bridge);
-                }
-                next.insert(key.clone(), p.clone());
-            }
-            None => {
-                next.remove(&key);
-            }
+        if let Some(p) = new.filter(|p| p.needs_route_localnet()) {
+            set_route_localnet(&p.bridge);
         }
-        let all: Vec<EndpointPorts> = next.values().cloned().collect();
-        let script = render_port_update(&all, old.as_ref(), new);
+        let next = state.with_ports(&key, new);
+        let script = render_port_update(&next.port_list(), state.ports.get(&key), new);
         match self.nft(&script).await {
             Ok(()) => {
-                state.ports = next;
+                *state = next;
                 Ok(())
             }
             Err(e) => {
                 tracing::warn!(endpoint = %key.1, error = %e, "updating the endpoint's chains failed; rewriting the cnibridge table");
-                let networks = state.networks.clone();
-                self.apply(state, networks, next).await
+                self.apply(state, next).await
             }
         }
     }
@@ -146,41 +113,26 @@ impl NftablesFirewall {
 
 impl Firewall for NftablesFirewall {
     async fn add_network(&self, rules: &NetworkRules) -> Result<(), FirewallError> {
-        validate_rules(rules)?;
         let mut state = self.state.lock().await;
-        let mut next = state.networks.clone();
-        next.insert(rules.network_id.clone(), rules.clone());
-        let ports = state.ports.clone();
+        let next = state.with_network(rules)?;
         // Applied even when nothing changed: a re-sent CreateNetwork then repairs a table
         // someone changed.
-        self.apply(&mut state, next, ports).await
+        self.apply(&mut state, next).await
     }
 
     async fn del_network(&self, rules: &NetworkRules) -> Result<(), FirewallError> {
         let mut state = self.state.lock().await;
-        if !state.networks.contains_key(&rules.network_id) {
-            // Unknown is success by contract; `reconcile` removes what this process never knew.
-            return Ok(());
+        // Unknown is success by contract; `reconcile` removes what this process never knew.
+        // Ports left on the network (a lost DeleteEndpoint) go with it.
+        match state.without_network(&rules.network_id) {
+            Some((next, _)) => self.apply(&mut state, next).await,
+            None => Ok(()),
         }
-        let mut next = state.networks.clone();
-        next.remove(&rules.network_id);
-        // Ports left behind by a lost DeleteEndpoint go with their network.
-        let ports = state
-            .ports
-            .clone()
-            .into_iter()
-            .filter(|((net, _), _)| *net != rules.network_id)
-            .collect();
-        self.apply(&mut state, next, ports).await
     }
 
     async fn add_ports(&self, ports: &EndpointPorts) -> Result<(), FirewallError> {
-        validate_ports(ports)?;
         let mut state = self.state.lock().await;
-        if !state.networks.contains_key(&ports.network_id) {
-            return Err(FirewallError::UnknownNetwork(ports.network_id.clone()));
-        }
-        let key = key(&ports.network_id, &ports.endpoint_id);
+        let key = state.ports_key(ports)?;
         self.update_ports(&mut state, key, Some(ports)).await
     }
 
@@ -198,10 +150,10 @@ impl Firewall for NftablesFirewall {
         networks: &[NetworkRules],
         ports: &[EndpointPorts],
     ) -> Result<(), FirewallError> {
-        let (next, ports) = validate_set(networks, ports)?;
+        let next = Intent::from_set(networks, ports)?;
         let mut state = self.state.lock().await;
         // The table is deleted and written anew, so whatever an earlier process left goes.
-        self.apply(&mut state, next, ports).await
+        self.apply(&mut state, next).await
     }
 }
 
