@@ -28,7 +28,7 @@ use support::backend::Backend;
 use support::cases::{
     endpoint, ip, net_a, net_b, port_cases, run_of, tcp, EP_1, EP_2, HOST_OUT, NET_A,
 };
-use support::{assert_golden, in_netns, in_netns_for, our_rules, run, NamedNetns};
+use support::{assert_golden, bind_retrying, in_netns, in_netns_for, our_rules, run, NamedNetns};
 
 const YES: Duration = Duration::from_secs(3);
 const NO: Duration = Duration::from_millis(800);
@@ -250,22 +250,6 @@ fn enter(f: &File) {
 
 fn ns_file(ns: &NamedNetns) -> File {
     File::open(ns.path()).expect("open netns")
-}
-
-/// A listener on `addr`; the server end of the previous probe's connection may still hold
-/// the port for a moment while its close completes.
-fn bind_retrying(addr: SocketAddr) -> TcpListener {
-    let mut tries = 0;
-    loop {
-        match TcpListener::bind(addr) {
-            Ok(l) => return l,
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 40 => {
-                tries += 1;
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err(e) => panic!("bind {addr}: {e}"),
-        }
-    }
 }
 
 /// Listen on `listen` inside `server`, connect to `to` from `client` (None = the host, i.e.

@@ -293,7 +293,7 @@ pub fn tcp_reaches(
         if let Some(p) = listen_path {
             enter(&p);
         }
-        let _listener = TcpListener::bind(addr).expect("bind listener");
+        let _listener = bind_retrying(addr);
         enter(&from_path);
         TcpStream::connect_timeout(&addr, timeout).is_ok()
     })
@@ -316,7 +316,7 @@ pub fn tcp_peer(
         if let Some(p) = listen_path {
             enter(&p);
         }
-        let listener = TcpListener::bind(addr).expect("bind listener");
+        let listener = bind_retrying(addr);
         if let Some(p) = from_path {
             enter(&p);
         }
@@ -380,6 +380,22 @@ pub fn udp_peer(
     })
     .join()
     .expect("probe thread")
+}
+
+/// A listener on `addr`; the server end of the previous probe's connection may still hold
+/// the port for a moment while its close completes.
+pub fn bind_retrying(addr: SocketAddr) -> TcpListener {
+    let mut tries = 0;
+    loop {
+        match TcpListener::bind(addr) {
+            Ok(l) => return l,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 40 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("bind {addr}: {e}"),
+        }
+    }
 }
 
 /// Move the calling thread (a throwaway one) into the named namespace.
