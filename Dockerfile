@@ -7,7 +7,7 @@ COPY . .
 RUN RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --target x86_64-unknown-linux-gnu
 
 FROM debian:bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends iptables && rm -rf /var/lib/apt/lists/* \
+RUN apt-get update && apt-get install -y --no-install-recommends iptables nftables && rm -rf /var/lib/apt/lists/* \
     && mkdir -p /run/docker/plugins /var/lib/cnibridge /var/lib/cni/networks
 COPY --from=build /src/target/x86_64-unknown-linux-gnu/release/cnibridge /cnibridge
 ENTRYPOINT ["/cnibridge", "serve"]
