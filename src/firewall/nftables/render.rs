@@ -8,7 +8,8 @@
 //! set bridges                        every bridge of ours (for isolation)
 //! chain dnat-<hash>                  one per publishing endpoint (render_ports)
 //! chain hostports                    dispatch: per mapping  [daddr] proto dport → dnat-<hash>
-//! chain published                    per mapping  daddr <container> oif br dport ct status dnat accept
+//! chain published                    per mapping  daddr <container> oif br dport
+//!                                      ct status dnat accept
 //! chain forward   filter/forward  priority filter (0)
 //!   1. per network  oif br iif != br iif @bridges  drop        isolation, before any accept
 //!   2. jump published
@@ -18,22 +19,22 @@
 //! chain input     filter/input    priority filter (0)
 //!   per non-internal network: iif br ip daddr 127.0.0.0/8 ct state != established,related drop
 //! chain prerouting nat/prerouting priority dstnat (-100): local, non-loopback daddr → hostports
-//! chain output     nat/output     priority -100:          local daddr (IPv6: not ::1) → hostports
+//! chain output     nat/output     priority -100:   local daddr (IPv6: not ::1) → hostports
 //! chain postrouting nat/postrouting priority srcnat (100):
 //!   1. meta mark & 0x2000 == 0x2000 masquerade                hairpin and localhost (render_ports)
 //!   2. per masquerading network and subnet: saddr net daddr != net daddr != multicast
 //!      oif != br masquerade
 //! ```
 //!
-//! Why these hooks and priorities: they are the ones iptables-nft registers for `filter` and
-//! `nat` (and Docker's nftables backend uses), so ours run beside them, not in front or behind in
-//! a way that would change NAT: of all nat base chains at one hook, the first (by priority) that
-//! sets up a binding for a connection decides it, and at equal priority the order is undefined;
-//! no one else should publish the same host port. For filtering, priority matters less than
-//! it seems: a packet passes *every* base chain of a hook, an `accept` only ends the chain it is
-//! in, and a `drop` in any of them is final. So this table can refuse traffic, but cannot let
-//! through what another table drops: on a host where dockerd manages iptables (`FORWARD` policy
-//! `DROP` plus its own chains), containers of our bridges stay cut off whatever we accept.
+//! Why these hooks and priorities: they are the standard ones, those iptables-nft registers for its
+//! `filter` and `nat` tables, so ours run beside them rather than in front or behind in a way that
+//! would change NAT: of all nat base chains at one hook, the first (by priority) that sets up a
+//! binding for a connection decides it, and at equal priority the order is not specified, so no one
+//! else should publish the same host port. For filtering, priority matters less than it seems: a
+//! packet passes *every* base chain of a hook, an `accept` only ends the chain it is in, and a
+//! `drop` in any of them is final. So this table can refuse traffic, but cannot let through what
+//! another table drops: on a host where dockerd manages iptables (`FORWARD` policy `DROP` plus its
+//! own chains), containers of our bridges stay cut off whatever we accept.
 //! This backend is for `dockerd --iptables=false` hosts, where the `FORWARD` policy is usually
 //! `ACCEPT`; that is why `forward` ends each non-internal network's block with a drop of new
 //! connections into the bridge (nothing enters unless published, i.e. `ct status dnat` to a
@@ -106,6 +107,7 @@ impl Rule {
 }
 
 /// Our base chains: name, then `type … hook … priority …` (see the module comment for why).
+/// Policy `accept`: traffic none of our rules decides is left to the host's other tables.
 pub const BASE_CHAINS: [(&str, &str); 5] = [
     (
         "forward",
@@ -158,7 +160,8 @@ fn static_rules() -> Vec<Rule> {
     ]
 }
 
-/// The filter rules of one network, in the order they go into each chain.
+/// The rules of one network: its isolation rule (which goes in front of the published ports)
+/// and the rest (`forward`, `input`, `postrouting`), each in order.
 fn network_rules(net: &NetworkRules) -> (Vec<Rule>, Vec<Rule>) {
     let br = format!("\"{}\"", net.bridge);
     let c = format!("comment \"{}\"", rule_comment(&net.network_id));
@@ -254,13 +257,14 @@ pub fn render_table(networks: &[NetworkRules], ports: &[EndpointPorts]) -> Strin
         return out;
     }
     out.push_str(&format!("table {TABLE} {{\n"));
-    let bridges: Vec<String> = networks
+    // A set refuses an element twice, and nothing else stops two networks naming one bridge.
+    let bridges: std::collections::BTreeSet<String> = networks
         .iter()
         .map(|n| format!("\"{}\"", n.bridge))
         .collect();
     out.push_str(&format!(
         "\tset {BRIDGES_SET} {{\n\t\ttype ifname\n\t\telements = {{ {} }}\n\t}}\n",
-        bridges.join(", ")
+        bridges.into_iter().collect::<Vec<_>>().join(", ")
     ));
     for (name, header, rules) in table_chains(networks, ports) {
         out.push_str(&format!("\tchain {name} {{\n"));

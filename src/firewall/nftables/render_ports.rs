@@ -17,8 +17,8 @@
 //! 127.0.0.0/8 destinations never enter `hostports` from prerouting (a neighbour's packet to
 //! 127.0.0.1 is not DNATed past the martian check), and the forward accept needs `ct status
 //! dnat`, so only published traffic reaches the container port. A run of ports maps one to one
-//! through a map (nft has no iptables-style `/base` offset); a run whose container ports equal
-//! its host ports keeps the port and needs none.
+//! through a map (nft 1.0.6 does not parse iptables' `/base` offset); a run whose container
+//! ports equal its host ports keeps the port and needs none.
 //!
 //! Atomic per endpoint without rewriting the table: the endpoint's own nat chain is created or
 //! flushed and refilled, the two dispatch chains (`hostports`, `published`) are flushed and
