@@ -12,9 +12,11 @@ mod netns_support;
 use netns_support as support;
 
 use cnibridge::firewall::nftables::{render_port_update, render_table, NftablesFirewall};
-use cnibridge::firewall::{EndpointPorts, Firewall};
+use cnibridge::firewall::{EndpointPorts, Firewall, Proto};
 use support::backend::{nft_table, Backend};
-use support::cases::{endpoint, net_a, net_b, network_cases, port_cases, tcp, EP_1, EP_2, NET_A};
+use support::cases::{
+    endpoint, net_a, net_b, network_cases, port_cases, run_of, tcp, EP_1, EP_2, NET_A,
+};
 use support::{assert_golden, in_netns_for, run};
 
 const GONE: &str = "(no table)\n";
@@ -105,13 +107,24 @@ fn kernel_port_rules_match_the_goldens_and_removal_is_exact() {
 fn one_endpoint_goes_alone_and_its_network_takes_leftover_ports() {
     in_netns_for(Backend::Nftables, "one_endpoint_goes_alone", || async {
         let (_, one) = port_cases().remove(0);
-        let two = endpoint(EP_2, "10.77.0.3/24", None, vec![tcp(None, 8090, 80)]);
+        // SCTP, and a run that keeps its ports (DNAT without a port map), as the kernel takes them.
+        let two = endpoint(
+            EP_2,
+            "10.77.0.3/24",
+            None,
+            vec![tcp(None, 8090, 80), run_of(Proto::Sctp, 9100, 9101, 9100)],
+        );
         let fw = NftablesFirewall::default();
         fw.add_network(&net_a()).await.unwrap();
         fw.add_ports(&one).await.unwrap();
         let only_one = nft_table();
         fw.add_ports(&two).await.unwrap();
-        assert!(nft_table().contains("8090"));
+        let both = nft_table();
+        assert!(both.contains("8090"), "{both}");
+        assert!(
+            both.contains("sctp dport 9100-9101 dnat ip to 10.77.0.3 comment"),
+            "{both}"
+        );
         fw.del_ports(NET_A, EP_2).await.unwrap();
         assert_eq!(nft_table(), only_one);
         fw.add_ports(&two).await.unwrap();
