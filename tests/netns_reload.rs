@@ -193,7 +193,9 @@ fn the_daemon_with_firewall_nftables_installs_and_reloads_its_table() {
         let tmp = tempfile::tempdir().unwrap();
         let socket = tmp.path().join("cnibridge.sock");
         let daemon = Command::new(env!("CARGO_BIN_EXE_cnibridge"))
-            .args(["serve", "--firewall", "nftables", "--log-level", "warn"])
+            // No dockerd is asked about anything: this one is not the test's.
+            .args(["serve", "--firewall", "nftables", "--docker-host", "none"])
+            .args(["--log-level", "warn"])
             .arg("--socket")
             .arg(&socket)
             .arg("--state-dir")
