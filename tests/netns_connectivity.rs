@@ -472,9 +472,17 @@ fn internal_network_containers_talk_to_each_other_only_with(backend: Backend) {
                 None,
                 "datagram in"
             );
-            // As with Docker's --internal, INPUT is not filtered: such a container does reach the
-            // host's own addresses. Pinned so a change of this is deliberate.
-            assert_eq!(peer_ip(&a, None, sa(HOST_OUT, 7008), YES), ip("10.77.0.2"));
+            // Nor does it reach the host's other addresses (Docker's --internal leaves INPUT
+            // open), while its gateway still answers.
+            assert_eq!(
+                peer_ip(&a, None, sa(HOST_OUT, 7008), NO),
+                None,
+                "routed to the host's outside address"
+            );
+            assert_eq!(
+                peer_ip(&a, None, sa("10.77.0.1", 7014), YES),
+                ip("10.77.0.2")
+            );
         },
     );
 }

@@ -398,6 +398,8 @@ pub fn h_internal(ctx: &mut Ctx) {
     expect_ping(ctx, "cnbt-hx3", gw);
     expect_no_egress(ctx, "cnbt-hx3", &out, why);
     expect_no_ping(ctx, "cnbt-hx3", OUTSIDE_IP, why);
+    // Routed at the host itself, it still reaches none of the host's other addresses.
+    expect_no_ping(ctx, "cnbt-hx3", HOST_IP, why);
     let peers = out.peers();
     if !peers.is_empty() {
         fail(format!("the outside server was reached from {peers:?}"));

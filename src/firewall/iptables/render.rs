@@ -16,6 +16,7 @@
 //! CNIBRIDGE-ISOLATION-2: per network  -o br -j DROP
 //! filter INPUT ──(appended)──▶ CNIBRIDGE-INPUT
 //!   IPv4, per non-internal network: -i br -d 127.0.0.0/8 ctstate !RELATED,ESTABLISHED DROP
+//!   per internal network: -i br -d net RETURN;  -i br dst-type LOCAL ctstate !RELATED,ESTABLISHED DROP
 //! nat POSTROUTING ──(appended)──▶ CNIBRIDGE-POSTROUTING
 //!   1. -j CNIBRIDGE-HOSTPORT-MASQ             published ports' hairpin/localhost masquerade
 //!   2. per masquerading network and subnet of the family:
@@ -242,6 +243,24 @@ fn filter_rules(family: Family, net: &NetworkRules) -> Vec<Rule> {
             "ACCEPT",
         ));
         rules.push(rule(FORWARD_CHAIN, format!("-i {br} ! -o {br}"), "ACCEPT"));
+    }
+    if net.internal {
+        // No traffic out means none to the host's other addresses either (Docker's bridge
+        // leaves INPUT open): only the network's own gateway and replies to the host.
+        for subnet in net.subnets.iter().filter(|s| family.has(s)) {
+            rules.push(rule(
+                INPUT_CHAIN,
+                format!("-i {br} -d {}", subnet.trunc()),
+                "RETURN",
+            ));
+        }
+        rules.push(rule(
+            INPUT_CHAIN,
+            format!(
+                "-i {br} -m addrtype --dst-type LOCAL -m conntrack ! --ctstate RELATED,ESTABLISHED"
+            ),
+            "DROP",
+        ));
     }
     // Internal networks publish nothing, so their bridge never gets route_localnet.
     if family == Family::V4 && !net.internal {

@@ -197,10 +197,29 @@ fn internal_drops_both_directions_and_never_masquerades() {
         assert!(s.contains(
             "! -i cni0 -o cni0 -m comment --comment \"cnibridge net 4f1d9b2c7a3e\" -j DROP\n"
         ));
-        // No masquerade of the network (the static published-ports chain is not its).
+        // No masquerade of the network (the static published-ports chain is not its), no
+        // replies let in.
         assert!(
-            !s.contains("RELATED,ESTABLISHED") && !s.contains("-A CNIBRIDGE-POSTROUTING -s"),
+            !s.contains("-o cni0 -m conntrack") && !s.contains("-A CNIBRIDGE-POSTROUTING -s"),
             "{s}"
+        );
+        // The host: only the gateway's subnet, and replies to the host's own connections.
+        let input: Vec<&str> = lines(&s)
+            .into_iter()
+            .filter(|l| l.starts_with("-A CNIBRIDGE-INPUT"))
+            .map(|l| l.split(" -m comment").next().unwrap())
+            .collect();
+        let subnet = if family == Family::V4 {
+            "10.88.0.0/16"
+        } else {
+            "fd88::/64"
+        };
+        assert_eq!(
+            input,
+            [
+                format!("-A CNIBRIDGE-INPUT -i cni0 -d {subnet}"),
+                "-A CNIBRIDGE-INPUT -i cni0 -m addrtype --dst-type LOCAL -m conntrack ! --ctstate RELATED,ESTABLISHED".to_string(),
+            ]
         );
     }
 }

@@ -43,8 +43,9 @@
 //!
 //! `input` mirrors the iptables backend's `CNIBRIDGE-INPUT`: published ports set
 //! `route_localnet` on the bridge, which would let containers reach the host's 127.0.0.1
-//! services (CVE-2020-8558); only replies to the host's own connections may arrive. As with the
-//! iptables backend and Docker's `--internal`, the host's other addresses are not filtered.
+//! services (CVE-2020-8558); only replies to the host's own connections may arrive. As in the
+//! iptables backend, an internal network's containers reach no address of the host but their
+//! gateway (Docker's `--internal` leaves `INPUT` open; no route out should mean none to the host).
 //!
 //! A full script deletes and re-creates the table (`add table; delete table; table { … }`, one
 //! transaction), so it holds exactly what was rendered, endpoint chains included, whatever was
@@ -177,6 +178,21 @@ fn network_rules(net: &NetworkRules) -> (Vec<Rule>, Vec<Rule>) {
     if net.internal {
         rules.push(Rule::new("forward", format!("iifname {br} drop {c}")));
         rules.push(Rule::new("forward", format!("oifname {br} drop {c}")));
+        // No traffic out means none to the host's other addresses either (Docker's bridge
+        // leaves INPUT open): only the network's own gateway and replies to the host.
+        for subnet in &net.subnets {
+            let ip = if subnet.addr().is_ipv4() { "ip" } else { "ip6" };
+            rules.push(Rule::new(
+                "input",
+                format!("iifname {br} {ip} daddr {} return {c}", subnet.trunc()),
+            ));
+        }
+        rules.push(Rule::new(
+            "input",
+            format!(
+                "iifname {br} fib daddr type local ct state != {{ established, related }} drop {c}"
+            ),
+        ));
     } else {
         rules.push(Rule::new(
             "forward",

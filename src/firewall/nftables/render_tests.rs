@@ -109,8 +109,15 @@ fn internal_drops_both_directions_and_masquerades_nothing() {
     assert!(fwd[3].starts_with("iifname \"br0\" drop "));
     assert!(fwd[4].starts_with("oifname \"br0\" drop "));
     assert!(!fwd.iter().any(|r| r.contains("established")));
-    // No ports on an internal network, so no route_localnet and no loopback guard.
-    assert!(chain(std::slice::from_ref(&n), "input").is_empty());
+    // No ports on an internal network, so no route_localnet and no loopback guard; the host is
+    // closed to it but for its gateway's subnet and replies.
+    assert_eq!(
+        chain(std::slice::from_ref(&n), "input"),
+        vec![
+            "iifname \"br0\" ip daddr 10.1.0.0/24 return comment \"cnibridge net 4f1d9b2c7a3e\"",
+            "iifname \"br0\" fib daddr type local ct state != { established, related } drop comment \"cnibridge net 4f1d9b2c7a3e\"",
+        ]
+    );
     assert_eq!(
         chain(std::slice::from_ref(&n), "postrouting"),
         vec!["meta mark & 0x2000 == 0x2000 masquerade"]
