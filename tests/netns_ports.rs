@@ -37,6 +37,14 @@ const OUT: &str = "10.99.0.2";
 const GW: &str = "10.77.0.1";
 const CONTAINER: &str = "10.77.0.2";
 
+/// Network A with its IPv4 subnet only (the traffic tests are IPv4).
+fn net_a_v4() -> NetworkRules {
+    NetworkRules {
+        subnets: vec!["10.77.0.0/24".parse().unwrap()],
+        ..net_a()
+    }
+}
+
 fn sa(ip: &str, port: u16) -> SocketAddr {
     SocketAddr::new(ip.parse().unwrap(), port)
 }
@@ -345,12 +353,7 @@ fn published_ports_answer_from_outside_the_host_localhost_and_the_container_itse
         let (c, out) = (&h.container, Some(&h.outside));
         let any80 = sa("0.0.0.0", 80);
         let fw = backend.firewall();
-        fw.add_network(&NetworkRules {
-            subnets: vec!["10.77.0.0/24".parse().unwrap()],
-            ..net_a()
-        })
-        .await
-        .unwrap();
+        fw.add_network(&net_a_v4()).await.unwrap();
         assert_eq!(
             tcp_via(out, c, any80, sa(HOST_OUT, 8080), NO),
             None,
@@ -525,10 +528,7 @@ fn reload_after_a_flush_restores_published_traffic_with(backend: Backend) {
             let (c, out) = (&h.container, Some(&h.outside));
             let any80 = sa("0.0.0.0", 80);
             let fw = backend.firewall();
-            let net = NetworkRules {
-                subnets: vec!["10.77.0.0/24".parse().unwrap()],
-                ..net_a()
-            };
+            let net = net_a_v4();
             let p = endpoint(EP_1, "10.77.0.2/24", None, vec![tcp(None, 8080, 80)]);
             fw.add_network(&net).await.unwrap();
             fw.add_ports(&p).await.unwrap();
@@ -576,12 +576,7 @@ fn a_container_of_another_network_cannot_reach_a_published_port_with(backend: Ba
             let (c, out) = (&h.container, Some(&h.outside));
             let any80 = sa("0.0.0.0", 80);
             let fw = backend.firewall();
-            fw.add_network(&NetworkRules {
-                subnets: vec!["10.77.0.0/24".parse().unwrap()],
-                ..net_a()
-            })
-            .await
-            .unwrap();
+            fw.add_network(&net_a_v4()).await.unwrap();
             fw.add_network(&net_b()).await.unwrap();
             fw.add_ports(&endpoint(
                 EP_1,
@@ -606,6 +601,72 @@ fn a_container_of_another_network_cannot_reach_a_published_port_with(backend: Ba
             assert_eq!(
                 tcp_via(Some(&other), &h.outside, sa(OUT, 7000), sa(OUT, 7000), YES),
                 ip(HOST_OUT)
+            );
+        },
+    );
+}
+
+/// A UDP client that sent to a host port before it was published (its flow is tracked as going
+/// to the host itself) reaches the container with its next datagram once the port is published:
+/// publishing forgets such flows, as Docker's bridge does.
+#[test]
+fn a_udp_flow_older_than_its_published_port_reaches_the_container() {
+    a_udp_flow_older_than_its_published_port_reaches_the_container_with(Backend::Iptables);
+}
+
+#[test]
+fn a_udp_flow_older_than_its_published_port_reaches_the_container_nftables() {
+    a_udp_flow_older_than_its_published_port_reaches_the_container_with(Backend::Nftables);
+}
+
+fn a_udp_flow_older_than_its_published_port_reaches_the_container_with(backend: Backend) {
+    in_netns_for(
+        backend,
+        "udp_flow_older_than_its_port",
+        move || async move {
+            let h = host(backend).await;
+            let fw = backend.firewall();
+            fw.add_network(&net_a_v4()).await.unwrap();
+            // The client keeps one source port, as a retrying DNS or syslog client does.
+            let client = {
+                let out = ns_file(&h.outside);
+                std::thread::spawn(move || {
+                    enter(&out);
+                    UdpSocket::bind(sa(OUT, 4444)).expect("bind client")
+                })
+                .join()
+                .expect("client thread")
+            };
+            let to = sa(HOST_OUT, 9100);
+            client.send_to(b"early", to).expect("send early");
+            let receiver = {
+                let c = ns_file(&h.container);
+                std::thread::spawn(move || {
+                    enter(&c);
+                    let r = UdpSocket::bind(sa("0.0.0.0", 9100)).expect("bind receiver");
+                    r.set_read_timeout(Some(YES)).expect("timeout");
+                    r
+                })
+                .join()
+                .expect("receiver thread")
+            };
+            let p = endpoint(
+                EP_1,
+                "10.77.0.2/24",
+                None,
+                vec![run_of(Proto::Udp, 9100, 9100, 9100)],
+            );
+            fw.add_ports(&p).await.unwrap();
+            client.send_to(b"late", to).expect("send late");
+            let mut buf = [0u8; 16];
+            let got = receiver
+                .recv_from(&mut buf)
+                .ok()
+                .map(|(n, from)| (buf[..n].to_vec(), from.ip()));
+            assert_eq!(
+                got,
+                Some((b"late".to_vec(), OUT.parse().unwrap())),
+                "the datagram after publishing (the early one went to the host)"
             );
         },
     );

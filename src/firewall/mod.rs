@@ -18,6 +18,7 @@ use std::future::Future;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+pub mod conntrack;
 mod exec;
 mod intent;
 pub mod iptables;

@@ -15,7 +15,7 @@ use tokio::sync::Mutex;
 
 use super::exec::{run_tool, set_route_localnet};
 use super::intent::{key, EndpointKey, Intent};
-use super::{EndpointPorts, Firewall, FirewallError, NetworkRules};
+use super::{conntrack, EndpointPorts, Firewall, FirewallError, NetworkRules};
 
 pub mod render;
 pub mod render_ports;
@@ -131,9 +131,13 @@ impl Firewall for NftablesFirewall {
     }
 
     async fn add_ports(&self, ports: &EndpointPorts) -> Result<(), FirewallError> {
-        let mut state = self.state.lock().await;
-        let key = state.ports_key(ports)?;
-        self.update_ports(&mut state, key, Some(ports)).await
+        {
+            let mut state = self.state.lock().await;
+            let key = state.ports_key(ports)?;
+            self.update_ports(&mut state, key, Some(ports)).await?;
+        }
+        conntrack::after_publish(ports).await;
+        Ok(())
     }
 
     async fn del_ports(&self, network_id: &str, endpoint_id: &str) -> Result<(), FirewallError> {
