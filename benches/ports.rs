@@ -23,18 +23,21 @@ use std::fs;
 use std::net::TcpListener;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use nix::unistd::Pid;
 
+use support::dockerd::DOCKER_TIMEOUT;
+use support::host::FirewallSnapshot;
 use support::host::{check_subnets_unused, delete_link, iptables_mentions, links, remove_tree};
 use support::plugin::PLUGIN_DIR;
 use support::process::{kill_referencing, pid_alive, pids_referencing, stderr_text, stdout_text};
-use support::{import_busybox, Cleanup, DockerCli, Dockerd, Plugin};
+use support::{import_busybox, DockerCli, Dockerd, Plugin};
 
 /// Published ports per container, tcp: host port 20000 + 2i → container port 8000 + i. The host
 /// ports have gaps so cnibridge cannot merge the mappings into one range rule (it merges runs that
@@ -168,9 +171,11 @@ fn docker_ok(cli: &DockerCli, args: &[&str]) -> String {
 /// What the bench made, torn down whatever happened.
 struct Rig {
     base: PathBuf,
-    cleanup: Cleanup,
+    /// The host's chains and FORWARD policy before our dockerd and cnibridge changed them.
+    firewall: FirewallSnapshot,
+    /// `/run/docker/plugins` and `/run/docker` if they did not exist before.
+    run_dirs_made: Vec<PathBuf>,
     links_before: HashSet<String>,
-    netns_before: HashSet<String>,
     proxies_before: HashSet<i32>,
     ip_forward_before: Option<String>,
     dockerd: Option<Dockerd>,
@@ -269,9 +274,8 @@ impl Rig {
             args.extend(port_args.iter().map(String::as_str));
         }
         args.extend([self.image.as_str(), "sleep", "1000"]);
-        let t = Instant::now();
-        let out = cli.run(&args).unwrap_or_else(|e| panic!("{e}"));
-        let took = t.elapsed();
+        let (took, out) = run_timed(cli.command(&args), DOCKER_TIMEOUT)
+            .unwrap_or_else(|e| panic!("docker {}: {e}", args.join(" ")));
         if !out.status.success() {
             let _ = cli.run(&["rm", "-f", name]);
             panic!(
@@ -376,10 +380,24 @@ impl Rig {
             ("docker bridge, no ports", Driver::DockerBridge, false),
             ("docker bridge, 20 ports", Driver::DockerBridge, true),
         ] {
-            let dir = self.base.join("trace").join(label.replace([',', ' '], "_"));
+            // Under CNB_BENCH_KEEP_LOGS the strace files (one per process, with timestamps) are kept.
+            let root = std::env::var_os("CNB_BENCH_KEEP_LOGS")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| self.base.clone());
+            let dir = root.join("trace").join(label.replace([',', ' '], "_"));
             fs::create_dir_all(&dir).expect("trace dir");
             let mut strace = Command::new("strace")
-                .args(["-f", "-ff", "-qq", "-e", "trace=execve", "-o"])
+                .args([
+                    "-f",
+                    "-ff",
+                    "-qq",
+                    "-tt",
+                    "-s",
+                    "256",
+                    "-e",
+                    "trace=execve",
+                    "-o",
+                ])
                 .arg(dir.join("t"))
                 .args(["-p", &dockerd.to_string(), "-p", &plugin.to_string()])
                 .stdin(Stdio::null())
@@ -448,15 +466,57 @@ impl Rig {
             );
             drop(d);
         }
-        // With both daemons gone, whatever new link remains is a leak (before the sweep deletes it).
-        left.extend(
-            links()
-                .into_iter()
-                .filter(|l| !self.links_before.contains(&l.name))
-                .map(|l| format!("link {}", l.name)),
-        );
-        for line in self.cleanup.sweep_host() {
-            println!("note: teardown: {line}");
+        // With both daemons gone, a link of ours that remains is a leak. Only ours by name: other
+        // sessions' tests may create links meanwhile, and they are not ours to judge or delete.
+        let mine = [CNB_BRIDGE, DOCKER_BRIDGE];
+        let ours = |l: &support::host::Link| {
+            mine.contains(&l.name.as_str())
+                || l.master.as_deref().is_some_and(|m| mine.contains(&m))
+        };
+        for link in links()
+            .into_iter()
+            .filter(|l| !self.links_before.contains(&l.name))
+        {
+            if !ours(&link) {
+                // A veth whose bridge is gone may be ours, or another session's: reported only.
+                if link.name.starts_with("vcb") || link.name.starts_with("veth") {
+                    println!(
+                        "note: teardown: new link {} (not attached to our bridges)",
+                        link.name
+                    );
+                }
+                continue;
+            }
+            left.push(format!("link {}", link.name));
+            // Deleting one end of a veth deletes the other.
+            match delete_link(&link.name) {
+                Ok(()) => println!("note: teardown: deleted link {}", link.name),
+                Err(e) if e.contains("Cannot find") => {}
+                Err(e) => println!("note: teardown: could not delete link {}: {e}", link.name),
+            }
+        }
+        // Chains and the FORWARD policy belong to whatever dockerd or cnibridge runs; only with none
+        // left are the ones ours added taken away (as the e2e tier does).
+        let others = ["dockerd", "cnibridge"].iter().any(|p| {
+            Command::new("pgrep")
+                .args(["-x", p])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(true)
+        });
+        if others {
+            println!(
+                "note: teardown: another dockerd or cnibridge runs; iptables chains left to it"
+            );
+        } else {
+            for line in self.firewall.restore() {
+                println!("note: teardown: {line}");
+            }
+        }
+        for dir in &self.run_dirs_made {
+            if fs::remove_dir(dir).is_ok() {
+                println!("note: teardown: removed {}", dir.display());
+            }
         }
         if let Some(before) = &self.ip_forward_before {
             let now = fs::read_to_string(IP_FORWARD).unwrap_or_default();
@@ -467,10 +527,11 @@ impl Rig {
                 );
             }
         }
+        // Docker keeps its sandboxes under its exec root (the mounts above); named ones would be ours
+        // only with our prefix.
         left.extend(
-            support::host::netns_matching("")
+            support::host::netns_matching(PLUGIN_PREFIX)
                 .into_iter()
-                .filter(|n| !self.netns_before.contains(n))
                 .map(|n| format!("netns {n}")),
         );
         left.extend(
@@ -497,6 +558,32 @@ impl Rig {
 }
 
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
+/// Runs `cmd` to completion, timing it with a blocking wait (the support helpers poll every 50 ms,
+/// far too coarse for this), and kills it after `timeout`.
+fn run_timed(mut cmd: Command, timeout: Duration) -> Result<(Duration, Output), String> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let started = Instant::now();
+    let child = cmd.spawn().map_err(|e| format!("cannot start: {e}"))?;
+    let pid = Pid::from_raw(child.id() as i32);
+    let (done, wait_done) = mpsc::channel::<()>();
+    let watchdog = thread::spawn(move || {
+        if let Err(RecvTimeoutError::Timeout) = wait_done.recv_timeout(timeout) {
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+    });
+    let out = child.wait_with_output();
+    let took = started.elapsed();
+    let _ = done.send(());
+    let _ = watchdog.join();
+    let out = out.map_err(|e| format!("wait: {e}"))?;
+    if took >= timeout {
+        return Err(format!("did not finish within {timeout:?}"));
+    }
+    Ok((took, out))
+}
 
 /// Removes containers, then networks, named with the bench prefix.
 fn sweep_docker(cli: &DockerCli) -> Vec<String> {
@@ -594,7 +681,9 @@ fn exec_counts(dir: &Path) -> BTreeMap<String, usize> {
     for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
         let text = fs::read_to_string(entry.path()).unwrap_or_default();
         for line in text.lines() {
-            let Some(rest) = line.strip_prefix("execve(\"") else {
+            // `HH:MM:SS.ffffff execve("/path", [args…], …) = 0`
+            let call = line.split_once(' ').map_or(line, |(_, rest)| rest);
+            let Some(rest) = call.strip_prefix("execve(\"") else {
                 continue;
             };
             if !line.trim_end().ends_with("= 0") {
@@ -606,6 +695,40 @@ fn exec_counts(dir: &Path) -> BTreeMap<String, usize> {
         }
     }
     counts
+}
+
+/// cnibridge's own share, from its log: how long ProgramExternalConnectivity took when it
+/// published the ports (one line per request: `… endpoint=<id> …: ok elapsed_us=N`).
+fn plugin_side(log: &Path) {
+    let text = fs::read_to_string(log).unwrap_or_default();
+    let endpoint = |line: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix("endpoint="))
+            .map(|e| {
+                e.trim_matches(|c| c == '"' || c == ':' || c == '}')
+                    .to_string()
+            })
+    };
+    let published: HashSet<String> = text
+        .lines()
+        .filter(|l| l.contains("ports published"))
+        .filter_map(endpoint)
+        .collect();
+    let times: Vec<Duration> = text
+        .lines()
+        .filter(|l| l.contains("ProgramExternalConnectivity") && l.contains("elapsed_us="))
+        .filter(|l| endpoint(l).is_some_and(|e| published.contains(&e)))
+        .filter_map(|l| l.rsplit("elapsed_us=").next()?.trim().parse().ok())
+        .map(Duration::from_micros)
+        .collect();
+    if !times.is_empty() {
+        println!(
+            "cnibridge's ProgramExternalConnectivity publishing {PORTS} ports (its log, n={}): median {:.1} ms, p90 {:.1} ms",
+            times.len(),
+            ms(median(&times)),
+            ms(p90(&times))
+        );
+    }
 }
 
 /// Directories, plugin sockets and bridges of earlier bench runs that died without tearing down.
@@ -764,9 +887,13 @@ fn main() {
     }
     let mut rig = Rig {
         base: PathBuf::from(format!("/tmp/{BASE_PREFIX}{}", std::process::id())),
-        cleanup: Cleanup::new(),
+        firewall: FirewallSnapshot::take(),
+        run_dirs_made: [PLUGIN_DIR, "/run/docker"]
+            .iter()
+            .map(PathBuf::from)
+            .filter(|d| !d.exists())
+            .collect(),
         links_before: links().into_iter().map(|l| l.name).collect(),
-        netns_before: support::host::netns_matching("").into_iter().collect(),
         proxies_before: all_docker_proxies().into_iter().map(|(p, _)| p).collect(),
         ip_forward_before: fs::read_to_string(IP_FORWARD).ok(),
         dockerd: None,
@@ -808,6 +935,9 @@ fn main() {
         }
     }));
     report(&variants);
+    if let Some(p) = &rig.plugin {
+        plugin_side(&p.log());
+    }
     let left = rig.teardown();
     let mut failed = outcome.is_err();
     if !left.is_empty() {

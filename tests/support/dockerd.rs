@@ -37,6 +37,11 @@ impl DockerCli {
     }
 
     pub fn run_timeout(&self, args: &[&str], timeout: Duration) -> Result<Output, String> {
+        run_timeout(&mut self.command(args), timeout)
+    }
+
+    /// `docker <args>` set up for this daemon, not started (for callers that wait on it themselves).
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("docker");
         cmd.args(args)
             .env("DOCKER_HOST", &self.host)
@@ -44,7 +49,7 @@ impl DockerCli {
             .env("DOCKER_CONFIG", &self.config_dir)
             .env_remove("DOCKER_CONTEXT")
             .env_remove("DOCKER_TLS_VERIFY");
-        run_timeout(&mut cmd, timeout)
+        cmd
     }
 }
 
