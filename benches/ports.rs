@@ -7,7 +7,7 @@
 //! ports instead of separate ones; `CNB_BENCH_KEEP_LOGS=<dir>` keeps both daemons' logs). It starts its own dockerd (own data root, exec root, pidfile and
 //! socket under `/tmp/cnbb-<pid>`, `--bridge=none`, iptables on and the userland proxy at its default, as a
 //! user has it), imports a static busybox as the image, and starts this build's cnibridge as a legacy
-//! plugin. Each round times the four variants in a rotating order; a sample is the wall time of the
+//! plugin. Each round times the four variants, in an order that varies over four rounds; a sample is the wall time of the
 //! `docker run -d` CLI until it returns (the container runs); `docker rm -f` happens outside the timed
 //! region. Timings are printed, never asserted. Everything it made is removed on every path, and what
 //! was left behind is reported (exit status 1).
@@ -84,8 +84,12 @@ const DOCKER_BRIDGE: &str = "cnbtbench1";
 const BASE_PREFIX: &str = "cnbb-";
 const PLUGIN_PREFIX: &str = "cnbb";
 const NAME_PREFIX: &str = "cnbb-";
-/// After each `docker rm -f`: the kernel finishes deleting veths in the background.
-const PAUSE: Duration = Duration::from_millis(200);
+/// After each `docker rm -f`, so what finishes in the background (veth deletion in the kernel,
+/// exiting docker-proxy processes) does not land in the next sample.
+const PAUSE: Duration = Duration::from_millis(500);
+
+/// The order of the four variants in each round (Williams design for four treatments).
+const ORDER: [[usize; 4]; 4] = [[0, 1, 3, 2], [1, 2, 0, 3], [2, 3, 1, 0], [3, 0, 2, 1]];
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -302,13 +306,14 @@ impl Rig {
             self.remove(&name);
         }
         for round in 0..rounds {
-            for j in 0..variants.len() {
+            // A balanced Latin square: over four rounds each variant runs once in every position
+            // and follows every other variant once. (A plain rotation put "no ports" always right
+            // after the previous variant's teardown, e.g. 40 docker-proxy processes ending.)
+            for &k in &ORDER[round % ORDER.len()] {
                 if STOP.load(Ordering::SeqCst) {
                     println!("note: interrupted after {round} rounds");
                     return;
                 }
-                // Rotate the order every round so no variant always follows the same one.
-                let k = (round + j) % variants.len();
                 let name = format!("{NAME_PREFIX}{round}-{k}");
                 let took = self.run_once(&name, variants[k].driver, variants[k].ports);
                 variants[k].times.push(took);
