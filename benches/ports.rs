@@ -952,4 +952,7 @@ fn main() {
     if failed {
         std::process::exit(1);
     }
+    if STOP.load(Ordering::SeqCst) {
+        std::process::exit(130);
+    }
 }
