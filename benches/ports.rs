@@ -492,12 +492,11 @@ impl Rig {
                 }
                 continue;
             }
-            left.push(format!("link {}", link.name));
             // Deleting one end of a veth deletes the other.
             match delete_link(&link.name) {
-                Ok(()) => println!("note: teardown: deleted link {}", link.name),
+                Ok(()) => left.push(format!("link {} (deleted)", link.name)),
                 Err(e) if e.contains("Cannot find") => {}
-                Err(e) => println!("note: teardown: could not delete link {}: {e}", link.name),
+                Err(e) => left.push(format!("link {} (could not delete: {e})", link.name)),
             }
         }
         // Chains and the FORWARD policy belong to whatever dockerd or cnibridge runs; only with none
@@ -539,11 +538,15 @@ impl Rig {
                 .into_iter()
                 .map(|n| format!("netns {n}")),
         );
-        left.extend(
-            iptables_mentions(&[CNB_BRIDGE, DOCKER_BRIDGE, "10.241.0.", "10.242.0."])
-                .into_iter()
-                .map(|r| format!("iptables: {r}")),
-        );
+        // Rules in the built-in chains that name our bridges or subnets: the daemons remove theirs with
+        // the networks, but not when they died first (a Ctrl-C reaches dockerd and cnibridge too, as
+        // they share our process group). Deleted here and reported.
+        for (rule, deleted) in delete_rules_mentioning(&OUR_WORDS) {
+            left.push(format!(
+                "iptables: {rule}{}",
+                if deleted { " (deleted)" } else { "" }
+            ));
+        }
         left.extend(
             pids_referencing(&self.base)
                 .into_iter()
@@ -563,6 +566,68 @@ impl Rig {
 }
 
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
+/// What names our networks in an iptables rule.
+const OUR_WORDS: [&str; 4] = [CNB_BRIDGE, DOCKER_BRIDGE, "10.241.0.", "10.242.0."];
+
+/// Splits an `iptables -S` rule into arguments, keeping double-quoted words (comments) whole.
+fn rule_args(rule: &str) -> Vec<String> {
+    let mut args = Vec::new();
+    let mut word = String::new();
+    let (mut quoted, mut in_word) = (false, false);
+    let mut chars = rule.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                in_word = true;
+            }
+            '\\' if quoted => {
+                if let Some(next) = chars.next() {
+                    word.push(next);
+                }
+            }
+            c if c.is_whitespace() && !quoted => {
+                if in_word {
+                    args.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+            }
+            c => {
+                word.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if in_word {
+        args.push(word);
+    }
+    args
+}
+
+/// Deletes every `-A` rule (iptables and ip6tables, filter and nat) whose text contains one of
+/// `words`; returns each such rule and whether its deletion worked.
+fn delete_rules_mentioning(words: &[&str]) -> Vec<(String, bool)> {
+    let mut done = Vec::new();
+    for rule in iptables_mentions(words) {
+        // "<tool> -t <table>: -A CHAIN …", as iptables_mentions reports it.
+        let Some((head, spec)) = rule.split_once(": -A ") else {
+            continue;
+        };
+        let mut head = head.split_whitespace();
+        let (Some(tool), Some(table)) = (head.next(), head.nth(1)) else {
+            continue;
+        };
+        let deleted = Command::new(tool)
+            .args(["-w", "5", "-t", table, "-D"])
+            .args(rule_args(spec))
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        done.push((rule, deleted));
+    }
+    done
+}
 
 /// Runs `cmd` to completion, timing it with a blocking wait (the support helpers poll every 50 ms,
 /// far too coarse for this), and kills it after `timeout`.
@@ -946,7 +1011,10 @@ fn main() {
     let left = rig.teardown();
     let mut failed = outcome.is_err();
     if !left.is_empty() {
-        println!("left behind:\n  {}", left.join("\n  "));
+        println!(
+            "left behind (by the run or a daemon that died):\n  {}",
+            left.join("\n  ")
+        );
         failed = true;
     }
     if failed {
