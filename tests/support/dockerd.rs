@@ -37,6 +37,11 @@ impl DockerCli {
     }
 
     pub fn run_timeout(&self, args: &[&str], timeout: Duration) -> Result<Output, String> {
+        run_timeout(&mut self.command(args), timeout)
+    }
+
+    /// `docker <args>` set up for this daemon, not started (for callers that wait on it themselves).
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("docker");
         cmd.args(args)
             .env("DOCKER_HOST", &self.host)
@@ -44,7 +49,7 @@ impl DockerCli {
             .env("DOCKER_CONFIG", &self.config_dir)
             .env_remove("DOCKER_CONTEXT")
             .env_remove("DOCKER_TLS_VERIFY");
-        run_timeout(&mut cmd, timeout)
+        cmd
     }
 }
 
@@ -63,7 +68,8 @@ impl Dockerd {
         Self::start_with(dir, &[])
     }
 
-    /// [`Dockerd::start`] with extra flags (e.g. `--iptables=false`), kept for restarts.
+    /// [`Dockerd::start`] with extra flags (e.g. `--iptables=false`), kept for restarts. A `--log-level` among
+    /// them replaces the harness's `debug`.
     pub fn start_with(dir: &Path, extra: &[&str]) -> Result<Dockerd, String> {
         fs::create_dir_all(dir.join("cli"))
             .map_err(|e| format!("create {}: {e}", dir.display()))?;
@@ -126,8 +132,13 @@ impl Dockerd {
             // own namespaces keep our containers apart from the system dockerd's.
             .args(["--containerd-namespace", &ns])
             .args(["--containerd-plugins-namespace", &format!("{ns}p")])
-            // Debug logs every plugin call, which is what one needs when a scenario fails.
-            .args(["--log-level", "debug"])
+            // Debug logs every plugin call, which is what one needs when a scenario fails (a benchmark
+            // wants dockerd's default instead).
+            .args(if self.extra.iter().any(|a| a.starts_with("--log-level")) {
+                &[][..]
+            } else {
+                &["--log-level", "debug"][..]
+            })
             .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
@@ -208,6 +219,11 @@ impl Dockerd {
 
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// The pid of the dockerd process we started, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// SIGTERM, bounded wait, SIGKILL. Err describes anything unclean: a SIGKILL was needed, or processes of

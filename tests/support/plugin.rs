@@ -30,6 +30,7 @@ pub struct Plugin {
     docker_host: String,
     /// `--firewall`.
     firewall: String,
+    log_level: String,
     child: Option<Child>,
     starts: u32,
     made_plugin_dir: bool,
@@ -48,6 +49,7 @@ impl Plugin {
             default_pools: default_pools.to_string(),
             docker_host: "none".to_string(),
             firewall: "iptables".to_string(),
+            log_level: "debug".to_string(),
             child: None,
             starts: 0,
             made_plugin_dir,
@@ -85,6 +87,12 @@ impl Plugin {
     /// The firewall backend (`--firewall`).
     pub fn with_firewall(mut self, backend: &str) -> Plugin {
         self.firewall = backend.to_string();
+        self
+    }
+
+    /// `--log-level` (default `debug`; a benchmark wants the daemon's default, `info`).
+    pub fn with_log_level(mut self, level: &str) -> Plugin {
+        self.log_level = level.to_string();
         self
     }
 
@@ -164,7 +172,7 @@ impl Plugin {
             .args(["--default-pools", &self.default_pools])
             .args(["--docker-host", &self.docker_host])
             .args(["--firewall", &self.firewall])
-            .args(["--log-level", "debug"])
+            .args(["--log-level", &self.log_level])
             .env("RUST_BACKTRACE", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
