@@ -332,6 +332,13 @@ fn udp_via(
 }
 
 #[test]
+fn published_ports_answer_from_outside_the_host_localhost_and_the_container_itself_legacy() {
+    published_ports_answer_from_outside_the_host_localhost_and_the_container_itself_with(
+        Backend::IptablesLegacy,
+    );
+}
+
+#[test]
 fn published_ports_answer_from_outside_the_host_localhost_and_the_container_itself() {
     published_ports_answer_from_outside_the_host_localhost_and_the_container_itself_with(
         Backend::Iptables,

@@ -1,12 +1,13 @@
 //! The firewall backends the netns tests run against, and what each expects of the host: the
-//! iptables backend a Docker host (`FORWARD` policy `DROP`), the nftables backend a host where
+//! iptables backend a Docker host (`FORWARD` policy `DROP`), with the nft-based tools or the
+//! legacy ones (hosts that still run `iptables-legacy`), the nftables backend a host where
 //! dockerd runs with `--iptables=false` (`FORWARD` policy `ACCEPT`, nothing to rely on but our
 //! own table). Only ever applied to the test thread's namespace.
 
 use std::io::Write;
 use std::process::Command;
 
-use cnibridge::firewall::iptables::IptablesFirewall;
+use cnibridge::firewall::iptables::{IptablesFirewall, IptablesTools};
 use cnibridge::firewall::nftables::NftablesFirewall;
 use cnibridge::firewall::{EndpointPorts, Firewall, FirewallError, NetworkRules};
 
@@ -16,6 +17,8 @@ use super::run;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Iptables,
+    /// The iptables backend driving `iptables-legacy` (x_tables, not nf_tables).
+    IptablesLegacy,
     Nftables,
 }
 
@@ -24,6 +27,16 @@ impl Backend {
     pub fn firewall(self) -> AnyFirewall {
         match self {
             Backend::Iptables => AnyFirewall::Iptables(IptablesFirewall::default()),
+            Backend::IptablesLegacy => AnyFirewall::Iptables(IptablesFirewall::new(
+                IptablesTools {
+                    iptables: "iptables-legacy".into(),
+                    restore: "iptables-legacy-restore".into(),
+                },
+                IptablesTools {
+                    iptables: "ip6tables-legacy".into(),
+                    restore: "ip6tables-legacy-restore".into(),
+                },
+            )),
             Backend::Nftables => AnyFirewall::Nftables(NftablesFirewall::default()),
         }
     }
@@ -33,6 +46,7 @@ impl Backend {
     pub fn available(self, test: &str) -> bool {
         let tool = match self {
             Backend::Iptables => "iptables",
+            Backend::IptablesLegacy => "iptables-legacy",
             Backend::Nftables => "nft",
         };
         let ok = Command::new(tool)
@@ -53,11 +67,19 @@ impl Backend {
     /// Docker's `DROP` for iptables, `ACCEPT` (dockerd `--iptables=false`) for nftables.
     pub fn host_policy(self) {
         let policy = match self {
-            Backend::Iptables => "DROP",
+            Backend::Iptables | Backend::IptablesLegacy => "DROP",
             Backend::Nftables => "ACCEPT",
         };
-        for tool in ["iptables", "ip6tables"] {
+        for tool in self.iptables_tools() {
             run(&[tool, "-P", "FORWARD", policy]);
+        }
+    }
+
+    /// The iptables and ip6tables programs of the host this backend is meant for.
+    pub fn iptables_tools(self) -> [&'static str; 2] {
+        match self {
+            Backend::IptablesLegacy => ["iptables-legacy", "ip6tables-legacy"],
+            _ => ["iptables", "ip6tables"],
         }
     }
 
@@ -66,8 +88,8 @@ impl Backend {
     /// table) for nftables.
     pub fn flush_by_hand(self, delete: bool) {
         match self {
-            Backend::Iptables => {
-                for tool in ["iptables", "ip6tables"] {
+            Backend::Iptables | Backend::IptablesLegacy => {
+                for tool in self.iptables_tools() {
                     for table in ["filter", "nat"] {
                         run(&[tool, "-t", table, "-F"]);
                         if delete {
@@ -86,8 +108,8 @@ impl Backend {
     /// Drop the guard that keeps containers from the host's 127.0.0.1 services.
     pub fn remove_loopback_guard(self) {
         match self {
-            Backend::Iptables => {
-                run(&["iptables", "-F", "CNIBRIDGE-INPUT"]);
+            Backend::Iptables | Backend::IptablesLegacy => {
+                run(&[self.iptables_tools()[0], "-F", "CNIBRIDGE-INPUT"]);
             }
             Backend::Nftables => {
                 run(&["nft", "flush", "chain", "inet", "cnibridge", "input"]);

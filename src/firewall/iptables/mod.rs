@@ -325,8 +325,9 @@ async fn endpoint_chains_in_kernel(tools: &IptablesTools) -> Result<Vec<String>,
     Ok(chains)
 }
 
-/// `iptables -t <table> -C <from> <matches> -j <to>`: exit 0 = present, 1 = no such rule, 2 with "does
-/// not exist" = our chain is not there yet (so neither is the jump).
+/// `iptables -t <table> -C <from> <matches> -j <to>`: exit 0 = present, 1 = no such rule, 2 saying our
+/// chain is missing = not there yet (so neither is the jump): the nft-based tools say "does not
+/// exist", the legacy ones "Couldn't load target `<chain>'".
 async fn jump_present(tools: &IptablesTools, jump: &Jump) -> Result<bool, FirewallError> {
     let mut args = vec!["-w", "-t", jump.table, "-C", jump.from];
     args.extend(jump.matches.split_whitespace());
@@ -336,7 +337,7 @@ async fn jump_present(tools: &IptablesTools, jump: &Jump) -> Result<bool, Firewa
     match out.status.code() {
         Some(0) => Ok(true),
         Some(1) => Ok(false),
-        Some(2) if stderr.contains("does not exist") => Ok(false),
+        Some(2) if chain_missing(&stderr, jump.to) => Ok(false),
         _ => Err(FirewallError::Backend {
             tool: tools.iptables.clone(),
             reason: format!(
@@ -351,12 +352,33 @@ async fn jump_present(tools: &IptablesTools, jump: &Jump) -> Result<bool, Firewa
     }
 }
 
+/// Whether `iptables -C` failed because the target chain `chain` does not exist.
+fn chain_missing(stderr: &str, chain: &str) -> bool {
+    stderr.contains("does not exist") || stderr.contains(&format!("Couldn't load target `{chain}'"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn net(id: &str, bridge: &str) -> NetworkRules {
         NetworkRules::new(id, bridge)
+    }
+
+    #[test]
+    fn a_missing_chain_reads_as_a_missing_jump_with_either_variant() {
+        let nft = "iptables v1.8.9 (nf_tables): Chain 'CNIBRIDGE-FORWARD' does not exist";
+        let legacy = "iptables v1.8.9 (legacy): Couldn't load target `CNIBRIDGE-FORWARD':No such file or directory";
+        assert!(chain_missing(nft, "CNIBRIDGE-FORWARD"));
+        assert!(chain_missing(legacy, "CNIBRIDGE-FORWARD"));
+        assert!(!chain_missing(
+            "iptables v1.8.9 (legacy): Couldn't load target `DOCKER':No such file",
+            "CNIBRIDGE-FORWARD"
+        ));
+        assert!(!chain_missing(
+            "Permission denied (you must be root)",
+            "CNIBRIDGE-FORWARD"
+        ));
     }
 
     #[test]
