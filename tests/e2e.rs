@@ -46,7 +46,10 @@ use ctx::Ctx;
 use fw::Backend;
 use support::host::{all_ip_files, check_subnets_unused, ensure_forward_policy, iptables_mentions};
 use support::process::pids_referencing;
-use support::{base_dir, import_busybox, sweep_stale_runs, Cleanup, Dockerd, Plugin, TEST_PREFIX};
+use support::{
+    base_dir, import_busybox, sweep_stale_runs, Cleanup, Dockerd, Plugin, DOCKER_PREFIX,
+    TEST_PREFIX,
+};
 
 /// The daemon's pools for networks created without `--subnet`.
 pub const DEFAULT_POOL_V4: &str = "10.235.0.0/16";
@@ -334,12 +337,12 @@ impl Suite {
             let cli = ctx.cli();
             // Scenarios remove their containers and networks (through the plugin) even when they fail.
             l.items.extend(
-                Cleanup::docker_objects(&cli)
+                Cleanup::docker_objects(&cli, DOCKER_PREFIX)
                     .into_iter()
                     .map(|o| format!("left in docker: {o}")),
             );
             l.notes.extend(
-                Cleanup::sweep_docker(&cli)
+                Cleanup::sweep_docker(&cli, DOCKER_PREFIX)
                     .into_iter()
                     .map(|r| format!("sweep: {r}")),
             );

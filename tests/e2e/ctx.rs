@@ -94,14 +94,7 @@ pub const AUX_CONTENT: &str = "cnibridge-aux\r\naux";
 
 /// `docker <args>` that must succeed; returns trimmed stdout.
 pub fn docker_ok(cli: &DockerCli, args: &[&str]) -> String {
-    let out = cli.run(args).unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        out.status.success(),
-        "docker {} failed: {}",
-        args.join(" "),
-        stderr_text(&out)
-    );
-    stdout_text(&out)
+    cli.run_ok(args)
 }
 
 /// Every network endpoint of a container, by network name.

@@ -57,10 +57,11 @@ impl Cleanup {
             .collect()
     }
 
-    /// Containers and networks named with the test prefix. Errors are folded into the list: it is a report.
-    pub fn docker_objects(cli: &DockerCli) -> Vec<String> {
+    /// Containers and networks named with `prefix` (the tests use [`DOCKER_PREFIX`], the ports bench its
+    /// own). Errors are folded into the list: it is a report.
+    pub fn docker_objects(cli: &DockerCli, prefix: &str) -> Vec<String> {
         let mut found = Vec::new();
-        let filter = format!("name={DOCKER_PREFIX}");
+        let filter = format!("name={prefix}");
         for (what, args) in [
             (
                 "container",
@@ -83,7 +84,7 @@ impl Cleanup {
                     stdout_text(&out)
                         .lines()
                         // The filter matches substrings; keep only real prefix matches.
-                        .filter(|n| n.starts_with(DOCKER_PREFIX))
+                        .filter(|n| n.starts_with(prefix))
                         .map(|n| format!("{what} {n}")),
                 ),
                 Ok(out) => found.push(format!(
@@ -96,10 +97,10 @@ impl Cleanup {
         found
     }
 
-    /// Removes containers, then networks, named with the test prefix. Returns what it removed or failed to.
-    pub fn sweep_docker(cli: &DockerCli) -> Vec<String> {
+    /// Removes containers, then networks, named with `prefix`. Returns what it removed or failed to.
+    pub fn sweep_docker(cli: &DockerCli, prefix: &str) -> Vec<String> {
         let mut report = Vec::new();
-        for item in Self::docker_objects(cli) {
+        for item in Self::docker_objects(cli, prefix) {
             let (args, name) = match item.split_once(' ') {
                 Some(("container", n)) => (vec!["rm", "-f", n], n),
                 Some(("network", n)) => (vec!["network", "rm", n], n),

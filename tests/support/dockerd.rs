@@ -9,7 +9,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::host::{mounts_under, remove_tree, unmount_under};
-use super::process::{kill_referencing, pid_alive, run_timeout, tail, terminate, Ended, POLL};
+use super::process::{
+    kill_referencing, pid_alive, run_timeout, stderr_text, stdout_text, tail, terminate, Ended,
+    POLL,
+};
 
 const DOCKERD: &str = "/usr/sbin/dockerd";
 /// dockerd itself allows containers 15 s to stop at shutdown; leave room for that plus its own teardown.
@@ -34,6 +37,20 @@ impl DockerCli {
     /// Runs `docker <args>` against this daemon; the Err case is only "could not run / timed out".
     pub fn run(&self, args: &[&str]) -> Result<Output, String> {
         self.run_timeout(args, DOCKER_TIMEOUT)
+    }
+
+    /// `docker <args>` that must succeed; returns trimmed stdout, else panics with stderr.
+    pub fn run_ok(&self, args: &[&str]) -> String {
+        let out = self
+            .run(args)
+            .unwrap_or_else(|e| panic!("docker {}: {e}", args.join(" ")));
+        assert!(
+            out.status.success(),
+            "docker {} failed: {}",
+            args.join(" "),
+            stderr_text(&out)
+        );
+        stdout_text(&out)
     }
 
     pub fn run_timeout(&self, args: &[&str], timeout: Duration) -> Result<Output, String> {
