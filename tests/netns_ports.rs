@@ -1,34 +1,24 @@
-//! Netns tier for published ports: the rules `add_ports`/`del_ports` write (goldens of the
-//! scripts and of what the kernel holds, iptables; nftables' are in `netns_nftables`), and what
-//! they do to real traffic, once per backend. The test thread's namespace plays the host the
-//! backend is meant for (`Backend::host_policy`), named namespaces play a container on a bridge
-//! and an "outside" peer wired to the host by a veth. Root required.
-//!
-//! Goldens (`tests/golden/iptables/ports_*`): `<case>.restore.golden` pins the add and remove
-//! scripts of one endpoint (no root needed); `<case>.golden` what the kernel holds after
-//! `add_network` + `add_ports`. A full rewrite (`reconcile` by a fresh process) must give the
-//! same dump, `del_ports` must bring back exactly the network's golden (`masq_on`), and
-//! `del_network` then `cleaned`. `UPDATE_GOLDEN=1` regenerates them.
+//! Netns tier for published ports: what `add_ports`/`del_ports` do to real traffic, once per
+//! backend (the rules themselves are pinned by goldens in `netns_port_rules` for iptables and
+//! `netns_nftables`). The test thread's namespace plays the host the backend is meant for
+//! (`Backend::host_policy`), named namespaces play a container on a bridge and an "outside" peer
+//! wired to the host by a veth. Root required.
 
 mod netns_support;
 use netns_support as support;
 
 use std::fs::File;
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use cnibridge::dataplane::netlink::NetlinkDataplane;
 use cnibridge::dataplane::{BridgeSpec, Dataplane, VethSpec};
-use cnibridge::driver::ports::{HostPorts, SystemHostPorts};
-use cnibridge::firewall::iptables::{render_port_update, Family, IptablesFirewall};
-use cnibridge::firewall::{EndpointPorts, Firewall, NetworkRules, Proto};
+use cnibridge::firewall::{Firewall, NetworkRules, Proto};
 use nix::sched::{setns, CloneFlags};
 use support::backend::Backend;
-use support::cases::{
-    endpoint, ip, net_a, net_b, port_cases, run_of, tcp, EP_1, EP_2, HOST_OUT, NET_A,
-};
-use support::{assert_golden, bind_retrying, in_netns, in_netns_for, our_rules, run, NamedNetns};
+use support::cases::{endpoint, ip, net_a, net_b, run_of, tcp, EP_1, HOST_OUT, NET_A};
+use support::{bind_retrying, in_netns_for, run, NamedNetns};
 
 const YES: Duration = Duration::from_secs(3);
 const NO: Duration = Duration::from_millis(800);
@@ -47,140 +37,6 @@ fn net_a_v4() -> NetworkRules {
 
 fn sa(ip: &str, port: u16) -> SocketAddr {
     SocketAddr::new(ip.parse().unwrap(), port)
-}
-
-fn cases() -> Vec<(&'static str, EndpointPorts)> {
-    port_cases()
-}
-
-fn kernel_rules() -> String {
-    format!(
-        "# iptables-save\n{}# ip6tables-save\n{}",
-        our_rules("iptables-save"),
-        our_rules("ip6tables-save")
-    )
-}
-
-#[test]
-fn rendered_port_scripts_match_the_goldens() {
-    for (name, p) in cases() {
-        let script = |family, old: Option<&EndpointPorts>, new: Option<&EndpointPorts>| {
-            render_port_update(family, old, new).unwrap_or_else(|| "(nothing)\n".into())
-        };
-        let text = format!(
-            "# add_ports: iptables-restore -w --noflush\n{}\
-             # add_ports: ip6tables-restore -w --noflush\n{}\
-             # del_ports: iptables-restore -w --noflush\n{}\
-             # del_ports: ip6tables-restore -w --noflush\n{}",
-            script(Family::V4, None, Some(&p)),
-            script(Family::V6, None, Some(&p)),
-            script(Family::V4, Some(&p), None),
-            script(Family::V6, Some(&p), None),
-        );
-        assert_golden(&format!("iptables/{name}.restore"), &text);
-    }
-}
-
-#[test]
-fn kernel_port_rules_match_the_goldens_and_removal_is_exact() {
-    for (name, p) in cases() {
-        in_netns(&format!("kernel golden {name}"), move || async move {
-            let fw = IptablesFirewall::default();
-            fw.add_network(&net_a()).await.unwrap();
-            fw.add_ports(&p).await.unwrap();
-            assert_golden(&format!("iptables/{name}"), &kernel_rules());
-            // Idempotent.
-            fw.add_ports(&p).await.unwrap();
-            assert_golden(&format!("iptables/{name}"), &kernel_rules());
-            // A restarted process rewriting everything writes the same rules.
-            let restarted = IptablesFirewall::default();
-            restarted
-                .reconcile(&[net_a()], std::slice::from_ref(&p))
-                .await
-                .unwrap();
-            assert_golden(&format!("iptables/{name}"), &kernel_rules());
-            fw.del_ports(NET_A, EP_1).await.unwrap();
-            assert_golden("iptables/masq_on", &kernel_rules());
-            fw.del_ports(NET_A, EP_1).await.unwrap();
-            fw.del_network(&net_a()).await.unwrap();
-            assert_golden("iptables/cleaned", &kernel_rules());
-        });
-    }
-}
-
-#[test]
-fn reconcile_removes_ports_nobody_claims_and_one_endpoint_goes_alone() {
-    in_netns("reconcile_removes_ports_nobody_claims", || async {
-        let (_, one) = cases().remove(0);
-        let two = endpoint(EP_2, "10.77.0.3/24", None, vec![tcp(None, 8090, 80)]);
-        let fw = IptablesFirewall::default();
-        fw.add_network(&net_a()).await.unwrap();
-        fw.add_ports(&one).await.unwrap();
-        let only_one = kernel_rules();
-        fw.add_ports(&two).await.unwrap();
-        assert!(kernel_rules().contains("cnibridge ep eeeeeeeeeeee"));
-        // Removing the second touches nothing of the first.
-        fw.del_ports(NET_A, EP_2).await.unwrap();
-        assert_eq!(kernel_rules(), only_one);
-        fw.add_ports(&two).await.unwrap();
-        // A new process that only knows the first: the second's chains go.
-        let restarted = IptablesFirewall::default();
-        restarted
-            .reconcile(&[net_a()], std::slice::from_ref(&one))
-            .await
-            .unwrap();
-        assert_golden("iptables/ports_tcp", &kernel_rules());
-        // A network change keeps the ports.
-        restarted.add_network(&net_a()).await.unwrap();
-        assert_golden("iptables/ports_tcp", &kernel_rules());
-        // Deleting the network takes its leftover ports with it.
-        restarted.del_network(&net_a()).await.unwrap();
-        assert_golden("iptables/cleaned", &kernel_rules());
-    });
-}
-
-#[test]
-fn a_port_update_repairs_chains_changed_under_it() {
-    in_netns("a_port_update_repairs_chains_changed_under_it", || async {
-        let (_, p) = cases().remove(0);
-        let fw = IptablesFirewall::default();
-        fw.add_network(&net_a()).await.unwrap();
-        fw.add_ports(&p).await.unwrap();
-        // Someone flushed the chain holding our jumps: the incremental -D fails, the whole
-        // set is rewritten instead.
-        for tool in ["iptables", "ip6tables"] {
-            run(&[tool, "-t", "nat", "-F", "CNIBRIDGE-HOSTPORTS"]);
-        }
-        fw.add_ports(&p).await.unwrap();
-        assert_golden("iptables/ports_tcp", &kernel_rules());
-        run(&["iptables", "-t", "nat", "-F", "CNIBRIDGE-HOSTPORTS"]);
-        fw.del_ports(NET_A, EP_1).await.unwrap();
-        assert_golden("iptables/masq_on", &kernel_rules());
-    });
-}
-
-#[test]
-fn the_host_port_probe_sees_bound_ports() {
-    in_netns("the_host_port_probe_sees_bound_ports", || async {
-        let host = SystemHostPorts;
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        assert!(!host.is_free(Proto::Tcp, ip("127.0.0.1"), port));
-        assert!(
-            !host.is_free(Proto::Tcp, None, port),
-            "any address includes 127.0.0.1"
-        );
-        assert!(host.is_free(Proto::Udp, None, port));
-        drop(listener);
-        assert!(host.is_free(Proto::Tcp, None, port));
-        let udp = UdpSocket::bind("[::]:0").unwrap();
-        let uport = udp.local_addr().unwrap().port();
-        assert!(!host.is_free(Proto::Udp, None, uport));
-        // An address the host does not have cannot be held by anyone.
-        assert!(host.is_free(Proto::Tcp, ip("192.0.2.1"), port));
-        let (a, b) = host.ephemeral_range();
-        assert!(0 < a && a <= b);
-    });
 }
 
 /// The fake host: the `FORWARD` policy of the backend's host (`Backend::host_policy`), forwarding on, an outside peer on 10.99.0.0/30, bridge

@@ -1,5 +1,5 @@
 //! One endpoint's rules as text. The main cases are pinned as golden files, with what the
-//! kernel holds after applying them, by `tests/netns_ports.rs`.
+//! kernel holds after applying them, by `tests/netns_port_rules.rs`.
 
 use super::*;
 use crate::firewall::{PortMapping, Proto};
