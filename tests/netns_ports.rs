@@ -18,7 +18,7 @@ use cnibridge::firewall::{Firewall, NetworkRules, Proto};
 use nix::sched::{setns, CloneFlags};
 use support::backend::Backend;
 use support::cases::{endpoint, ip, net_a, net_b, run_of, tcp, EP_1, HOST_OUT, NET_A};
-use support::{bind_retrying, in_netns_for, run, NamedNetns};
+use support::{accept_within, bind_retrying, in_netns_for, run, NamedNetns};
 
 const YES: Duration = Duration::from_secs(3);
 const NO: Duration = Duration::from_millis(800);
@@ -136,24 +136,10 @@ fn tcp_via(
             None => enter(&home),
         }
         let conn = TcpStream::connect_timeout(&to, t).ok()?;
-        listener.set_nonblocking(true).expect("nonblocking");
-        let deadline = std::time::Instant::now() + t;
-        loop {
-            match listener.accept() {
-                Ok((_, peer)) => {
-                    // The client closes first, so the server side of port 80 never lingers.
-                    drop(conn);
-                    return Some(peer.ip());
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if std::time::Instant::now() > deadline {
-                        return None;
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err(e) => panic!("accept: {e}"),
-            }
-        }
+        let accepted = accept_within(&listener, t);
+        // The client closes first, so the server side of port 80 never lingers.
+        drop(conn);
+        accepted.map(|(_, peer)| peer.ip())
     })
     .join()
     .expect("probe thread")

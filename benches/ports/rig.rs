@@ -19,7 +19,7 @@ use crate::stats::{run_timed, Variant};
 use crate::support::dockerd::DOCKER_TIMEOUT;
 use crate::support::host::{delete_link, links, remove_tree, FirewallSnapshot};
 use crate::support::plugin::PLUGIN_DIR;
-use crate::support::process::{pids_referencing, stderr_text};
+use crate::support::process::{other_daemons_running, pids_referencing, stderr_text};
 use crate::support::{self, import_busybox, Cleanup, DockerCli, Dockerd, Plugin};
 use crate::{
     port_args, Driver, BASE_PREFIX, BRIDGE_SUBNET, CNB_BRIDGE, CNB_SUBNET, DEFAULT_POOL,
@@ -370,13 +370,7 @@ impl Rig {
         }
         // Chains and the FORWARD policy belong to whatever dockerd or cnibridge runs; only with none
         // left are the ones ours added taken away (as the e2e tier does).
-        let others = ["dockerd", "cnibridge"].iter().any(|p| {
-            Command::new("pgrep")
-                .args(["-x", p])
-                .output()
-                .map(|o| o.status.success())
-                .unwrap_or(true)
-        });
+        let others = other_daemons_running();
         if others {
             println!(
                 "note: teardown: another dockerd or cnibridge runs; iptables chains left to it"

@@ -237,6 +237,12 @@ pub fn d_published_ports(ctx: &mut Ctx) {
     let ep = ctx.endpoint("cnbt-pt1", net);
     // Both backends name an endpoint's rules by its short id.
     let ep_key = ep.endpoint_id[..12].to_string();
+    // Otherwise "no rule mentions it" at the end would prove nothing.
+    assert!(
+        !ctx.backend.mentions(&[&ep_key]).is_empty(),
+        "no rule names the endpoint {ep_key}\n{}",
+        nat_dump()
+    );
 
     // Host port 0: docker ps cannot show it for a remote driver; the nat rules do.
     let tcp_ports = published_tcp_ports(ctx, &ep.endpoint_id);

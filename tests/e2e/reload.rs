@@ -92,6 +92,12 @@ pub fn f_restart_forgets_deleted_network(ctx: &mut Ctx) {
         !ctx.backend.mentions(&[bridge]).is_empty(),
         "the network has no rules to lose"
     );
+    assert!(
+        !ctx.backend
+            .mentions(&[&removed.endpoint_id[..12]])
+            .is_empty(),
+        "the endpoint has no rules to lose"
+    );
     ctx.plugin
         .stop()
         .unwrap_or_else(|e| panic!("stopping cnibridge: {e}"));

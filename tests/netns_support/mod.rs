@@ -321,26 +321,33 @@ pub fn tcp_peer(
             enter(&p);
         }
         let _conn = TcpStream::connect_timeout(&addr, timeout).ok()?;
-        // The handshake is complete, so the connection is in the backlog already.
-        listener
-            .set_nonblocking(true)
-            .expect("nonblocking listener");
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            match listener.accept() {
-                Ok((_, peer)) => return Some(peer),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if std::time::Instant::now() > deadline {
-                        return None;
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err(e) => panic!("accept: {e}"),
-            }
-        }
+        let (_accepted, peer) = accept_within(&listener, timeout)?;
+        Some(peer)
     })
     .join()
     .expect("probe thread")
+}
+
+/// The connection `listener` accepts within `timeout`, after a client's connect returned (its
+/// handshake is complete, so the connection is in the backlog already, or on its way through a
+/// DNAT). The caller decides which side closes first by the order it drops the two ends.
+pub fn accept_within(listener: &TcpListener, timeout: Duration) -> Option<(TcpStream, SocketAddr)> {
+    listener
+        .set_nonblocking(true)
+        .expect("nonblocking listener");
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match listener.accept() {
+            Ok(accepted) => return Some(accepted),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if std::time::Instant::now() > deadline {
+                    return None;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
 }
 
 /// The source address a UDP receiver bound to `addr` in `listen_in` sees for one datagram sent

@@ -11,7 +11,7 @@ use super::dockerd::DockerCli;
 use super::host::{delete_link, links, netns_matching, remove_tree, FirewallSnapshot};
 use super::outside;
 use super::plugin::PLUGIN_DIR;
-use super::process::{kill_referencing, pid_alive, stdout_text};
+use super::process::{kill_referencing, other_daemons_running, pid_alive, stdout_text};
 use super::{BASE_PREFIX, DOCKER_PREFIX, TEST_PREFIX};
 
 /// Link name prefixes of what the tests and the daemon make: test bridges (`cnbt…`), the daemon's host veths
@@ -148,13 +148,7 @@ impl Cleanup {
         }
         // Chains and policy belong to whatever dockerd or cnibridge runs; only with none left are
         // the ones ours added taken away.
-        let others = ["dockerd", "cnibridge"].iter().any(|p| {
-            Command::new("pgrep")
-                .args(["-x", p])
-                .output()
-                .map(|o| o.status.success())
-                .unwrap_or(true)
-        });
+        let others = other_daemons_running();
         if !others {
             report.extend(self.firewall.restore());
         }

@@ -29,6 +29,18 @@ pub fn run_ok(cmd: &str, args: &[&str]) -> String {
     stdout_text(&out)
 }
 
+/// Whether any dockerd or cnibridge runs on the host (ours stopped already): the firewall chains
+/// and `FORWARD` policy are then theirs too, and must be left alone. Unknown counts as yes.
+pub fn other_daemons_running() -> bool {
+    ["dockerd", "cnibridge"].iter().any(|p| {
+        Command::new("pgrep")
+            .args(["-x", p])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(true)
+    })
+}
+
 /// Runs `cmd` to completion, killing it after `timeout`.
 pub fn run_timeout(cmd: &mut Command, timeout: Duration) -> Result<Output, String> {
     let shown = format!("{cmd:?}");
