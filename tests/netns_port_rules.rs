@@ -143,9 +143,8 @@ fn the_host_port_probe_sees_bound_ports() {
         );
         assert!(host.is_free(Proto::Udp, None, port));
         drop(listener);
-        // Once reported busy right after the close, under load (CI, kernel 6.18), and not
-        // reproduced in 30 runs since; what matters is that a closed listener frees the port,
-        // so the kernel gets a moment.
+        // A child another test forks at this moment holds a copy of the listener until it
+        // execs (CLOEXEC acts only then), so the port can stay busy a little after the drop.
         let deadline = std::time::Instant::now() + Duration::from_secs(2);
         while !host.is_free(Proto::Tcp, None, port) && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
