@@ -11,7 +11,7 @@ use cnibridge::cnm::{router, server};
 use cnibridge::dataplane::netlink::NetlinkDataplane;
 use cnibridge::dataplane::Dataplane;
 use cnibridge::dockerd::DockerApi;
-use cnibridge::driver::{Driver, DriverConfig, Known, DEFAULT_EXPORT_SUBDIR};
+use cnibridge::driver::{Driver, DriverConfig, Known, ABANDON_GRACE, DEFAULT_EXPORT_SUBDIR};
 use cnibridge::firewall::iptables::IptablesFirewall;
 use cnibridge::firewall::nftables::NftablesFirewall;
 use cnibridge::firewall::Firewall;
@@ -183,8 +183,13 @@ async fn serve<F: Firewall>(args: ServeArgs, fw: F) -> Result<(), String> {
     // What the earlier life knew, taken before the socket lets dockerd create anything new.
     let earlier = driver.known().await;
     let forgetter = docker.map(|d| tokio::spawn(forget_removed(driver.clone(), d, earlier)));
+    let collector = {
+        let driver = driver.clone();
+        tokio::spawn(async move { driver.collect_abandoned_addresses(ABANDON_GRACE).await })
+    };
     let served = server::serve(listener, &args.socket, router(driver), shutdown_signal()).await;
     reloader.abort();
+    collector.abort();
     if let Some(f) = forgetter {
         f.abort();
     }

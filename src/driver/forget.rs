@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 use super::{blocking, short, Driver, DriverError};
 use crate::dataplane::Dataplane;
@@ -22,11 +22,22 @@ use crate::ipam::Owner;
 /// Networks (by id) and their endpoints known at one moment.
 pub type Known = BTreeMap<String, Vec<String>>;
 
-/// What was known at the last `Plugin.Activate`, for the task that asks dockerd about it.
-#[derive(Default)]
+/// What was known at the last `Plugin.Activate`, for the task that asks dockerd about it;
+/// and a count of activations for anyone else who acts on them.
 pub(crate) struct Activations {
     pending: Mutex<Option<Known>>,
     notify: Notify,
+    pub(crate) generation: watch::Sender<u64>,
+}
+
+impl Default for Activations {
+    fn default() -> Self {
+        Self {
+            pending: Mutex::default(),
+            notify: Notify::new(),
+            generation: watch::channel(0).0,
+        }
+    }
 }
 
 /// The slot holds a plain value replaced whole, so a panic elsewhere cannot leave it torn.
@@ -64,6 +75,7 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
         *pending(&self.activations) = Some(known);
         // A stored permit if the task is busy: the activation is not lost.
         self.activations.notify.notify_one();
+        self.activations.generation.send_modify(|g| *g += 1);
     }
 
     /// Waits for the next `Plugin.Activate`; returns what was known when it arrived.

@@ -43,7 +43,7 @@ fn known(nets: &[(&str, &[&str])]) -> Known {
 }
 
 /// A network made as Docker makes one: pool, gateway address, CreateNetwork.
-async fn network(r: &Rig, id: &str, subnet: &str, bridge: &str) -> String {
+pub(super) async fn network(r: &Rig, id: &str, subnet: &str, bridge: &str) -> String {
     let ipam = r.driver.ipam().clone();
     let grant = ipam
         .request_pool(&PoolRequest {

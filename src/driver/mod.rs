@@ -19,6 +19,8 @@ use crate::ipam::{Ipam, IpamError};
 use crate::state::records::{EndpointRecord, FamilyData, NetworkRecord, ENDPOINTS, NETWORKS};
 use crate::state::{Durability, StateDir, StateError};
 
+mod abandoned;
+pub use abandoned::ABANDON_GRACE;
 mod cni;
 mod endpoint;
 mod export;

@@ -12,6 +12,8 @@ use crate::dataplane::DataplaneError;
 use crate::firewall::testing::{FirewallCall, RecordingFirewall};
 use crate::ipam::{IpamConfig, PoolRequest};
 
+#[path = "abandoned_tests.rs"]
+mod abandoned_tests;
 #[path = "forget_tests.rs"]
 mod forget_tests;
 

@@ -163,7 +163,8 @@ impl Ipam {
     }
 
     /// Relabel an address we hold (CreateEndpoint, gateway/aux): the file is rewritten in
-    /// place, so the address never looks free. Only a file whose content is ours is touched.
+    /// place, so the address never looks free. Only a file whose content is ours is touched;
+    /// a missing file is created again if nobody took the address meanwhile.
     pub fn set_owner(
         &self,
         pool_id: &str,
@@ -187,12 +188,25 @@ impl Ipam {
         }
         let store = work.store(&rec)?;
         let content = owner.render();
-        match locked(store, |s| relabel(s, address, &content))? {
+        let outcome = locked(store, |s| match relabel(s, address, &content)? {
+            // The file went (removed by hand, or collected as abandoned after a very late
+            // CreateEndpoint): the endpoint uses the address, so take it again if still free.
+            Outcome::Missing => {
+                if s.reserve(&owner.id(), owner.ifname(), address, rec.range_index)? {
+                    tracing::warn!(pool = %rec.id, %address, "allocation file was gone; reserved the address again");
+                    Ok(Outcome::Done)
+                } else {
+                    Ok(s.read(address)?.map_or(Outcome::Missing, Outcome::Foreign))
+                }
+            }
+            o => Ok(o),
+        })?;
+        match outcome {
             Outcome::Done => Ok(()),
             Outcome::Missing => Err(IpamError::Store {
                 path: store.dir().join(disk::file_name(address)),
-                reason: "the allocation file was removed behind cnibridge's back, so the address \
-                         is no longer reserved; release and request it again"
+                reason: "the allocation file could not be created again; release and request \
+                         the address again"
                     .to_string(),
             }),
             Outcome::Foreign(c) => Err(IpamError::AddressInUse {

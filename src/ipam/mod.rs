@@ -14,9 +14,9 @@
 //!
 //! Crash safety: a SIGKILL between the O_EXCL create of an address file and its write leaves
 //! an empty file, which holds the address for nobody; host-local has the same window. Such
-//! files, like `pending` files whose endpoint never came, are not recognisably anyone's and
-//! are left for a garbage collector (an empty file is never ours, so we never delete a file a
-//! host-local writer is about to fill).
+//! files are not recognisably anyone's and are left for a garbage collector (an empty file is
+//! never ours, so we never delete a file a host-local writer is about to fill). `pending`
+//! files whose endpoint never came are ours and are collected (`abandoned`).
 //!
 //! Locking: the pool table's mutex is held only briefly; each pool has its own mutex, held
 //! across the flock of its host-local directory, so a CNI runtime holding that flock stalls
@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::state::{Durability, StateDir, StateError};
 
+mod abandoned;
 mod address;
 pub mod allocator;
 mod conf;
@@ -46,6 +47,7 @@ pub mod pools;
 pub mod range;
 mod request;
 
+pub use abandoned::PendingAddress;
 use allocator::{locked, release, Outcome, Store};
 use disk::DiskStore;
 pub use owner::is_ours;

@@ -115,6 +115,13 @@ pub fn is_ours(content: &[u8]) -> bool {
     }
 }
 
+/// The owner of a `pending` file's content (`None` for any other content).
+pub(super) fn pending_owner(content: &str) -> Option<Owner> {
+    let (id, ifname) = content.trim().split_once("\r\n")?;
+    let token = id.strip_prefix(PENDING_PREFIX)?;
+    (ifname == "pending" && is_hex_token(token)).then(|| Owner::Pending(token.to_string()))
+}
+
 /// A pending token: 16 hex digits, unique within the process (a counter) and across restarts
 /// (a random base read once, so the hot path does not open /dev/urandom).
 pub(super) fn token() -> String {

@@ -1,5 +1,6 @@
 //! Tests of the `Ipam` facade against a real store in a temp dir.
 
+mod abandoned;
 mod conf;
 mod ownership;
 
