@@ -159,3 +159,32 @@ fn the_host_port_probe_sees_bound_ports() {
         assert!(0 < a && a <= b);
     });
 }
+
+#[test]
+fn a_stopped_service_leaves_its_port_free_despite_time_wait() {
+    in_netns(
+        "a_stopped_service_leaves_its_port_free_despite_time_wait",
+        || async {
+            let host = SystemHostPorts;
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let (served, _) = listener.accept().unwrap();
+            // The service closes first: its side of the connection lingers in TIME_WAIT on `port`.
+            drop(served);
+            drop(listener);
+            drop(client);
+            let out = run(&["ss", "-Htan", "state", "time-wait"]);
+            assert!(
+                out.contains(&format!("127.0.0.1:{port}")),
+                "no TIME_WAIT: {out}"
+            );
+            // docker-proxy could bind it (SO_REUSEADDR), so the probe agrees.
+            let deadline = std::time::Instant::now() + Duration::from_secs(2);
+            while !host.is_free(Proto::Tcp, None, port) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert!(host.is_free(Proto::Tcp, ip("127.0.0.1"), port));
+        },
+    );
+}

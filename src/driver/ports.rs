@@ -177,8 +177,10 @@ impl HostPorts for SystemHostPorts {
 }
 
 /// Whether binding `addr` fails with EADDRINUSE. Any other failure (an address the host does
-/// not have, no IPv6, no SCTP module) means nobody can hold the port there either. No
-/// `SO_REUSEADDR`, so a listener, a bound socket and a connection's local port all count.
+/// not have, no IPv6, no SCTP module) means nobody can hold the port there either. The probe
+/// binds as docker-proxy would (Go listeners set `SO_REUSEADDR` for TCP, not for UDP): a
+/// listener, a bound socket and a connection's local port count, a closed connection in
+/// TIME_WAIT does not.
 fn bind_in_use(proto: Proto, addr: SocketAddr) -> bool {
     use nix::sys::socket::{bind, socket, AddressFamily, SockFlag, SockProtocol, SockType};
     use nix::sys::socket::{SockaddrIn, SockaddrIn6};
@@ -194,6 +196,9 @@ fn bind_in_use(proto: Proto, addr: SocketAddr) -> bool {
     let Ok(fd) = socket(family, ty, SockFlag::SOCK_CLOEXEC, protocol) else {
         return false;
     };
+    if proto != Proto::Udp {
+        let _ = nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::ReuseAddr, &true);
+    }
     let res = match addr {
         SocketAddr::V4(a) => bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(a)),
         SocketAddr::V6(a) => {
@@ -256,10 +261,18 @@ pub fn resolve(
         let at = |port| PortMapping::single(r.proto, r.host_ip, port, r.container_port);
         let mapping = if r.host_port != 0 && r.host_port == r.host_port_end {
             let m = at(r.host_port);
+            let port = port_text(r.host_ip, r.host_port, r.proto);
             if let Some(h) = holder(&m) {
                 return Err(DriverError::Invalid(format!(
-                    "host port {} is already published by {h}",
-                    port_text(r.host_ip, r.host_port, r.proto)
+                    "host port {port} is already published by {h}"
+                )));
+            }
+            // Docker's bridge fails here too (docker-proxy cannot bind); without the check the
+            // DNAT would silently take the port's outside traffic from the host's service.
+            if !host.is_free(r.proto, r.host_ip, r.host_port) {
+                return Err(DriverError::Invalid(format!(
+                    "host port {port} is already in use on the host; stop what listens on it or \
+                     publish another host port"
                 )));
             }
             m

@@ -224,6 +224,38 @@ fn a_port_held_by_another_endpoint_is_refused_naming_it() {
 }
 
 #[test]
+fn an_explicit_port_a_host_process_holds_is_refused() {
+    let host = FakeHost::new(DEFAULT_EPHEMERAL, &[(Proto::Tcp, 8080)]);
+    let e = err_of(resolve(
+        &[req(Proto::Tcp, Some("127.0.0.1"), 8080, 8080, 80)],
+        BOTH,
+        &PortTable::new(),
+        &host,
+    ));
+    assert_eq!(
+        e,
+        "host port 127.0.0.1:8080/tcp is already in use on the host; stop what listens on it or \
+         publish another host port"
+    );
+    // The other protocol is free, and so is the port once nobody holds it.
+    assert!(resolve(
+        &[req(Proto::Udp, None, 8080, 8080, 80)],
+        BOTH,
+        &PortTable::new(),
+        &host
+    )
+    .is_ok());
+    let free = FakeHost::new(DEFAULT_EPHEMERAL, &[]);
+    assert!(resolve(
+        &[req(Proto::Tcp, None, 8080, 8080, 80)],
+        BOTH,
+        &PortTable::new(),
+        &free
+    )
+    .is_ok());
+}
+
+#[test]
 fn port_zero_takes_the_lowest_free_ephemeral_port() {
     let host = FakeHost::new((40000, 40005), &[(Proto::Tcp, 40001)]);
     let held = table(&[(NET, EP, PortMapping::single(Proto::Tcp, None, 40000, 80))]);

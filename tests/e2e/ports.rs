@@ -353,6 +353,35 @@ pub fn d_published_ports(ctx: &mut Ctx) {
         get_from_outside(&out, HOST_IP, 8080)
     });
 
+    // A port a host process listens on is refused as by Docker's bridge (docker-proxy cannot
+    // bind it), instead of the DNAT silently taking its outside traffic.
+    let service = std::net::TcpListener::bind(("0.0.0.0", 0)).expect("host listener");
+    let busy = service.local_addr().expect("listener address").port();
+    let o = s.run(
+        "cnbt-pt3",
+        net,
+        &["-p", &format!("{busy}:80")],
+        &["sleep", "600"],
+    );
+    let err = stderr_text(&o) + &stdout_text(&o);
+    assert!(
+        !o.status.success(),
+        "-p {busy}:80 started over a host listener: {err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "host port {busy}/tcp is already in use on the host"
+        )),
+        "docker run output for -p {busy}:80 over a host listener: {err}"
+    );
+    s.rm("cnbt-pt3");
+    assert_eq!(
+        ctx.backend.listing(),
+        before,
+        "cnibridge's rules changed with the refused -p {busy}:80"
+    );
+    drop(service);
+
     drop(echo);
     s.rm("cnbt-pt1");
     ctx.wait_link_gone(&ep.veth());
