@@ -13,6 +13,7 @@ use cnibridge::dataplane::Dataplane;
 use cnibridge::dockerd::DockerApi;
 use cnibridge::driver::{Driver, DriverConfig, Known, ABANDON_GRACE, DEFAULT_EXPORT_SUBDIR};
 use cnibridge::firewall::iptables::IptablesFirewall;
+use cnibridge::firewall::leftovers;
 use cnibridge::firewall::nftables::NftablesFirewall;
 use cnibridge::firewall::Firewall;
 use cnibridge::firewall::NoFirewall;
@@ -149,24 +150,8 @@ fn main() -> ExitCode {
 
 async fn serve<F: Firewall>(args: ServeArgs, fw: F) -> Result<(), String> {
     let docker = DockerApi::from_host(&args.docker_host)?;
-    let state = StateDir::open(&args.state_dir).map_err(|e| e.to_string())?;
-    let ipam = Ipam::open(IpamConfig {
-        state: state.clone(),
-        data_dir: args.cni_data_dir.clone(),
-        default_pools: args.default_pools.clone(),
-        cni_conf_dir: args.cni_conf_dir.clone(),
-    })
-    .map_err(|e| e.to_string())?;
-    let dp = NetlinkDataplane::new().map_err(|e| e.to_string())?;
-    let export_dir = args
-        .cni_export_dir
-        .clone()
-        .unwrap_or_else(|| args.state_dir.join(DEFAULT_EXPORT_SUBDIR));
-    // State is loaded and reconciled before the socket opens, so the first request already
-    // sees every network of the earlier life.
-    let driver = Driver::open_with(dp, fw, ipam, state, DriverConfig { export_dir })
-        .await
-        .map_err(|e| e.to_string())?;
+    // Before the socket exists, so a SIGHUP sent to a daemon that already answers never takes
+    // the default action (exit).
     let hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(h) => Some(h),
         Err(e) => {
@@ -174,11 +159,24 @@ async fn serve<F: Firewall>(args: ServeArgs, fw: F) -> Result<(), String> {
             None
         }
     };
+    // First of all: a second cnibridge on a live socket must be refused before it touches the
+    // firewall or the kernel. Connections made meanwhile wait in the backlog until `serve`.
     let listener = server::bind(&args.socket)
         .await
         .map_err(|e| e.to_string())?;
+    let driver = match open_driver(&args, fw).await {
+        Ok(d) => Arc::new(d),
+        Err(e) => {
+            let _ = std::fs::remove_file(&args.socket);
+            return Err(e);
+        }
+    };
+    match args.firewall {
+        FirewallKind::Iptables => leftovers::remove_nftables_table().await,
+        FirewallKind::Nftables => leftovers::remove_iptables_rules().await,
+        FirewallKind::None => {}
+    }
     tracing::info!(socket = %args.socket.display(), "cnibridge serving");
-    let driver = Arc::new(driver);
     let reloader = tokio::spawn(reload_on_sighup(driver.clone(), hup));
     // What the earlier life knew, taken before the socket lets dockerd create anything new.
     let earlier = driver.known().await;
@@ -196,6 +194,30 @@ async fn serve<F: Firewall>(args: ServeArgs, fw: F) -> Result<(), String> {
     served.map_err(|e| e.to_string())?;
     tracing::info!("cnibridge stopped");
     Ok(())
+}
+
+/// Load the state and reconcile it with the kernel and the firewall, before the first request
+/// is read, so it already sees every network of the earlier life.
+async fn open_driver<F: Firewall>(
+    args: &ServeArgs,
+    fw: F,
+) -> Result<Driver<NetlinkDataplane, F>, String> {
+    let state = StateDir::open(&args.state_dir).map_err(|e| e.to_string())?;
+    let ipam = Ipam::open(IpamConfig {
+        state: state.clone(),
+        data_dir: args.cni_data_dir.clone(),
+        default_pools: args.default_pools.clone(),
+        cni_conf_dir: args.cni_conf_dir.clone(),
+    })
+    .map_err(|e| e.to_string())?;
+    let dp = NetlinkDataplane::new().map_err(|e| e.to_string())?;
+    let export_dir = args
+        .cni_export_dir
+        .clone()
+        .unwrap_or_else(|| args.state_dir.join(DEFAULT_EXPORT_SUBDIR));
+    Driver::open_with(dp, fw, ipam, state, DriverConfig { export_dir })
+        .await
+        .map_err(|e| e.to_string())
 }
 
 async fn shutdown_signal() {

@@ -137,6 +137,8 @@ fn a_second_instance_on_a_live_socket_is_refused() {
         err.contains("another cnibridge is already serving on"),
         "{err}"
     );
+    // Refused before it touched anything: not even its state dir was made.
+    assert!(!dir.path().join("other").join("state").exists());
     // The first one still answers.
     assert!(post(&socket, "/IpamDriver.GetCapabilities", "").starts_with("HTTP/1.1 200"));
 }

@@ -26,32 +26,6 @@ use support::{in_netns_for, run};
 const NET: &str = "7e1aad7e1aad1111111111111111111111111111111111111111111111111111";
 const EP: &str = "7e1aade0e0e01111111111111111111111111111111111111111111111111111";
 
-/// Both families' full dumps, without comments and counters (iptables), or our table
-/// (nftables). The namespace starts empty, so everything in it is ours (plus the built-in
-/// chains' policies).
-fn dump(backend: Backend) -> String {
-    if backend == Backend::Nftables {
-        return nft_table();
-    }
-    let mut out = String::new();
-    for tool in ["iptables-save", "ip6tables-save"] {
-        out.push_str(&format!("## {tool}\n"));
-        for l in run(&[tool]).lines() {
-            if l.starts_with('#') {
-                continue;
-            }
-            match (l.starts_with(':'), l.rfind(" [")) {
-                (true, Some(i)) => out.push_str(&format!("{} [0:0]\n", &l[..i])),
-                _ => {
-                    out.push_str(l);
-                    out.push('\n');
-                }
-            }
-        }
-    }
-    out
-}
-
 fn portmap() -> Map<String, serde_json::Value> {
     let mut m = Map::new();
     m.insert(
@@ -98,7 +72,7 @@ fn reload_after_a_manual_flush_restores_every_rule_with(backend: Backend) {
             )
             .await
             .unwrap();
-            let before_network = dump(backend);
+            let before_network = backend.dump();
 
             // docker network create -d cnibridge --subnet 10.78.0.0/24 -o bridge=cnb-rl
             let mut options = Map::new();
@@ -142,25 +116,25 @@ fn reload_after_a_manual_flush_restores_every_rule_with(backend: Backend) {
                 support::link_json("cnb-rl").is_some(),
                 "bridge cnb-rl missing"
             );
-            let saved = dump(backend);
+            let saved = backend.dump();
             assert_ne!(saved, before_network, "no rules were installed");
             assert!(saved.contains("18080"), "published port missing:\n{saved}");
 
             // Nothing flushed: a reload changes nothing.
             driver.reload_firewall().await.unwrap();
             assert_eq!(
-                dump(backend),
+                backend.dump(),
                 saved,
                 "a reload of intact rules changed them"
             );
 
             for delete_chains in [false, true] {
                 backend.flush_by_hand(delete_chains);
-                let flushed = dump(backend);
+                let flushed = backend.dump();
                 assert!(!flushed.contains("18080"), "flush left rules:\n{flushed}");
                 driver.reload_firewall().await.unwrap();
                 assert_eq!(
-                    dump(backend),
+                    backend.dump(),
                     saved,
                     "reload after a flush (chains deleted: {delete_chains}) differs"
                 );

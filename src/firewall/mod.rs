@@ -22,6 +22,7 @@ pub mod conntrack;
 mod exec;
 mod intent;
 pub mod iptables;
+pub mod leftovers;
 pub mod nftables;
 pub mod ports;
 #[cfg(any(test, feature = "testing"))]

@@ -105,6 +105,33 @@ impl Backend {
         }
     }
 
+    /// Both families' full dumps, without comments and counters (iptables, with this
+    /// backend's tools), or our table (nftables). The namespace starts empty, so everything in
+    /// it is the test's (plus the built-in chains' policies).
+    pub fn dump(self) -> String {
+        if self == Backend::Nftables {
+            return nft_table();
+        }
+        let mut out = String::new();
+        for tool in self.iptables_tools() {
+            let save = format!("{tool}-save");
+            out.push_str(&format!("## {save}\n"));
+            for l in run(&[&save]).lines() {
+                if l.starts_with('#') {
+                    continue;
+                }
+                match (l.starts_with(':'), l.rfind(" [")) {
+                    (true, Some(i)) => out.push_str(&format!("{} [0:0]\n", &l[..i])),
+                    _ => {
+                        out.push_str(l);
+                        out.push('\n');
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// Drop the guard that keeps containers from the host's 127.0.0.1 services.
     pub fn remove_loopback_guard(self) {
         match self {

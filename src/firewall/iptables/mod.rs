@@ -20,6 +20,7 @@ use super::exec::{run_tool as run, set_route_localnet};
 use super::intent::{key, EndpointKey, Intent};
 use super::{conntrack, EndpointPorts, Firewall, FirewallError, NetworkRules};
 
+pub mod remove;
 pub mod render;
 pub mod render_ports;
 
@@ -295,6 +296,22 @@ async fn restore(tools: &IptablesTools, script: &str) -> Result<(), FirewallErro
     })
 }
 
+/// `iptables -S` of one table.
+async fn list_table(tools: &IptablesTools, table: &str) -> Result<String, FirewallError> {
+    let out = run(&tools.iptables, &["-w", "-t", table, "-S"], None).await?;
+    if !out.status.success() {
+        return Err(FirewallError::Backend {
+            tool: tools.iptables.clone(),
+            reason: format!(
+                "listing the {table} table failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// The per-endpoint chains of ours (`CNIB-DN-…` in nat, `CNIB-FW-…` in filter) the kernel
 /// holds, read with `iptables -S` per table.
 async fn endpoint_chains_in_kernel(tools: &IptablesTools) -> Result<Vec<String>, FirewallError> {
@@ -303,19 +320,9 @@ async fn endpoint_chains_in_kernel(tools: &IptablesTools) -> Result<Vec<String>,
         ("nat", render_ports::DNAT_PREFIX),
         ("filter", render_ports::ACCEPT_PREFIX),
     ] {
-        let out = run(&tools.iptables, &["-w", "-t", table, "-S"], None).await?;
-        if !out.status.success() {
-            return Err(FirewallError::Backend {
-                tool: tools.iptables.clone(),
-                reason: format!(
-                    "listing the {table} table failed ({}): {}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ),
-            });
-        }
         chains.extend(
-            String::from_utf8_lossy(&out.stdout)
+            list_table(tools, table)
+                .await?
                 .lines()
                 .filter_map(|l| l.strip_prefix("-N "))
                 .filter(|c| c.starts_with(prefix))

@@ -111,6 +111,37 @@ impl NftablesFirewall {
     }
 }
 
+/// Delete our table, for a host that switched to `--firewall iptables` (an earlier cnibridge
+/// ran with nftables). `Ok(false)`: there was none.
+pub async fn remove_table(nft: &str) -> Result<bool, FirewallError> {
+    let failed = |what: &str, out: &std::process::Output| FirewallError::Backend {
+        tool: nft.to_string(),
+        reason: format!(
+            "{what} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+    };
+    let out = run_tool(nft, &["list", "tables"], None).await?;
+    if !out.status.success() {
+        return Err(failed("listing the tables", &out));
+    }
+    let ours = format!("table {TABLE}");
+    if !String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.trim() == ours)
+    {
+        return Ok(false);
+    }
+    let mut delete = vec!["delete", "table"];
+    delete.extend(TABLE.split_whitespace());
+    let out = run_tool(nft, &delete, None).await?;
+    if !out.status.success() {
+        return Err(failed(&format!("deleting table {TABLE}"), &out));
+    }
+    Ok(true)
+}
+
 impl Firewall for NftablesFirewall {
     async fn add_network(&self, rules: &NetworkRules) -> Result<(), FirewallError> {
         let mut state = self.state.lock().await;
