@@ -11,7 +11,7 @@ use cnibridge::cnm::{router, server};
 use cnibridge::dataplane::netlink::NetlinkDataplane;
 use cnibridge::dataplane::Dataplane;
 use cnibridge::dockerd::DockerApi;
-use cnibridge::driver::{Driver, DriverConfig, Known, ABANDON_GRACE, DEFAULT_EXPORT_SUBDIR};
+use cnibridge::driver::{Driver, DriverConfig, ABANDON_GRACE, DEFAULT_EXPORT_SUBDIR};
 use cnibridge::firewall::iptables::IptablesFirewall;
 use cnibridge::firewall::leftovers;
 use cnibridge::firewall::nftables::NftablesFirewall;
@@ -180,7 +180,10 @@ async fn serve<F: Firewall>(args: ServeArgs, fw: F) -> Result<(), String> {
     let reloader = tokio::spawn(reload_on_sighup(driver.clone(), hup));
     // What the earlier life knew, taken before the socket lets dockerd create anything new.
     let earlier = driver.known().await;
-    let forgetter = docker.map(|d| tokio::spawn(forget_removed(driver.clone(), d, earlier)));
+    let forgetter = docker.map(|d| {
+        let driver = driver.clone();
+        tokio::spawn(async move { driver.forget_loop(&d, earlier).await })
+    });
     let collector = {
         let driver = driver.clone();
         tokio::spawn(async move { driver.collect_abandoned_addresses(ABANDON_GRACE).await })
@@ -250,21 +253,6 @@ async fn reload_on_sighup<D: Dataplane, F: Firewall>(
         if let Err(e) = driver.reload_firewall().await {
             tracing::error!(error = %e, "firewall reload failed");
         }
-    }
-}
-
-/// Asks dockerd about what was known at start, then again at every `Plugin.Activate` (dockerd
-/// restarted) about what was known then; see `Driver::forget_removed`.
-async fn forget_removed<D: Dataplane, F: Firewall>(
-    driver: Arc<Driver<D, F>>,
-    docker: DockerApi,
-    mut candidates: Known,
-) {
-    loop {
-        if !candidates.is_empty() {
-            driver.forget_removed(&docker, &candidates).await;
-        }
-        candidates = driver.next_activation().await;
     }
 }
 

@@ -51,7 +51,14 @@ pub struct Forgotten {
     pub networks: Vec<String>,
     /// (network id, endpoint id).
     pub endpoints: Vec<(String, String)>,
+    /// dockerd could not be asked (down, or starting: its API serves only after it restored
+    /// its networks, which calls us), so the check stopped there.
+    pub unanswered: bool,
 }
+
+/// Seconds between the asks of a check dockerd does not answer: about two minutes in all,
+/// enough for a dockerd that is starting; after that the next activation asks again.
+const RETRY_DELAYS: [u64; 7] = [1, 2, 4, 8, 16, 32, 64];
 
 impl<D: Dataplane, F: Firewall> Driver<D, F> {
     /// The networks and endpoints known now.
@@ -131,12 +138,41 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
                     }
                 },
                 Err(e) => {
-                    tracing::info!(error = %e, "cannot ask dockerd what it still has; asking again when it activates the plugin");
+                    tracing::debug!(error = %e, "cannot ask dockerd what it still has");
+                    forgotten.unanswered = true;
                     break;
                 }
             }
         }
         forgotten
+    }
+
+    /// Runs until aborted: checks `candidates` (what the earlier life knew), then, after each
+    /// `Plugin.Activate`, what was known when it arrived. A check dockerd does not answer is
+    /// repeated after 1, 2, 4 … 64 s, or at once with the newer candidates of an activation
+    /// that comes meanwhile; never on a timer otherwise.
+    pub async fn forget_loop(&self, docker: &impl DockerNetworks, mut candidates: Known) {
+        loop {
+            let mut delays = RETRY_DELAYS.iter();
+            while !candidates.is_empty()
+                && self.forget_removed(docker, &candidates).await.unanswered
+            {
+                let Some(&secs) = delays.next() else {
+                    tracing::info!(
+                        "dockerd does not answer; asking again when it activates the plugin"
+                    );
+                    break;
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(secs)) => {}
+                    known = self.next_activation() => {
+                        candidates = known;
+                        delays = RETRY_DELAYS.iter();
+                    }
+                }
+            }
+            candidates = self.next_activation().await;
+        }
     }
 
     /// DeleteNetwork, then the ReleasePool calls dockerd never sent.

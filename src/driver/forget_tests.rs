@@ -9,16 +9,23 @@ use crate::dockerd::{DockerNetworks, Presence};
 
 const NET3: &str = "5c3f0e1a9d7b4c2e8f6a1b3d5e7f9a0b2c4d6e8f0a1b3c5d7e9f1a3b5c7d9e0f";
 
-/// dockerd as the test describes it; networks it was not told about are "unreachable".
+/// dockerd as the test describes it; networks it was not told about are "unreachable", and
+/// so is everything for its first `down_for` questions (it is starting).
 #[derive(Default)]
 struct FakeDockerd {
     answers: HashMap<&'static str, Presence>,
     asked: Mutex<Vec<String>>,
+    down_for: Mutex<usize>,
 }
 
 impl DockerNetworks for FakeDockerd {
     async fn presence(&self, network_id: &str) -> Result<Presence, String> {
         self.asked.lock().unwrap().push(network_id.to_string());
+        let mut down = self.down_for.lock().unwrap();
+        if *down > 0 {
+            *down -= 1;
+            return Err("dockerd is starting".to_string());
+        }
         self.answers
             .get(network_id)
             .cloned()
@@ -100,7 +107,7 @@ async fn a_network_dockerd_removed_goes_with_its_rules_bridge_pool_and_files() {
         forgotten,
         Forgotten {
             networks: vec![NET.to_string()],
-            endpoints: vec![]
+            ..Default::default()
         }
     );
     assert!(!r.fw.has_network(NET) && r.fw.has_network(NET2));
@@ -139,7 +146,13 @@ async fn without_a_clear_answer_nothing_is_forgotten() {
         .driver
         .forget_removed(&dockerd, &known(&[(NET, &[]), (NET2, &[])]))
         .await;
-    assert_eq!(forgotten, Forgotten::default());
+    assert_eq!(
+        forgotten,
+        Forgotten {
+            unanswered: true,
+            ..Default::default()
+        }
+    );
     // dockerd is down: one question, not one per network.
     assert_eq!(dockerd.asked.lock().unwrap().len(), 1);
     assert!(r.fw.has_network(NET) && r.fw.has_network(NET2));
@@ -226,4 +239,48 @@ async fn an_address_handed_on_is_not_released_for_its_old_endpoint() {
         .forget_removed(&dockerd, &known(&[(NET, &[EP])]))
         .await;
     assert!(address_files(&r, "10.15.50.0/24").contains(&addr.addr().to_string()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dockerd_that_is_starting_is_asked_again_until_it_answers() {
+    let r = Arc::new(rig().await);
+    network(&r, NET, "10.15.50.0/24", "cnbtf1").await;
+    network(&r, NET2, "10.15.51.0/24", "cnbtf2").await;
+    let dockerd = Arc::new(FakeDockerd {
+        answers: HashMap::from([(NET, Presence::Removed), (NET2, present(&[]))]),
+        down_for: Mutex::new(3),
+        ..Default::default()
+    });
+    let task = {
+        let (r, d) = (r.clone(), dockerd.clone());
+        let candidates = r.driver.known().await;
+        tokio::spawn(async move { r.driver.forget_loop(&*d, candidates).await })
+    };
+    // Asked at 0, 1, 3 s (no answer), then at 7 s.
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    assert_eq!(r.driver.network_ids().len(), 2);
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(r.driver.network_ids(), vec![NET2.to_string()]);
+    assert_eq!(dockerd.asked.lock().unwrap().len(), 5);
+    task.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dockerd_that_never_answers_is_asked_again_at_its_next_activation() {
+    let r = Arc::new(rig().await);
+    network(&r, NET, "10.15.50.0/24", "cnbtf1").await;
+    let dockerd = Arc::new(FakeDockerd::default());
+    let task = {
+        let (r, d) = (r.clone(), dockerd.clone());
+        let candidates = r.driver.known().await;
+        tokio::spawn(async move { r.driver.forget_loop(&*d, candidates).await })
+    };
+    // 1 + 7 asks over 127 s, then silence: no timer keeps asking.
+    tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+    assert_eq!(dockerd.asked.lock().unwrap().len(), 8);
+    r.driver.note_activation().await;
+    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    assert_eq!(dockerd.asked.lock().unwrap().len(), 9);
+    assert_eq!(r.driver.network_ids(), vec![NET.to_string()]);
+    task.abort();
 }
