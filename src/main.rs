@@ -178,7 +178,7 @@ async fn serve<F: Firewall>(args: ServeArgs, fw: F) -> Result<(), String> {
     }
     tracing::info!(socket = %args.socket.display(), "cnibridge serving");
     let reloader = tokio::spawn(reload_on_sighup(driver.clone(), hup));
-    // What the earlier life knew, taken before the socket lets dockerd create anything new.
+    // What the earlier life knew, taken before the first request can create anything new.
     let earlier = driver.known().await;
     let forgetter = docker.map(|d| {
         let driver = driver.clone();
@@ -239,7 +239,7 @@ async fn shutdown_signal() {
 }
 
 /// SIGHUP re-applies every firewall rule, like `cnibridge firewall-reload`. A failure is
-/// logged; the daemon keeps serving. The handler is installed before the socket opens, so a
+/// logged; the daemon keeps serving. The handler is installed before the socket is bound, so a
 /// SIGHUP sent to a daemon that already answers never takes the default action (exit).
 async fn reload_on_sighup<D: Dataplane, F: Firewall>(
     driver: Arc<Driver<D, F>>,

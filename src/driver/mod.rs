@@ -251,7 +251,7 @@ async fn blocking<T: Send + 'static>(
 impl<D: Dataplane, F: Firewall> Driver<D, F> {
     /// Load networks and endpoints from the state dir and reconcile them with the kernel:
     /// bridges of known networks exist again (after a reboot) and the firewall holds exactly
-    /// the known networks' rules. Runs before the socket opens.
+    /// the known networks' rules. Runs before the first request is read.
     pub async fn open(dp: D, fw: F, ipam: Arc<Ipam>, state: StateDir) -> Result<Self, DriverError> {
         let export_dir = state.root().join(DEFAULT_EXPORT_SUBDIR);
         Self::open_with(dp, fw, ipam, state, DriverConfig { export_dir }).await

@@ -141,7 +141,7 @@ impl Plugin {
         self.child.as_ref().map(Child::id)
     }
 
-    /// Starts the daemon (again, with the same directories) and waits until its socket accepts connections.
+    /// Starts the daemon (again, with the same directories) and waits until it answers a request.
     /// A socket file alone is not enough: after a SIGKILL the old file is still there, answering nothing.
     pub fn start(&mut self) -> Result<(), String> {
         if self.is_running() {
@@ -190,7 +190,16 @@ impl Plugin {
                     self.log_tail(15)
                 ));
             }
-            if UnixStream::connect(&self.socket).is_ok() {
+            // The socket accepts as soon as it is bound; requests are read only once the
+            // earlier state is reconciled, so ready means answering one.
+            let answered = cnibridge::unix_http::request(
+                &self.socket,
+                "POST",
+                "/NetworkDriver.GetCapabilities",
+                None,
+                START_TIMEOUT,
+            );
+            if answered.is_ok_and(|a| a.status == 200) {
                 return Ok(());
             }
             if Instant::now() >= deadline {
