@@ -114,6 +114,7 @@ const BRIDGES: &[&str] = &[
     cniconf::CONF_BRIDGES[7],
     cniconf::CONF_BRIDGES[8],
     cniconf::CONF_BRIDGES[9],
+    lifecycle::REBOOT_BRIDGE,
     reload::RELOAD_BRIDGES[0],
     reload::RELOAD_BRIDGES[1],
     reload::RELOAD_BRIDGES[2],
@@ -136,6 +137,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("d_stop_start_rm", lifecycle::d_stop_start_rm),
     ("e_plugin_sigkill", lifecycle::e_plugin_sigkill),
     ("e_dockerd_restart", lifecycle::e_dockerd_restart),
+    ("e_host_reboot", lifecycle::e_host_reboot),
     ("f_managed_plugin", managed::f_managed_plugin),
     ("h_masquerade_egress", firewall::h_masquerade_egress),
     ("h_no_masquerade", firewall::h_no_masquerade),
@@ -186,6 +188,7 @@ const NFT_SCENARIOS: &[&str] = &[
     "d_published_ports",
     "f_firewall_reload_restores_traffic",
     "f_restart_forgets_deleted_network",
+    "e_host_reboot",
 ];
 
 /// One suite per backend, each with its own dockerd and cnibridge, one after the other.

@@ -183,3 +183,89 @@ pub fn e_dockerd_restart(ctx: &mut Ctx) {
     ctx.wait_link_gone("cnbtr");
     ctx.wait_no_allocs(SUB);
 }
+
+pub const REBOOT_SUBNET: &str = "10.238.4.0/24";
+pub const REBOOT_BRIDGE: &str = "cnbthb";
+
+/// A host reboot, as near as a test gets without one: dockerd stops, then cnibridge; the kernel loses the
+/// bridge, every veth and every firewall rule; cnibridge starts before dockerd, as its service does. Only
+/// cnibridge's state dir and the host-local files survive, as on disk. The restart-policy container with
+/// a published port comes back with an address from the same network, reaches its gateway and the
+/// outside, answers on its port, and nothing of its old endpoint is left.
+pub fn e_host_reboot(ctx: &mut Ctx) {
+    ctx.require_plugin();
+    const PORT: u16 = 8093;
+    let gateway: std::net::Ipv4Addr = "10.238.4.1".parse().unwrap();
+    let out = crate::firewall::outside();
+    let mut s = ctx.scope();
+    s.network(
+        "cnbt-hb",
+        &[
+            "--subnet",
+            REBOOT_SUBNET,
+            "-o",
+            &format!("bridge={REBOOT_BRIDGE}"),
+        ],
+    );
+    let o = s.run(
+        "cnbt-hb1",
+        "cnbt-hb",
+        &["--restart", "always", "-p", &format!("{PORT}:80")],
+        &["httpd", "-f", "-p", "80", "-h", "/www"],
+    );
+    assert!(
+        o.status.success(),
+        "docker run: {}",
+        crate::support::process::stderr_text(&o)
+    );
+    let first = ctx.endpoint("cnbt-hb1", "cnbt-hb");
+    let from_outside =
+        || crate::ports::get_from_outside(&out, crate::support::outside::HOST_IP, PORT);
+    crate::ports::expect_page("the published port before the reboot", from_outside);
+
+    let (dockerd, plugin, backend) = (&mut ctx.dockerd, &mut ctx.plugin, ctx.backend);
+    dockerd
+        .restart_after(|| {
+            plugin
+                .stop()
+                .unwrap_or_else(|e| panic!("stopping cnibridge: {e}"));
+            // What a reboot takes: the links (the containers' veths went with dockerd's stop) and
+            // the whole firewall state of ours.
+            crate::support::host::delete_link(REBOOT_BRIDGE)
+                .unwrap_or_else(|e| panic!("deleting the bridge: {e}"));
+            // Gone already when dockerd's stop reached cnibridge.
+            let _ = crate::support::host::delete_link(&first.veth());
+            backend.remove_ours();
+            plugin
+                .start()
+                .unwrap_or_else(|e| panic!("starting cnibridge: {e}"));
+        })
+        .unwrap_or_else(|e| panic!("dockerd restart: {e}"));
+
+    let second = restarted_endpoint(ctx, "cnbt-hb1", "cnbt-hb", &first);
+    ctx.assert_veth_on(&second, REBOOT_BRIDGE);
+    ctx.assert_alloc(REBOOT_SUBNET, second.ipv4(), &owner_content(&second));
+    ctx.ping("cnbt-hb1", gateway);
+    crate::firewall::expect_egress(ctx, "cnbt-hb1", &out, crate::support::outside::HOST_IP);
+    crate::ports::expect_page("the published port after the reboot", from_outside);
+    // Only the gateway and the new endpoint hold addresses; no rule names the old endpoint.
+    let files = crate::support::host::ip_files_in(&ctx.cni_dir(REBOOT_SUBNET));
+    assert_eq!(
+        files,
+        {
+            let mut want = vec![gateway.to_string(), second.ipv4().to_string()];
+            want.sort();
+            want.dedup();
+            want
+        },
+        "allocation files after the reboot"
+    );
+    let left = ctx.backend.mentions(&[&first.endpoint_id[..12]]);
+    assert!(left.is_empty(), "rules of the old endpoint: {left:?}");
+
+    s.rm("cnbt-hb1");
+    assert_endpoint_gone(ctx, &second, REBOOT_SUBNET);
+    s.network_rm("cnbt-hb");
+    ctx.wait_link_gone(REBOOT_BRIDGE);
+    ctx.wait_no_allocs(REBOOT_SUBNET);
+}

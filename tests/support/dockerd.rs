@@ -280,9 +280,15 @@ impl Dockerd {
 
     /// Stops and starts again with the same directories and storage driver.
     pub fn restart(&mut self) -> Result<(), String> {
+        self.restart_after(|| {})
+    }
+
+    /// Stops, runs `between` (what happens to the host while dockerd is down), starts again.
+    pub fn restart_after(&mut self, between: impl FnOnce()) -> Result<(), String> {
         let stopped = self.stop();
         // Leftover netns bind mounts of containers killed with dockerd would confuse its restore.
         unmount_under(&self.exec_root().join("netns"));
+        between();
         self.spawn()?;
         stopped.map_err(|e| format!("restarted, but the stop was unclean: {e}"))
     }
