@@ -136,14 +136,7 @@ fn main() {
         eprintln!("ports bench: needs root (dockerd, bridges, iptables); skipped");
         return;
     }
-    if !support::require_tools(&[
-        "/usr/sbin/dockerd",
-        "docker",
-        "busybox",
-        "ip",
-        "iptables",
-        "tar",
-    ]) {
+    if !support::require_tools(support::DOCKER_TIER_TOOLS) {
         eprintln!("ports bench: environment incomplete; skipped");
         return;
     }

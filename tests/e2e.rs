@@ -473,15 +473,7 @@ fn g_nothing_left(l: &Leftovers) {
 fn main() {
     install_panic_hook();
     let ready = panic::catch_unwind(|| {
-        support::require_root()
-            && support::require_tools(&[
-                "/usr/sbin/dockerd",
-                "docker",
-                "busybox",
-                "ip",
-                "iptables",
-                "tar",
-            ])
+        support::require_root() && support::require_tools(support::DOCKER_TIER_TOOLS)
     });
     match ready {
         Ok(true) => {}

@@ -6,7 +6,7 @@
 mod netns_support;
 use netns_support as support;
 
-use cnibridge::firewall::iptables::{remove::remove_all, IptablesTools};
+use cnibridge::firewall::iptables::remove::remove_all;
 use cnibridge::firewall::leftovers;
 use cnibridge::firewall::Firewall;
 use support::backend::{nft_table, Backend};
@@ -64,22 +64,15 @@ fn starting_with_nftables_removes_what_iptables_left() {
                     // Exactly what the daemon runs.
                     leftovers::remove_iptables_rules().await;
                 } else {
-                    for t in backend.iptables_tools() {
-                        let tools = IptablesTools {
-                            iptables: t.into(),
-                            restore: format!("{t}-restore"),
-                        };
-                        assert!(remove_all(&tools).await.unwrap(), "{t}: nothing removed");
+                    for tools in backend.tools() {
+                        let removed = remove_all(&tools).await.unwrap();
+                        assert!(removed, "{}: nothing removed", tools.iptables);
                     }
                 }
                 assert_eq!(backend.dump(), before, "not exactly our rules were removed");
                 // Nothing left: a second start only reads.
-                for t in backend.iptables_tools() {
-                    let tools = IptablesTools {
-                        iptables: t.into(),
-                        restore: format!("{t}-restore"),
-                    };
-                    assert!(!remove_all(&tools).await.unwrap(), "{t}");
+                for tools in backend.tools() {
+                    assert!(!remove_all(&tools).await.unwrap(), "{}", tools.iptables);
                 }
             },
         );

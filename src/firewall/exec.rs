@@ -14,6 +14,14 @@ use super::FirewallError;
 /// request forever.
 pub(crate) const TOOL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How `run_tool` says the tool could not be started (not installed, not executable).
+const CANNOT_RUN: &str = "cannot run ";
+
+/// Whether `e` is `run_tool` failing to start the tool at all.
+pub(crate) fn could_not_start(e: &FirewallError) -> bool {
+    matches!(e, FirewallError::Backend { reason, .. } if reason.starts_with(CANNOT_RUN))
+}
+
 /// Run a tool with an optional stdin, bounded by `TOOL_TIMEOUT`. The child inherits the
 /// calling thread's network namespace.
 pub(crate) async fn run_tool(
@@ -37,7 +45,7 @@ pub(crate) async fn run_tool(
         .kill_on_drop(true);
     let mut child = cmd
         .spawn()
-        .map_err(|e| backend(format!("cannot run {tool}: {e}")))?;
+        .map_err(|e| backend(format!("{CANNOT_RUN}{tool}: {e}")))?;
     if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
         pipe.write_all(input.as_bytes())
             .await

@@ -4,6 +4,7 @@
 //! start. A host without the other backend's tool has none of its rules: nothing to do.
 //! (`--firewall none` leaves the firewall alone, this included.)
 
+use super::exec::could_not_start;
 use super::iptables::{remove::remove_all, IptablesTools};
 use super::nftables::remove_table;
 use super::FirewallError;
@@ -34,13 +35,10 @@ pub async fn remove_nftables_table() {
 }
 
 fn report(e: &FirewallError) {
-    match e {
-        // The tool is not installed: nobody can have left rules with it.
-        FirewallError::Backend { reason, .. } if reason.starts_with("cannot run ") => {
-            tracing::debug!(error = %e, "not looking for another backend's rules")
-        }
-        _ => {
-            tracing::warn!(error = %e, "cannot remove the rules another firewall backend of cnibridge left; remove them by hand (see the README)")
-        }
+    // The tool is not installed: nobody can have left rules with it.
+    if could_not_start(e) {
+        tracing::debug!(error = %e, "not looking for another backend's rules");
+    } else {
+        tracing::warn!(error = %e, "cannot remove the rules another firewall backend of cnibridge left; remove them by hand (see the README)");
     }
 }

@@ -27,16 +27,10 @@ impl Backend {
     pub fn firewall(self) -> AnyFirewall {
         match self {
             Backend::Iptables => AnyFirewall::Iptables(IptablesFirewall::default()),
-            Backend::IptablesLegacy => AnyFirewall::Iptables(IptablesFirewall::new(
-                IptablesTools {
-                    iptables: "iptables-legacy".into(),
-                    restore: "iptables-legacy-restore".into(),
-                },
-                IptablesTools {
-                    iptables: "ip6tables-legacy".into(),
-                    restore: "ip6tables-legacy-restore".into(),
-                },
-            )),
+            Backend::IptablesLegacy => {
+                let [v4, v6] = self.tools();
+                AnyFirewall::Iptables(IptablesFirewall::new(v4, v6))
+            }
             Backend::Nftables => AnyFirewall::Nftables(NftablesFirewall::default()),
         }
     }
@@ -73,6 +67,15 @@ impl Backend {
         for tool in self.iptables_tools() {
             run(&[tool, "-P", "FORWARD", policy]);
         }
+    }
+
+    /// The iptables backend's programs for IPv4 and IPv6 (`iptables` + `iptables-restore`, or the
+    /// `-legacy` ones).
+    pub fn tools(self) -> [IptablesTools; 2] {
+        self.iptables_tools().map(|t| IptablesTools {
+            iptables: t.into(),
+            restore: format!("{t}-restore"),
+        })
     }
 
     /// The iptables and ip6tables programs of the host this backend is meant for.

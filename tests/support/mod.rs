@@ -59,6 +59,17 @@ pub fn require_root() -> bool {
     }
 }
 
+/// What the docker tiers (e2e, ports bench) run: a private dockerd, the CLI, a static busybox for the
+/// test image, and the host tools of their checks.
+pub const DOCKER_TIER_TOOLS: &[&str] = &[
+    "/usr/sbin/dockerd",
+    "docker",
+    "busybox",
+    "ip",
+    "iptables",
+    "tar",
+];
+
 /// True if every tool is available: a name containing '/' must exist as a file, any other name must be
 /// found in PATH (or in the sbin directories, which a non-login root PATH may lack). `busybox` means a
 /// *static* busybox. Otherwise see [`missing`].
