@@ -29,6 +29,7 @@ pub use forget::{Forgotten, Known};
 pub mod names;
 mod network;
 pub mod options;
+pub(crate) mod plan;
 mod pools;
 
 /// The export dir's place under the state dir when `--cni-export-dir` is not given.

@@ -18,9 +18,10 @@
 //! never ours, so we never delete a file a host-local writer is about to fill). `pending`
 //! files whose endpoint never came are ours and are collected (`abandoned`).
 //!
-//! Locking: the pool table's mutex is held only briefly; each pool has its own mutex, held
-//! across the flock of its host-local directory, so a CNI runtime holding that flock stalls
-//! that pool only. The flock is taken and released per operation so host-local can
+//! Locking: the pool table's mutex is held only briefly, never across an fsync (RequestPool
+//! reserves the pool under it, writes the record without it, then publishes the pool); each
+//! pool has its own mutex, held across its record writes and the flock of its host-local
+//! directory, so a slow disk or a CNI runtime holding that flock stalls that pool only. The flock is taken and released per operation so host-local can
 //! interleave; the directory and the lock file are opened once per pool and kept.
 
 use std::collections::BTreeMap;
@@ -327,8 +328,11 @@ impl std::ops::DerefMut for WorkGuard<'_> {
 /// The IPAM half of the plugin.
 pub struct Ipam {
     cfg: IpamConfig,
-    /// Held only for look-ups and for RequestPool's check-and-insert, never across a flock.
+    /// Held only for look-ups and for RequestPool's check-and-reserve and publish, never across
+    /// a flock or an fsync.
     table: Mutex<BTreeMap<String, Arc<Slot>>>,
+    /// RequestPools whose record is being written (see `request`).
+    reserved: request::Reservations,
 }
 
 // Handlers call the IPAM from many threads at once.
@@ -396,6 +400,7 @@ impl Ipam {
         Ok(Arc::new(Self {
             cfg,
             table: Mutex::new(table),
+            reserved: Default::default(),
         }))
     }
 

@@ -12,6 +12,40 @@ use super::{
 };
 use crate::state::Durability;
 
+/// Pools between their overlap check and their durable record: they count against overlaps
+/// but are not yet in the table. Taken only after the table lock (or alone, to drop one).
+#[derive(Debug, Default)]
+pub(super) struct Reservations(Mutex<BTreeMap<String, PoolRecord>>);
+
+/// Drops its reservation however RequestPool ends (published, failed, or unwound).
+struct Reservation<'a> {
+    ipam: &'a Ipam,
+    id: &'a str,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        lock(&self.ipam.reserved.0).remove(self.id);
+    }
+}
+
+/// RequestPool's answer for a pool.
+fn grant(rec: &PoolRecord) -> Result<PoolGrant, IpamError> {
+    let mut data = BTreeMap::new();
+    if let (Some(_), Some(gw)) = (&rec.conf, rec.gateway) {
+        // Docker then uses the config's gateway instead of asking for one.
+        data.insert(
+            GATEWAY_DATA.to_string(),
+            with_prefix(gw, &rec.subnet)?.to_string(),
+        );
+    }
+    Ok(PoolGrant {
+        pool_id: rec.id.clone(),
+        pool: rec.subnet,
+        data,
+    })
+}
+
 impl Ipam {
     /// Reserve a pool (RequestPool): from a CNI config (`--ipam-opt cni.conf=NAME`), from
     /// `--subnet`/`--ip-range`, or the next free default pool.
@@ -37,41 +71,57 @@ impl Ipam {
             )?),
             None => None,
         };
-        let mut table = lock(&self.table);
-        // The store is host-wide: pools of every address space count.
-        let held: Vec<PoolRecord> = table.values().map(|s| read(&s.record).clone()).collect();
-        let rec = match from_conf {
-            Some(planned) => planned.record(&req.address_space),
-            None => self.plan_from_flags(req, &held)?,
+        // Check and reserve under the table lock, write the record (an fsync) without it, then
+        // publish: look-ups and other pools' requests never wait for the disk, and a reserved
+        // pool counts against overlaps but is not visible until its record is durable.
+        let (rec, grant) = {
+            let table = lock(&self.table);
+            let mut reserved = lock(&self.reserved.0);
+            // The store is host-wide: pools of every address space count.
+            let held: Vec<PoolRecord> = table
+                .values()
+                .map(|s| read(&s.record).clone())
+                .chain(reserved.values().cloned())
+                .collect();
+            let rec = match from_conf {
+                Some(planned) => planned.record(&req.address_space),
+                None => self.plan_from_flags(req, &held)?,
+            };
+            if let Some(existing) = pools::find_overlap(&held, &rec.subnet) {
+                return Err(IpamError::Overlap {
+                    wanted: rec.subnet,
+                    existing: existing.subnet,
+                    holder: pools::holder(existing),
+                });
+            }
+            let grant = grant(&rec)?;
+            reserved.insert(rec.id.clone(), rec.clone());
+            (rec, grant)
         };
-        if let Some(existing) = pools::find_overlap(&held, &rec.subnet) {
-            return Err(IpamError::Overlap {
-                wanted: rec.subnet,
-                existing: existing.subnet,
-                holder: pools::holder(existing),
-            });
-        }
-        self.cfg
+        let reservation = Reservation {
+            ipam: self,
+            id: &rec.id,
+        };
+        if let Err(e) = self
+            .cfg
             .state
-            .write(POOLS_KIND, &rec.id, &rec, Durability::PowerLoss)?;
-        let mut data = BTreeMap::new();
-        if let (Some(_), Some(gw)) = (&rec.conf, rec.gateway) {
-            // Docker then uses the config's gateway instead of asking for one.
-            data.insert(
-                GATEWAY_DATA.to_string(),
-                with_prefix(gw, &rec.subnet)?.to_string(),
-            );
+            .write(POOLS_KIND, &rec.id, &rec, Durability::PowerLoss)
+        {
+            // The rename may have happened before the failure (the directory's fsync). The
+            // reservation still keeps everyone else off this id, so the file is ours to remove.
+            if let Err(re) = self.cfg.state.remove(POOLS_KIND, &rec.id) {
+                tracing::warn!(pool = %rec.id, error = %re, "cannot remove the record of a pool that failed to be written");
+            }
+            return Err(e.into());
         }
-        let grant = PoolGrant {
-            pool_id: rec.id.clone(),
-            pool: rec.subnet,
-            data,
-        };
         let slot = Slot {
             record: RwLock::new(rec.clone()),
             work: Mutex::new(Work::default()),
         };
-        table.insert(rec.id, Arc::new(slot));
+        let mut table = lock(&self.table);
+        table.insert(rec.id.clone(), Arc::new(slot));
+        // Under the table lock: a requester sees the reservation or the pool, never neither.
+        drop(reservation);
         Ok(grant)
     }
 
@@ -110,3 +160,7 @@ impl Ipam {
         })
     }
 }
+
+#[cfg(test)]
+#[path = "request_tests.rs"]
+mod tests;
