@@ -7,10 +7,11 @@
 
 pub mod cni;
 pub mod cnm;
+pub mod control;
 pub mod dataplane;
 pub mod dockerd;
 pub mod driver;
 pub mod firewall;
 pub mod ipam;
 pub mod state;
-pub mod unix_http;
+pub mod unix_client;

@@ -1,13 +1,12 @@
 //! The `cnibridge` command line. Nothing else lives here.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use cnibridge::cnm::router::FIREWALL_RELOAD_PATH;
 use cnibridge::cnm::{router, server};
+use cnibridge::control;
 use cnibridge::dataplane::netlink::NetlinkDataplane;
 use cnibridge::dataplane::Dataplane;
 use cnibridge::dockerd::DockerApi;
@@ -19,7 +18,6 @@ use cnibridge::firewall::Firewall;
 use cnibridge::firewall::NoFirewall;
 use cnibridge::ipam::{DefaultPool, Ipam, IpamConfig, DEFAULT_POOLS};
 use cnibridge::state::StateDir;
-use cnibridge::unix_http;
 
 #[derive(Parser)]
 #[command(
@@ -97,7 +95,7 @@ struct ServeArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::FirewallReload(args) => match firewall_reload(&args.socket) {
+        Command::FirewallReload(args) => match control::firewall_reload(&args.socket) {
             Ok(()) => {
                 println!(
                     "cnibridge on {}: firewall rules re-applied",
@@ -252,49 +250,6 @@ async fn reload_on_sighup<D: Dataplane, F: Firewall>(
         tracing::info!("SIGHUP: re-applying firewall rules");
         if let Err(e) = driver.reload_firewall().await {
             tracing::error!(error = %e, "firewall reload failed");
-        }
-    }
-}
-
-/// How long the command waits for the daemon's answer (a reload of many networks is a few
-/// iptables-restore runs).
-const RELOAD_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// POST the private reload method to the daemon's socket and check the answer.
-fn firewall_reload(socket: &Path) -> Result<(), String> {
-    let not_serving = |e: std::io::Error| {
-        format!(
-            "no cnibridge is serving on {} ({e}); start it with cnibridge serve",
-            socket.display()
-        )
-    };
-    let answer = unix_http::request(
-        socket,
-        "POST",
-        FIREWALL_RELOAD_PATH,
-        Some("{}"),
-        RELOAD_TIMEOUT,
-    )
-    .map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => not_serving(e),
-        std::io::ErrorKind::InvalidData => {
-            format!("cnibridge on {} gave no HTTP answer", socket.display())
-        }
-        _ => format!("talking to cnibridge on {}: {e}", socket.display()),
-    })?;
-    match answer.status {
-        200 => Ok(()),
-        404 => Err(format!(
-            "the cnibridge serving on {} does not know firewall-reload (an older version?)",
-            socket.display()
-        )),
-        code => {
-            let body = answer.body.trim();
-            let msg = serde_json::from_str::<serde_json::Value>(body)
-                .ok()
-                .and_then(|v| v.get("Err").and_then(|e| e.as_str()).map(str::to_string))
-                .unwrap_or_else(|| body.to_string());
-            Err(format!("firewall reload failed (HTTP {code}): {msg}"))
         }
     }
 }
