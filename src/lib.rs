@@ -13,5 +13,6 @@ pub mod dockerd;
 pub mod driver;
 pub mod firewall;
 pub mod ipam;
+pub mod serve;
 pub mod state;
 pub mod unix_client;
