@@ -3,7 +3,8 @@
 //!
 //! Seams: `cnm` knows HTTP and JSON, `driver` knows the lifecycle, `ipam`, `dataplane`, `firewall`
 //! and `state` each know one resource. The driver reaches the kernel only through the `Dataplane`
-//! and `Firewall` traits.
+//! and `Firewall` traits. `serve` wires one running daemon, `control` is the operator's client of
+//! its private methods, and `unix_client` the HTTP client both it and `dockerd` talk through.
 
 pub mod cni;
 pub mod cnm;
