@@ -8,10 +8,10 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::unix_http;
+use crate::unix_client;
 
-/// dockerd answers from memory; the bound is for a dockerd that accepted the connection but is
-/// still starting (its API serves only after containers are restored).
+/// dockerd answers from memory; the bound (on the whole exchange) is for a dockerd that accepted
+/// the connection but is still starting (its API serves only after containers are restored).
 const TIMEOUT: Duration = Duration::from_secs(300);
 
 /// What dockerd says about one network.
@@ -86,14 +86,10 @@ impl DockerNetworks for DockerApi {
         if network_id.is_empty() || !network_id.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return Err(format!("{network_id:?} is not a Docker network id"));
         }
-        let socket = self.socket.clone();
         let path = format!("/networks/{network_id}");
-        let answer = tokio::task::spawn_blocking(move || {
-            unix_http::request(&socket, "GET", &path, None, TIMEOUT)
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("asking dockerd on {}: {e}", self.socket.display()))?;
+        let answer = unix_client::request(&self.socket, "GET", &path, None, TIMEOUT)
+            .await
+            .map_err(|e| format!("asking dockerd on {}: {e}", self.socket.display()))?;
         match answer.status {
             200 => Ok(Presence::Present {
                 endpoints: endpoints_of(&answer.body).map_err(|e| {

@@ -3,14 +3,17 @@
 //!
 //! Seams: `cnm` knows HTTP and JSON, `driver` knows the lifecycle, `ipam`, `dataplane`, `firewall`
 //! and `state` each know one resource. The driver reaches the kernel only through the `Dataplane`
-//! and `Firewall` traits.
+//! and `Firewall` traits. `serve` wires one running daemon, `control` is the operator's client of
+//! its private methods, and `unix_client` the HTTP client both it and `dockerd` talk through.
 
 pub mod cni;
 pub mod cnm;
+pub mod control;
 pub mod dataplane;
 pub mod dockerd;
 pub mod driver;
 pub mod firewall;
 pub mod ipam;
+pub mod serve;
 pub mod state;
-pub mod unix_http;
+pub mod unix_client;

@@ -192,7 +192,7 @@ impl Plugin {
             }
             // The socket accepts as soon as it is bound; requests are read only once the
             // earlier state is reconciled, so ready means answering one.
-            let answered = cnibridge::unix_http::request(
+            let answered = cnibridge::unix_client::request_blocking(
                 &self.socket,
                 "POST",
                 "/NetworkDriver.GetCapabilities",

@@ -1,0 +1,135 @@
+//! Netns tier for a clean stop of `cnibridge serve`: SIGTERM right after a burst of
+//! DeleteEndpoint calls must not leave their veths behind. The kernel takes 15–20 ms per veth
+//! and the driver deletes them in the background, so most are still queued when the signal
+//! comes; shutdown settles them before the process exits. Root required; the daemon runs in the test's own network
+//! namespace, without a firewall and without asking any dockerd.
+
+mod netns_support;
+use netns_support as support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use cnibridge::driver::names::host_veth;
+use serde_json::json;
+use support::{in_netns, link_json, run};
+
+const NET: &str = "5e77e1e5e77e1111111111111111111111111111111111111111111111111111";
+/// Enough that the deletions outlast the DeleteEndpoint answers by far.
+const ENDPOINTS: usize = 12;
+
+fn endpoint_id(i: usize) -> String {
+    format!("5e77e1e0e0{i:02x}{}", "1".repeat(52))
+}
+
+#[test]
+fn sigterm_after_delete_endpoint_leaves_no_veths() {
+    in_netns("sigterm_after_delete_endpoint_leaves_no_veths", || async {
+        let tmp = tempfile::tempdir().unwrap();
+        let socket = tmp.path().join("cnibridge.sock");
+        let daemon = Command::new(env!("CARGO_BIN_EXE_cnibridge"))
+            .args(["serve", "--firewall", "none", "--docker-host", "none"])
+            .args(["--log-level", "warn"])
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(tmp.path().join("state"))
+            .arg("--cni-data-dir")
+            .arg(tmp.path().join("data"))
+            .arg("--cni-conf-dir")
+            .arg(tmp.path().join("conf"))
+            .spawn()
+            .unwrap();
+        struct Kill(std::process::Child);
+        impl Drop for Kill {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let pid = daemon.id().to_string();
+        let mut daemon = Kill(daemon);
+        let post = |path: &'static str, body: serde_json::Value| {
+            let socket = socket.clone();
+            async move {
+                let body = body.to_string();
+                let a = cnibridge::unix_client::request(
+                    &socket,
+                    "POST",
+                    path,
+                    Some(&body),
+                    Duration::from_secs(10),
+                )
+                .await;
+                match a {
+                    Ok(a) if a.status == 200 => a.body,
+                    other => panic!("{path}: {other:?}"),
+                }
+            }
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            assert!(Instant::now() < deadline, "daemon did not serve");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        post(
+            "/NetworkDriver.CreateNetwork",
+            json!({"NetworkID": NET, "Options": {"com.docker.network.generic":
+                   {"com.docker.network.bridge.name": "cnb-stop"}},
+                   "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": "10.78.0.0/24",
+                                 "Gateway": "10.78.0.1/24", "AuxAddresses": {}}],
+                   "IPv6Data": []}),
+        )
+        .await;
+        let eps: Vec<String> = (0..ENDPOINTS).map(endpoint_id).collect();
+        for (i, ep) in eps.iter().enumerate() {
+            post(
+                "/NetworkDriver.CreateEndpoint",
+                json!({"NetworkID": NET, "EndpointID": ep, "Options": {},
+                       "Interface": {"Address": format!("10.78.0.{}/24", i + 2),
+                                     "AddressIPv6": "", "MacAddress": ""}}),
+            )
+            .await;
+            post(
+                "/NetworkDriver.Join",
+                json!({"NetworkID": NET, "EndpointID": ep,
+                       "SandboxKey": "/var/run/docker/netns/x", "Options": {}}),
+            )
+            .await;
+            assert!(
+                link_json(&host_veth(ep)).is_some(),
+                "Join made no veth for {ep}"
+            );
+        }
+        for ep in &eps {
+            post(
+                "/NetworkDriver.Leave",
+                json!({"NetworkID": NET, "EndpointID": ep}),
+            )
+            .await;
+            post(
+                "/NetworkDriver.DeleteEndpoint",
+                json!({"NetworkID": NET, "EndpointID": ep}),
+            )
+            .await;
+        }
+        run(&["kill", "-TERM", &pid]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = daemon.0.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "no exit after SIGTERM");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert!(status.success(), "SIGTERM must be a clean exit: {status}");
+        let left: Vec<String> = eps
+            .iter()
+            .map(|ep| host_veth(ep))
+            .filter(|veth| link_json(veth).is_some())
+            .collect();
+        assert!(left.is_empty(), "veths left after a clean stop: {left:?}");
+        assert!(!socket.exists(), "socket left after a clean stop");
+    });
+}
