@@ -12,5 +12,7 @@ pub mod dockerd;
 pub mod driver;
 pub mod firewall;
 pub mod ipam;
+pub mod names;
+pub mod range;
 pub mod state;
 pub mod unix_http;

@@ -15,8 +15,8 @@ use super::DriverError;
 use crate::cni::config::{display_name, CniVersion, IpamConf, Origin};
 use crate::cni::{self, export, CniError, NetConf, RangeConf, RouteConf};
 use crate::cnm::types::StaticRoute;
-use crate::ipam::range::{next_ip, usable_range};
 use crate::ipam::PoolRecord;
+use crate::range::{next_ip, usable_range};
 use crate::state::records::{CniRange, CniRecord, CniRoute, FamilyData};
 
 /// Bridge keys a config may set to other than the CNI default. cnibridge applies them, except
