@@ -30,6 +30,10 @@ pub use forget::{Forgotten, Known};
 mod network;
 pub mod options;
 mod pools;
+mod spec;
+pub use spec::{
+    EndpointAnswer, EndpointSpec, GenericOptions, IpamFamily, JoinAnswer, NetworkSpec, StaticRoute,
+};
 
 /// The export dir's place under the state dir when `--cni-export-dir` is not given.
 pub const DEFAULT_EXPORT_SUBDIR: &str = "cni-export";

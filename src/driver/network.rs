@@ -5,10 +5,7 @@ use super::*;
 
 impl<D: Dataplane, F: Firewall> Driver<D, F> {
     /// CreateNetwork: validate everything, then bridge, firewall, record; undo on failure.
-    pub async fn create_network(
-        &self,
-        req: &crate::cnm::types::CreateNetworkRequest,
-    ) -> Result<(), DriverError> {
+    pub async fn create_network(&self, req: &NetworkSpec) -> Result<(), DriverError> {
         if req.network_id.is_empty() {
             return Err(DriverError::Invalid("NetworkID is missing".into()));
         }
@@ -16,8 +13,8 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
             return Ok(());
         }
         let opts = options::parse(&req.options)?;
-        let ipv4 = self.family("IPv4", &req.ipv4_data, false)?;
-        let ipv6 = self.family("IPv6", &req.ipv6_data, true)?;
+        let ipv4 = self.family("IPv4", &req.ipv4, false)?;
+        let ipv6 = self.family("IPv6", &req.ipv6, true)?;
         let pool_of = |f: &Option<FamilyData>| {
             f.as_ref()
                 .and_then(|f| f.pool_id.as_deref())
