@@ -22,6 +22,7 @@ use crate::state::{Durability, StateDir, StateError};
 mod abandoned;
 pub use abandoned::ABANDON_GRACE;
 mod cni;
+mod creating;
 mod endpoint;
 mod export;
 mod forget;
@@ -157,6 +158,8 @@ pub struct Driver<D, F> {
     ports: Mutex<PortTable>,
     host_ports: Box<dyn HostPorts>,
     activations: forget::Activations,
+    /// CreateNetworks in flight: one per NetworkID, bridge names reserved.
+    creations: creating::Creations,
 }
 
 /// Short ids for logs and names.
@@ -340,6 +343,7 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
             ports: Mutex::new(table),
             host_ports: Box::new(SystemHostPorts),
             activations: forget::Activations::default(),
+            creations: creating::Creations::default(),
         })
     }
 

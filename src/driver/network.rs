@@ -9,6 +9,8 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
         if req.network_id.is_empty() {
             return Err(DriverError::Invalid("NetworkID is missing".into()));
         }
+        // A re-sent CreateNetwork waits here for the original, then finds the network.
+        let _turn = self.creations.turn(&req.network_id).await;
         if self.entry(&req.network_id).is_some() {
             return Ok(());
         }
@@ -45,7 +47,11 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
                 opts.mtu,
             ),
         };
-        if let Some(other) = self.network_on_bridge(&bridge).await {
+        // Held until the network is in the table, so no other create passes this check.
+        let reserved = self
+            .creations
+            .reserve(&bridge, &req.network_id, |b| self.network_on_bridge(b));
+        if let Err(other) = reserved {
             let how = if selected.is_some() {
                 "set another \"bridge\" in the config"
             } else {
@@ -130,6 +136,7 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
         if let Ok(mut map) = self.nets.write() {
             map.insert(net.id.clone(), NetSlot::new(NetState::new(net)));
         }
+        drop(reserved);
         Ok(())
     }
 
@@ -141,7 +148,7 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
         }
     }
 
-    async fn network_on_bridge(&self, bridge: &str) -> Option<String> {
+    fn network_on_bridge(&self, bridge: &str) -> Option<String> {
         let map = self.nets.read().ok()?;
         map.iter()
             .find(|(_, slot)| slot.bridge == bridge)
