@@ -4,6 +4,10 @@
 //! Seams: `cnm` knows HTTP and JSON, `driver` knows the lifecycle, `ipam`, `dataplane`, `firewall`
 //! and `state` each know one resource. The driver reaches the kernel only through the `Dataplane`
 //! and `Firewall` traits.
+//!
+//! Imports flow one way: `cnm` → `driver` → `cni`, `ipam`, `dataplane`, `firewall`, `state` →
+//! the leaves `names` and `range`, which import nothing of the crate (`tests/module_graph.rs`
+//! checks it). The driver takes and returns its own types; `cnm` converts the wire to them.
 
 pub mod cni;
 pub mod cnm;
