@@ -48,20 +48,23 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
             ),
         };
         // Held until the network is in the table, so no other create passes this check.
-        let reserved = self
+        let reserved = match self
             .creations
-            .reserve(&bridge, &req.network_id, |b| self.network_on_bridge(b));
-        if let Err(other) = reserved {
-            let how = if selected.is_some() {
-                "set another \"bridge\" in the config"
-            } else {
-                "choose another -o bridge=NAME"
-            };
-            return Err(DriverError::Invalid(format!(
-                "bridge {bridge} is already used by network {}; {how}",
-                short(&other)
-            )));
-        }
+            .reserve(&bridge, &req.network_id, |b| self.network_on_bridge(b))
+        {
+            Ok(r) => r,
+            Err(other) => {
+                let how = if selected.is_some() {
+                    "set another \"bridge\" in the config"
+                } else {
+                    "choose another -o bridge=NAME"
+                };
+                return Err(DriverError::Invalid(format!(
+                    "bridge {bridge} is already used by network {}; {how}",
+                    short(&other)
+                )));
+            }
+        };
         let data_dir = self.ipam.data_dir().to_path_buf();
         let cni_rec = match &selected {
             Some(sel) => {
