@@ -5,6 +5,11 @@
 //! and `state` each know one resource. The driver reaches the kernel only through the `Dataplane`
 //! and `Firewall` traits. `serve` wires one running daemon, `control` is the operator's client of
 //! its private methods, and `unix_client` the HTTP client both it and `dockerd` talk through.
+//!
+//! Imports flow one way: `serve` → `cnm` → `driver` → `cni`, `ipam`, `dataplane`, `firewall`,
+//! `state` → the leaves `names` and `range`, which import nothing of the crate
+//! (`tests/module_graph.rs` checks it). The driver takes and returns its own types; `cnm`
+//! converts the wire to them.
 
 pub mod cni;
 pub mod cnm;
@@ -14,6 +19,8 @@ pub mod dockerd;
 pub mod driver;
 pub mod firewall;
 pub mod ipam;
+pub mod names;
+pub mod range;
 pub mod serve;
 pub mod state;
 pub mod unix_client;

@@ -14,11 +14,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use cnibridge::cnm::types::{
-    CreateEndpointRequest, CreateNetworkRequest, EndpointInterface, IpamData,
-};
 use cnibridge::dataplane::netlink::NetlinkDataplane;
-use cnibridge::driver::{Driver, DriverConfig};
+use cnibridge::driver::{Driver, DriverConfig, EndpointSpec, IpamFamily, NetworkSpec};
 use cnibridge::firewall::NoFirewall;
 use cnibridge::ipam::{Ipam, IpamConfig, PoolRequest, GATEWAY_DATA, LOCAL_ADDRESS_SPACE};
 use cnibridge::state::StateDir;
@@ -166,40 +163,39 @@ fn a_cni_runtime_attaches_to_the_same_network_through_the_export() {
                 })
                 .unwrap();
             driver
-                .create_network(&CreateNetworkRequest {
+                .create_network(&NetworkSpec {
                     network_id: NET.into(),
                     options: Default::default(),
-                    ipv4_data: vec![IpamData {
+                    ipv4: vec![IpamFamily {
                         address_space: LOCAL_ADDRESS_SPACE.into(),
                         pool: grant.pool.to_string(),
                         gateway: grant.data[GATEWAY_DATA].clone(),
                         aux_addresses: Default::default(),
                     }],
-                    ipv6_data: vec![],
+                    ipv6: vec![],
                 })
                 .await
                 .unwrap();
             // docker run: address, endpoint, Join; then what dockerd does with the answer.
             let addr = ipam.request_address(&grant.pool_id, None, false).unwrap();
             driver
-                .create_endpoint(&CreateEndpointRequest {
+                .create_endpoint(&EndpointSpec {
                     network_id: NET.into(),
                     endpoint_id: EP.into(),
-                    interface: EndpointInterface {
-                        address: addr.to_string(),
-                        ..Default::default()
-                    },
-                    options: Default::default(),
+                    address: addr.to_string(),
+                    ..Default::default()
                 })
                 .await
                 .unwrap();
             let join = driver.join(NET, EP).await.unwrap();
             let docker_ctr = NamedNetns::new("dock");
-            let src = &join.interface_name.src_name;
+            let src = &join.src_name;
             docker_ctr.adopt(src, &addr.to_string());
-            docker_ctr.ip(&["route", "add", "default", "via", &join.gateway]);
+            let gateway = join.gateway.unwrap().to_string();
+            docker_ctr.ip(&["route", "add", "default", "via", &gateway]);
             for r in &join.static_routes {
-                docker_ctr.ip(&["route", "add", &r.destination, "via", &r.next_hop]);
+                let (dst, via) = (r.destination.to_string(), r.next_hop.to_string());
+                docker_ctr.ip(&["route", "add", &dst, "via", &via]);
             }
 
             // A CNI runtime pointed at the export dir.

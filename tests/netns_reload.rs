@@ -11,12 +11,9 @@ use netns_support as support;
 
 use std::process::Command;
 
-use cnibridge::cnm::types::{
-    CreateEndpointRequest, CreateNetworkRequest, EndpointInterface, IpamData,
-};
 use cnibridge::dataplane::netlink::NetlinkDataplane;
 use cnibridge::driver::ports::PORTMAP;
-use cnibridge::driver::{Driver, DriverConfig};
+use cnibridge::driver::{Driver, DriverConfig, EndpointSpec, IpamFamily, NetworkSpec};
 use cnibridge::ipam::{Ipam, IpamConfig};
 use cnibridge::state::StateDir;
 use serde_json::{json, Map};
@@ -81,29 +78,26 @@ fn reload_after_a_manual_flush_restores_every_rule_with(backend: Backend) {
                 json!({"com.docker.network.bridge.name": "cnb-rl"}),
             );
             driver
-                .create_network(&CreateNetworkRequest {
+                .create_network(&NetworkSpec {
                     network_id: NET.into(),
                     options,
-                    ipv4_data: vec![IpamData {
+                    ipv4: vec![IpamFamily {
                         address_space: "LocalDefault".into(),
                         pool: "10.78.0.0/24".into(),
                         gateway: "10.78.0.1/24".into(),
                         aux_addresses: Default::default(),
                     }],
-                    ipv6_data: vec![],
+                    ipv6: vec![],
                 })
                 .await
                 .unwrap();
             // docker run -p 18080:80
             driver
-                .create_endpoint(&CreateEndpointRequest {
+                .create_endpoint(&EndpointSpec {
                     network_id: NET.into(),
                     endpoint_id: EP.into(),
-                    interface: EndpointInterface {
-                        address: "10.78.0.2/24".into(),
-                        ..Default::default()
-                    },
-                    options: Default::default(),
+                    address: "10.78.0.2/24".into(),
+                    ..Default::default()
                 })
                 .await
                 .unwrap();

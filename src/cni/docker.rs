@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use super::config::NetConf;
 use super::ipam::family;
 use super::CniError;
-use crate::ipam::range::{Range, RangeSet};
+use crate::range::{Range, RangeSet};
 
 /// The Docker pool of one family: what RequestPool answers and the IPAM allocates from.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,8 +12,7 @@ use serde_json::Value;
 use super::config::{CniVersion, IpamConf, RangeConf, RouteConf};
 use super::json::Obj;
 use super::CniError;
-use crate::ipam::pools::too_small;
-use crate::ipam::range::{canonical, to_u128, usable_range};
+use crate::range::{canonical, to_u128, too_small, usable_range};
 
 /// Route keys of CNI 1.1 that cnibridge does not program; refused rather than ignored,
 /// because the plugins honour them.

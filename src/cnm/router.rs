@@ -16,6 +16,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use tracing::Instrument;
 
+use super::convert;
 use super::types::*;
 use crate::dataplane::Dataplane;
 use crate::driver::{short, Driver, DriverError};
@@ -166,7 +167,7 @@ async fn handle<D: Dataplane, F: Firewall>(
         }),
         "NetworkDriver.CreateNetwork" => match decode::<CreateNetworkRequest>(method, b) {
             Ok(req) => app
-                .create_network(&req)
+                .create_network(&convert::network_spec(&req))
                 .await
                 .map(|_| json!({}))
                 .map_err(err),
@@ -181,7 +182,11 @@ async fn handle<D: Dataplane, F: Firewall>(
             Err(e) => Err(e),
         },
         "NetworkDriver.CreateEndpoint" => match decode::<CreateEndpointRequest>(method, b) {
-            Ok(req) => app.create_endpoint(&req).await.map_err(err).and_then(ok),
+            Ok(req) => app
+                .create_endpoint(&convert::endpoint_spec(&req))
+                .await
+                .map_err(err)
+                .and_then(|a| ok(convert::endpoint_response(a))),
             Err(e) => Err(e),
         },
         "NetworkDriver.Join" => match decode::<JoinRequest>(method, b) {
@@ -189,7 +194,7 @@ async fn handle<D: Dataplane, F: Firewall>(
                 .join_with_options(&req.network_id, &req.endpoint_id, &req.options)
                 .await
                 .map_err(err)
-                .and_then(ok),
+                .and_then(|a| ok(convert::join_response(a))),
             Err(e) => Err(e),
         },
         "NetworkDriver.Leave" => match decode::<EndpointRequest>(method, b) {

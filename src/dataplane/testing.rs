@@ -58,6 +58,26 @@ pub struct FakeVeth {
 
 type Predicate = Box<dyn Fn(&DataplaneCall) -> bool + Send + Sync>;
 
+/// A pause at the start of the next `ensure_bridge`, so a test can run another request while
+/// one is inside it: the fake signals `entered` and waits for `release`.
+#[derive(Default)]
+pub struct Gate {
+    entered: tokio::sync::Notify,
+    released: tokio::sync::Notify,
+}
+
+impl Gate {
+    /// Wait until a call is paused at the gate.
+    pub async fn entered(&self) {
+        self.entered.notified().await
+    }
+
+    /// Let the paused call go on (or the next one through, if none is paused yet).
+    pub fn release(&self) {
+        self.released.notify_one()
+    }
+}
+
 #[derive(Default)]
 struct State {
     calls: Vec<DataplaneCall>,
@@ -67,6 +87,7 @@ struct State {
     foreign: Vec<String>,
     fail_calls: Vec<usize>,
     fail_when: Vec<Predicate>,
+    bridge_gate: Option<Arc<Gate>>,
 }
 
 impl State {
@@ -146,6 +167,13 @@ impl RecordingDataplane {
         s.fail_when.clear();
     }
 
+    /// Pause the next `ensure_bridge` at a gate, before it records or changes anything.
+    pub fn gate_next_bridge(&self) -> Arc<Gate> {
+        let gate = Arc::new(Gate::default());
+        self.lock().bridge_gate = Some(gate.clone());
+        gate
+    }
+
     /// Pretend a bridge already exists (made by someone else), for adoption tests.
     pub fn insert_bridge(&self, name: &str, bridge: FakeBridge) {
         self.lock().bridges.insert(name.to_string(), bridge);
@@ -184,6 +212,11 @@ impl RecordingDataplane {
 
 impl Dataplane for RecordingDataplane {
     async fn ensure_bridge(&self, spec: &BridgeSpec) -> Result<BridgeOutcome, DataplaneError> {
+        let gate = self.lock().bridge_gate.take();
+        if let Some(gate) = gate {
+            gate.entered.notify_one();
+            gate.released.notified().await;
+        }
         let mut s = self.lock();
         s.record(DataplaneCall::EnsureBridge(spec.clone()))?;
         let outcome = match s.bridges.get(&spec.name) {

@@ -11,12 +11,11 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 
 use super::options::{self, NetworkOptions};
-use super::DriverError;
+use super::{DriverError, StaticRoute};
 use crate::cni::config::{display_name, CniVersion, IpamConf, Origin};
 use crate::cni::{self, export, CniError, NetConf, RangeConf, RouteConf};
-use crate::cnm::types::StaticRoute;
-use crate::ipam::range::{next_ip, usable_range};
 use crate::ipam::PoolRecord;
+use crate::range::{next_ip, usable_range};
 use crate::state::records::{CniRange, CniRecord, CniRoute, FamilyData};
 
 /// Bridge keys a config may set to other than the CNI default. cnibridge applies them, except
@@ -37,9 +36,6 @@ const SUPPORTED_KEYS: &[&str] = &[
     "dns",
     "capabilities",
 ];
-
-/// StaticRoute type "via a next hop" in libnetwork (`types.NEXTHOP`).
-const ROUTE_NEXTHOP: u8 = 0;
 
 fn cni_err(e: CniError) -> DriverError {
     DriverError::Invalid(e.to_string())
@@ -385,7 +381,7 @@ pub(crate) fn join_routes(
     cni: &CniRecord,
     fam: &FamilyData,
     internal: bool,
-) -> (String, Vec<StaticRoute>) {
+) -> (Option<IpAddr>, Vec<StaticRoute>) {
     let v6 = fam.pool.network().is_ipv6();
     let gateway = fam.gateway.map(|g| g.addr());
     let mut default = None;
@@ -403,9 +399,8 @@ pub(crate) fn join_routes(
         }
         match via {
             Some(v) => statics.push(StaticRoute {
-                destination: r.dst.to_string(),
-                route_type: ROUTE_NEXTHOP,
-                next_hop: v.to_string(),
+                destination: r.dst,
+                next_hop: v,
             }),
             None => {
                 tracing::warn!(route = %r.dst, network = %cni.name, "route without gw in a family without gateway; not applied")
@@ -418,7 +413,7 @@ pub(crate) fn join_routes(
     if internal {
         default = None;
     }
-    (default.map(|g| g.to_string()).unwrap_or_default(), statics)
+    (default, statics)
 }
 
 /// The effective config as the CNI model, for [`export::render`].

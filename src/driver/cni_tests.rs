@@ -9,9 +9,6 @@ use serde_json::json;
 
 use super::*;
 use crate::cni::NetConf;
-use crate::cnm::types::{
-    CreateEndpointRequest, CreateNetworkRequest, EndpointInterface, IpamData, JoinResponse,
-};
 use crate::dataplane::testing::{DataplaneCall, RecordingDataplane};
 use crate::dataplane::BridgeSpec;
 use crate::firewall::testing::RecordingFirewall;
@@ -89,9 +86,9 @@ impl Rig {
         NetConf::load(&path, text.as_bytes()).unwrap()
     }
 
-    /// RequestPool as Docker sends it for `--ipam-opt cni.conf=<sel>`; the IpamData Docker
+    /// RequestPool as Docker sends it for `--ipam-opt cni.conf=<sel>`; the IpamFamily Docker
     /// then gives CreateNetwork (gateway from the answer's Data).
-    fn pool(&self, sel: Option<&str>, subnet: Option<&str>, v6: bool) -> IpamData {
+    fn pool(&self, sel: Option<&str>, subnet: Option<&str>, v6: bool) -> IpamFamily {
         let options = sel
             .map(|s| [("cni.conf".to_string(), s.to_string())].into())
             .unwrap_or_default();
@@ -115,7 +112,7 @@ impl Rig {
                 .unwrap()
                 .to_string(),
         };
-        IpamData {
+        IpamFamily {
             address_space: LOCAL_ADDRESS_SPACE.into(),
             pool: g.pool.to_string(),
             gateway,
@@ -124,21 +121,18 @@ impl Rig {
     }
 
     /// CreateEndpoint with an address from the network's IPv4 pool, then Join.
-    async fn join(&self, net: &str, pool: &str) -> JoinResponse {
+    async fn join(&self, net: &str, pool: &str) -> JoinAnswer {
         let addr = self
             .driver
             .ipam()
             .request_address(pool, None, false)
             .unwrap();
         self.driver
-            .create_endpoint(&CreateEndpointRequest {
+            .create_endpoint(&EndpointSpec {
                 network_id: net.into(),
                 endpoint_id: EP.into(),
-                interface: EndpointInterface {
-                    address: addr.to_string(),
-                    ..Default::default()
-                },
-                options: Default::default(),
+                address: addr.to_string(),
+                ..Default::default()
             })
             .await
             .unwrap();
@@ -157,8 +151,12 @@ impl Rig {
     }
 }
 
-fn docker_ipam(pool: &str, gateway: &str) -> IpamData {
-    IpamData {
+fn ip(s: &str) -> std::net::IpAddr {
+    s.parse().unwrap()
+}
+
+fn docker_ipam(pool: &str, gateway: &str) -> IpamFamily {
+    IpamFamily {
         address_space: "LocalDefault".into(),
         pool: pool.into(),
         gateway: gateway.into(),
@@ -169,16 +167,16 @@ fn docker_ipam(pool: &str, gateway: &str) -> IpamData {
 fn req(
     id: &str,
     generic: serde_json::Value,
-    v4: Vec<IpamData>,
-    v6: Vec<IpamData>,
-) -> CreateNetworkRequest {
+    v4: Vec<IpamFamily>,
+    v6: Vec<IpamFamily>,
+) -> NetworkSpec {
     let mut options = serde_json::Map::new();
     options.insert("com.docker.network.generic".into(), generic);
-    CreateNetworkRequest {
+    NetworkSpec {
         network_id: id.into(),
         options,
-        ipv4_data: v4,
-        ipv6_data: v6,
+        ipv4: v4,
+        ipv6: v6,
     }
 }
 
@@ -189,7 +187,7 @@ fn conf(name: &str, keys: &str, ipam: &str) -> String {
     )
 }
 
-async fn create_err(r: &Rig, request: CreateNetworkRequest) -> String {
+async fn create_err(r: &Rig, request: NetworkSpec) -> String {
     r.driver
         .create_network(&request)
         .await
@@ -216,14 +214,17 @@ async fn ipam_opt_alone_creates_the_configs_network_and_exports_it() {
     assert!(!spec.promisc && !spec.force_address);
 
     let join = r.join(NET, "10.15.20.0/24").await;
-    assert_eq!(join.gateway, "10.15.20.1");
-    assert_eq!(join.gateway_ipv6, "");
+    assert_eq!(join.gateway, Some(ip("10.15.20.1")));
+    assert_eq!(join.gateway_ipv6, None);
     let routes: Vec<_> = join
         .static_routes
         .iter()
-        .map(|s| (s.destination.as_str(), s.route_type, s.next_hop.as_str()))
+        .map(|s| (s.destination.to_string(), s.next_hop.to_string()))
         .collect();
-    assert_eq!(routes, [("10.250.0.0/16", 0, "10.15.20.1")]);
+    assert_eq!(
+        routes,
+        [("10.250.0.0/16".to_string(), "10.15.20.1".to_string())]
+    );
     let veth = r.dp.veth(&names::host_veth(EP)).unwrap();
     assert_eq!(veth.bridge.as_deref(), Some("cni_bridge0"));
     // The address file is in the config's directory, named after the endpoint.
@@ -424,7 +425,7 @@ async fn networks_from_flags_are_exported_with_dockers_defaults() {
     let dsts: Vec<String> = e.ipam.routes.iter().map(|r| r.dst.to_string()).collect();
     assert_eq!(dsts, ["0.0.0.0/0", "::/0"]);
     let join = r.join(NET, "10.60.0.0/24").await;
-    assert_eq!(join.gateway, "10.60.0.1");
+    assert_eq!(join.gateway, Some(ip("10.60.0.1")));
     assert!(join.static_routes.is_empty());
 
     // Docker's IPAM, internal: exported under the derived name, without default routes.

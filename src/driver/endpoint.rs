@@ -1,13 +1,10 @@
 //! Endpoint operations: CreateEndpoint, Join, Leave, DeleteEndpoint, EndpointOperInfo.
 
 use ipnet::IpNet;
-use serde_json::{Map, Value};
 
 use super::{
-    blocking, cni, dp_err, fw_err, names, parse_net, short, Driver, DriverError, NetState,
-};
-use crate::cnm::types::{
-    CreateEndpointRequest, CreateEndpointResponse, EndpointInterface, InterfaceName, JoinResponse,
+    blocking, cni, dp_err, fw_err, names, parse_net, short, Driver, DriverError, EndpointAnswer,
+    EndpointSpec, GenericOptions, JoinAnswer, NetState,
 };
 use crate::dataplane::{Dataplane, DataplaneError, VethSpec};
 use crate::firewall::Firewall;
@@ -26,34 +23,28 @@ fn optional_net(what: &str, s: &str) -> Result<Option<IpNet>, DriverError> {
 impl<D: Dataplane, F: Firewall> Driver<D, F> {
     /// CreateEndpoint: record the endpoint, name its address files after it, and answer a MAC
     /// only when Docker gave none (echoing addresses makes Docker roll the endpoint back).
-    pub async fn create_endpoint(
-        &self,
-        req: &CreateEndpointRequest,
-    ) -> Result<CreateEndpointResponse, DriverError> {
+    pub async fn create_endpoint(&self, req: &EndpointSpec) -> Result<EndpointAnswer, DriverError> {
         if req.endpoint_id.is_empty() {
             return Err(DriverError::Invalid("EndpointID is missing".into()));
         }
         let entry = self
             .entry(&req.network_id)
             .ok_or_else(|| DriverError::UnknownNetwork(short(&req.network_id).to_string()))?;
-        let address = optional_net("Interface.Address", &req.interface.address)?;
-        let address_ipv6 = optional_net("Interface.AddressIPv6", &req.interface.address_ipv6)?;
-        let given_mac = if req.interface.mac_address.is_empty() {
+        let address = optional_net("Interface.Address", &req.address)?;
+        let address_ipv6 = optional_net("Interface.AddressIPv6", &req.address_ipv6)?;
+        let given_mac = if req.mac_address.is_empty() {
             None
         } else {
-            Some(names::parse_mac(&req.interface.mac_address).ok_or_else(|| {
+            Some(names::parse_mac(&req.mac_address).ok_or_else(|| {
                 DriverError::Invalid(format!(
                     "Interface.MacAddress {:?} is not a MAC address",
-                    req.interface.mac_address
+                    req.mac_address
                 ))
             })?)
         };
         let mac = given_mac.unwrap_or_else(|| names::endpoint_mac(&req.endpoint_id));
-        let answer = |mac: &str| CreateEndpointResponse {
-            interface: given_mac.is_none().then(|| EndpointInterface {
-                mac_address: mac.to_string(),
-                ..Default::default()
-            }),
+        let answer = |mac: &str| EndpointAnswer {
+            mac_address: given_mac.is_none().then(|| mac.to_string()),
         };
 
         let mut ns = entry.lock().await;
@@ -105,8 +96,8 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
         &self,
         network_id: &str,
         endpoint_id: &str,
-    ) -> Result<JoinResponse, DriverError> {
-        self.join_with_options(network_id, endpoint_id, &Map::new())
+    ) -> Result<JoinAnswer, DriverError> {
+        self.join_with_options(network_id, endpoint_id, &GenericOptions::new())
             .await
     }
 
@@ -117,8 +108,8 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
         &self,
         network_id: &str,
         endpoint_id: &str,
-        options: &Map<String, Value>,
-    ) -> Result<JoinResponse, DriverError> {
+        options: &GenericOptions,
+    ) -> Result<JoinAnswer, DriverError> {
         let entry = self
             .entry(network_id)
             .ok_or_else(|| DriverError::UnknownNetwork(short(network_id).to_string()))?;
@@ -175,20 +166,16 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
                     gateway
                 }
                 // Records from before configs: Docker's default route unless internal.
-                None if !ns.net.internal => {
-                    f.gateway.map(|g| g.addr().to_string()).unwrap_or_default()
-                }
-                None => String::new(),
+                None if !ns.net.internal => f.gateway.map(|g| g.addr()),
+                None => None,
             },
-            _ => String::new(),
+            _ => None,
         };
         let gateway = routes(&ns.net.ipv4, ep.address.is_some());
         let gateway_ipv6 = routes(&ns.net.ipv6, ep.address_ipv6.is_some());
-        Ok(JoinResponse {
-            interface_name: InterfaceName {
-                src_name: ep.peer_veth.clone(),
-                dst_prefix: ns.net.iface_prefix.clone(),
-            },
+        Ok(JoinAnswer {
+            src_name: ep.peer_veth.clone(),
+            dst_prefix: ns.net.iface_prefix.clone(),
             gateway,
             gateway_ipv6,
             static_routes,
@@ -254,13 +241,5 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
             }
         }));
         unpublished
-    }
-
-    /// Whether an endpoint is known (EndpointOperInfo answers `{}` either way).
-    pub async fn has_endpoint(&self, network_id: &str, endpoint_id: &str) -> bool {
-        match self.entry(network_id) {
-            Some(e) => e.lock().await.endpoints.contains_key(endpoint_id),
-            None => false,
-        }
     }
 }

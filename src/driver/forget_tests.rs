@@ -61,9 +61,9 @@ pub(super) async fn network(r: &Rig, id: &str, subnet: &str, bridge: &str) -> St
         .unwrap();
     let gw = ipam.request_address(&grant.pool_id, None, true).unwrap();
     let mut req = net_req(id, json!({ "bridge": bridge }), false);
-    req.ipv4_data[0].address_space = "CniLocal".into();
-    req.ipv4_data[0].pool = subnet.into();
-    req.ipv4_data[0].gateway = gw.to_string();
+    req.ipv4[0].address_space = "CniLocal".into();
+    req.ipv4[0].pool = subnet.into();
+    req.ipv4[0].gateway = gw.to_string();
     r.driver.create_network(&req).await.unwrap();
     grant.pool_id
 }
@@ -205,7 +205,7 @@ async fn an_endpoint_dockerd_removed_goes_with_its_ports_veth_and_address() {
     r.driver.settle().await;
     assert!(r.dp.veth(&names::host_veth(EP)).is_none());
     assert!(r.dp.veth(&names::host_veth(EP2)).is_some());
-    assert!(!r.driver.has_endpoint(NET, EP).await && r.driver.has_endpoint(NET, EP2).await);
+    assert!(!has_endpoint(&r, NET, EP).await && has_endpoint(&r, NET, EP2).await);
     let mut left = vec!["10.15.50.1".to_string(), eps[1].addr().to_string()];
     left.sort();
     assert_eq!(address_files(&r, "10.15.50.0/24"), left);
@@ -283,4 +283,12 @@ async fn a_dockerd_that_never_answers_is_asked_again_at_its_next_activation() {
     assert_eq!(dockerd.asked.lock().unwrap().len(), 9);
     assert_eq!(r.driver.network_ids(), vec![NET.to_string()]);
     task.abort();
+}
+
+/// Whether the driver still knows the endpoint.
+async fn has_endpoint(r: &Rig, network_id: &str, endpoint_id: &str) -> bool {
+    match r.driver.entry(network_id) {
+        Some(e) => e.lock().await.endpoints.contains_key(endpoint_id),
+        None => false,
+    }
 }

@@ -22,15 +22,20 @@ use crate::state::{Durability, StateDir, StateError};
 mod abandoned;
 pub use abandoned::ABANDON_GRACE;
 mod cni;
+mod creating;
 mod endpoint;
 mod export;
 mod forget;
+pub use crate::names;
 pub use forget::{Forgotten, Known};
-pub mod names;
 mod network;
 pub mod options;
 pub(crate) mod plan;
 mod pools;
+mod spec;
+pub use spec::{
+    EndpointAnswer, EndpointSpec, GenericOptions, IpamFamily, JoinAnswer, NetworkSpec, StaticRoute,
+};
 
 /// The export dir's place under the state dir when `--cni-export-dir` is not given.
 pub const DEFAULT_EXPORT_SUBDIR: &str = "cni-export";
@@ -154,6 +159,8 @@ pub struct Driver<D, F> {
     ports: Mutex<PortTable>,
     host_ports: Box<dyn HostPorts>,
     activations: forget::Activations,
+    /// CreateNetworks in flight: one per NetworkID, bridge names reserved.
+    creations: creating::Creations,
 }
 
 /// Short ids for logs and names.
@@ -337,6 +344,7 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
             ports: Mutex::new(table),
             host_ports: Box::new(SystemHostPorts),
             activations: forget::Activations::default(),
+            creations: creating::Creations::default(),
         })
     }
 

@@ -5,19 +5,18 @@ use super::*;
 
 impl<D: Dataplane, F: Firewall> Driver<D, F> {
     /// CreateNetwork: validate everything, then bridge, firewall, record; undo on failure.
-    pub async fn create_network(
-        &self,
-        req: &crate::cnm::types::CreateNetworkRequest,
-    ) -> Result<(), DriverError> {
+    pub async fn create_network(&self, req: &NetworkSpec) -> Result<(), DriverError> {
         if req.network_id.is_empty() {
             return Err(DriverError::Invalid("NetworkID is missing".into()));
         }
+        // A re-sent CreateNetwork waits here for the original, then finds the network.
+        let _turn = self.creations.turn(&req.network_id).await;
         if self.entry(&req.network_id).is_some() {
             return Ok(());
         }
         let opts = options::parse(&req.options)?;
-        let ipv4 = self.family("IPv4", &req.ipv4_data, false)?;
-        let ipv6 = self.family("IPv6", &req.ipv6_data, true)?;
+        let ipv4 = self.family("IPv4", &req.ipv4, false)?;
+        let ipv6 = self.family("IPv6", &req.ipv6, true)?;
         let pool_of = |f: &Option<FamilyData>| {
             f.as_ref()
                 .and_then(|f| f.pool_id.as_deref())
@@ -48,17 +47,24 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
                 opts.mtu,
             ),
         };
-        if let Some(other) = self.network_on_bridge(&bridge).await {
-            let how = if selected.is_some() {
-                "set another \"bridge\" in the config"
-            } else {
-                "choose another -o bridge=NAME"
-            };
-            return Err(DriverError::Invalid(format!(
-                "bridge {bridge} is already used by network {}; {how}",
-                short(&other)
-            )));
-        }
+        // Held until the network is in the table, so no other create passes this check.
+        let reserved = match self
+            .creations
+            .reserve(&bridge, &req.network_id, |b| self.network_on_bridge(b))
+        {
+            Ok(r) => r,
+            Err(other) => {
+                let how = if selected.is_some() {
+                    "set another \"bridge\" in the config"
+                } else {
+                    "choose another -o bridge=NAME"
+                };
+                return Err(DriverError::Invalid(format!(
+                    "bridge {bridge} is already used by network {}; {how}",
+                    short(&other)
+                )));
+            }
+        };
         let data_dir = self.ipam.data_dir().to_path_buf();
         let cni_rec = match &selected {
             Some(sel) => {
@@ -133,6 +139,7 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
         if let Ok(mut map) = self.nets.write() {
             map.insert(net.id.clone(), NetSlot::new(NetState::new(net)));
         }
+        drop(reserved);
         Ok(())
     }
 
@@ -144,7 +151,7 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
         }
     }
 
-    async fn network_on_bridge(&self, bridge: &str) -> Option<String> {
+    fn network_on_bridge(&self, bridge: &str) -> Option<String> {
         let map = self.nets.read().ok()?;
         map.iter()
             .find(|(_, slot)| slot.bridge == bridge)

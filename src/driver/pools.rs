@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use super::{blocking, parse_net, Driver, DriverError};
+use super::{blocking, parse_net, Driver, DriverError, IpamFamily};
 use crate::dataplane::Dataplane;
 use crate::firewall::Firewall;
 use crate::ipam::Owner;
@@ -17,7 +17,7 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
     pub(super) fn family(
         &self,
         fam: &str,
-        data: &[crate::cnm::types::IpamData],
+        data: &[IpamFamily],
         v6: bool,
     ) -> Result<Option<FamilyData>, DriverError> {
         let Some(d) = data.first() else {

@@ -9,10 +9,8 @@
 //! for the endpoint's bridge port). Internal networks never publish (Docker sends no Program
 //! for them; one that comes anyway is ignored).
 
-use serde_json::{Map, Value};
-
 use super::ports::{self, Families};
-use super::{fw_err, options, short, Driver, DriverError, NetState};
+use super::{fw_err, options, short, Driver, DriverError, GenericOptions, NetState};
 use crate::dataplane::Dataplane;
 use crate::firewall::{EndpointPorts, Firewall};
 use crate::state::records::ENDPOINTS;
@@ -25,7 +23,7 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
         &self,
         ns: &mut NetState,
         endpoint_id: &str,
-        options: &Map<String, Value>,
+        options: &GenericOptions,
     ) -> Result<(), DriverError> {
         match ports::parse_portmap(options)? {
             Some(requests) if !requests.is_empty() => {
@@ -45,7 +43,7 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
         &self,
         network_id: &str,
         endpoint_id: &str,
-        options: &Map<String, Value>,
+        options: &GenericOptions,
     ) -> Result<(), DriverError> {
         let sent = ports::parse_portmap(options)?;
         // An unknown endpoint is an error only if there is something to publish for it.

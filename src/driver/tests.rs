@@ -6,7 +6,6 @@ use std::sync::Arc;
 use serde_json::json;
 
 use super::*;
-use crate::cnm::types::{CreateEndpointRequest, CreateNetworkRequest, EndpointInterface};
 use crate::dataplane::testing::{DataplaneCall, FakeBridge, RecordingDataplane};
 use crate::dataplane::DataplaneError;
 use crate::firewall::testing::{FirewallCall, RecordingFirewall};
@@ -14,6 +13,8 @@ use crate::ipam::{IpamConfig, PoolRequest};
 
 #[path = "abandoned_tests.rs"]
 mod abandoned_tests;
+#[path = "create_tests.rs"]
+mod create_tests;
 #[path = "forget_tests.rs"]
 mod forget_tests;
 
@@ -69,34 +70,31 @@ async fn rig() -> Rig {
     .await
 }
 
-fn net_req(id: &str, generic: serde_json::Value, internal: bool) -> CreateNetworkRequest {
+fn net_req(id: &str, generic: serde_json::Value, internal: bool) -> NetworkSpec {
     let mut options = serde_json::Map::new();
     options.insert("com.docker.network.generic".into(), generic);
     if internal {
         options.insert("com.docker.network.internal".into(), json!(true));
     }
-    CreateNetworkRequest {
+    NetworkSpec {
         network_id: id.into(),
         options,
-        ipv4_data: vec![crate::cnm::types::IpamData {
+        ipv4: vec![IpamFamily {
             address_space: "LocalDefault".into(),
             pool: "10.15.40.0/24".into(),
             gateway: "10.15.40.1/24".into(),
             aux_addresses: Default::default(),
         }],
-        ipv6_data: vec![],
+        ipv6: vec![],
     }
 }
 
-fn ep_req(net: &str, ep: &str, addr: &str) -> CreateEndpointRequest {
-    CreateEndpointRequest {
+fn ep_req(net: &str, ep: &str, addr: &str) -> EndpointSpec {
+    EndpointSpec {
         network_id: net.into(),
         endpoint_id: ep.into(),
-        interface: EndpointInterface {
-            address: addr.into(),
-            ..Default::default()
-        },
-        options: Default::default(),
+        address: addr.into(),
+        ..Default::default()
     }
 }
 
@@ -123,11 +121,11 @@ async fn create_join_delete_touches_the_firewall_once_per_network() {
             .create_endpoint(&ep_req(NET, ep, addr))
             .await
             .unwrap();
-        let mac = resp.interface.unwrap().mac_address;
+        let mac = resp.mac_address.unwrap();
         let join = r.driver.join(NET, ep).await.unwrap();
-        assert_eq!(join.gateway, "10.15.40.1");
-        assert_eq!(join.interface_name.dst_prefix, "eth");
-        assert_eq!(join.interface_name.src_name, names::peer_veth(ep));
+        assert_eq!(join.gateway, Some("10.15.40.1".parse().unwrap()));
+        assert_eq!(join.dst_prefix, "eth");
+        assert_eq!(join.src_name, names::peer_veth(ep));
         let veth = r.dp.veth(&names::host_veth(ep)).unwrap();
         assert_eq!(veth.bridge.as_deref(), Some("cnbt0"));
         assert_eq!(veth.mtu, Some(1400));
@@ -166,7 +164,7 @@ async fn internal_networks_keep_the_gateway_on_the_bridge_but_give_none() {
         .await
         .unwrap();
     let join = r.driver.join(NET, EP).await.unwrap();
-    assert!(join.gateway.is_empty());
+    assert!(join.gateway.is_none());
     assert!(join.disable_gateway_service);
 }
 
@@ -367,9 +365,9 @@ async fn endpoint_files_are_named_after_the_endpoint() {
         .unwrap();
     let gw = ipam.request_address(&grant.pool_id, None, true).unwrap();
     let mut req = net_req(NET, json!({}), false);
-    req.ipv4_data[0].address_space = "CniLocal".into();
-    req.ipv4_data[0].pool = "10.15.50.0/24".into();
-    req.ipv4_data[0].gateway = gw.to_string();
+    req.ipv4[0].address_space = "CniLocal".into();
+    req.ipv4[0].pool = "10.15.50.0/24".into();
+    req.ipv4[0].gateway = gw.to_string();
     r.driver.create_network(&req).await.unwrap();
     let addr = ipam.request_address(&grant.pool_id, None, false).unwrap();
     r.driver
@@ -454,8 +452,8 @@ async fn a_slow_join_does_not_block_other_networks() {
         .await
         .unwrap();
     let mut fast = net_req(NET2, json!({"bridge": "cnbtfast"}), false);
-    fast.ipv4_data[0].pool = "10.15.41.0/24".into();
-    fast.ipv4_data[0].gateway = "10.15.41.1/24".into();
+    fast.ipv4[0].pool = "10.15.41.0/24".into();
+    fast.ipv4[0].gateway = "10.15.41.1/24".into();
     driver.create_network(&fast).await.unwrap();
     driver.create_endpoint(&ep_req(NET, EP, "")).await.unwrap();
     driver
@@ -470,8 +468,8 @@ async fn a_slow_join_does_not_block_other_networks() {
     let other = async {
         // Creating a third network looks at every network's bridge: it must not wait either.
         let mut third = net_req(EP, json!({"bridge": "cnbtthird"}), false);
-        third.ipv4_data[0].pool = "10.15.42.0/24".into();
-        third.ipv4_data[0].gateway = "10.15.42.1/24".into();
+        third.ipv4[0].pool = "10.15.42.0/24".into();
+        third.ipv4[0].gateway = "10.15.42.1/24".into();
         driver.create_network(&third).await.unwrap();
         driver.join(NET2, EP2).await.unwrap();
         driver.leave(NET2, EP2).await.unwrap();

@@ -9,8 +9,8 @@ use ipnet::IpNet;
 use super::allocator::{holder_of, locked, relabel, release, Allocator, Outcome, Request, Store};
 use super::disk;
 use super::owner::{is_ours, token};
-use super::range::{canonical, is_network_or_broadcast, next_ip};
 use super::{conf, effective_gateway, range_set, read, with_prefix, Ipam, IpamError, Owner};
+use crate::range::{canonical, is_network_or_broadcast, next_ip};
 
 impl Ipam {
     /// Reserve an address (RequestAddress): the gateway, a given address (`--ip`,

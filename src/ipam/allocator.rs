@@ -7,8 +7,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use super::owner::is_ours;
-use super::range::{is_network_or_broadcast, RangeSet};
 use super::IpamError;
+use crate::range::{is_network_or_broadcast, RangeSet};
 
 /// host-local's `backend.Store`, plus what cnibridge needs to relabel and release one file.
 /// IPs are always canonical (IPv4 never IPv4-mapped).
@@ -214,9 +214,9 @@ pub fn relabel<S: Store + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::super::fake::FakeStore;
-    use super::super::range::Range;
     use super::super::Owner;
     use super::*;
+    use crate::range::Range;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

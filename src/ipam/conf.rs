@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
 
-use super::range::usable_range;
 use super::{IpamError, PoolConf, PoolRecord, PoolRequest, Window};
 use crate::cni::config::display_name;
 use crate::cni::{dir, CniError};
+use crate::range::usable_range;
 
 /// The `--ipam-opt` key that selects a config.
 pub(super) const CONF_OPT: &str = "cni.conf";

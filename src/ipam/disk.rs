@@ -14,8 +14,8 @@ use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 
 use super::allocator::Store;
-use super::range::canonical;
 use super::IpamError;
+use crate::range::canonical;
 
 /// host-local's cursor file prefix.
 pub const LAST_IP_PREFIX: &str = "last_reserved_ip.";
@@ -82,7 +82,7 @@ impl DiskStore {
     /// `<data_dir>/<network>`, created 0755 like host-local's `MkdirAll`.
     pub fn open(data_dir: &Path, network: &str) -> Result<Self, IpamError> {
         // The name becomes a path component: the CNI name rule is the traversal guard.
-        if !crate::cni::is_valid_name(network) {
+        if !crate::names::is_valid_name(network) {
             return Err(IpamError::Invalid(format!(
                 "CNI network name {network:?} is invalid; it must match ^[a-zA-Z0-9][a-zA-Z0-9_.-]*$"
             )));

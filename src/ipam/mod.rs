@@ -45,14 +45,14 @@ mod fake;
 mod merge;
 mod owner;
 pub mod pools;
-pub mod range;
+pub use crate::range;
 mod request;
 
+use crate::range::{next_ip, Range, RangeSet};
 pub use abandoned::PendingAddress;
 use allocator::{locked, release, Outcome, Store};
 use disk::DiskStore;
 pub use owner::is_ours;
-use range::{next_ip, Range, RangeSet};
 
 /// The RequestPool `Data` key that hands Docker the gateway.
 pub const GATEWAY_DATA: &str = "com.docker.network.gateway";

@@ -5,7 +5,7 @@
 //! the directory after a crash. So every content cnibridge writes certifies itself:
 //! `cnibridge-gateway\r\ngateway`, `cnibridge-aux\r\naux`, `cnibridge-pending-<hex>\r\npending`,
 //! and `<EndpointID>\r\n<host veth>` where the veth name is derived from the EndpointID
-//! (`vcb` + 12 characters, [`crate::driver::names::host_veth`]). A CNI runtime writes
+//! (`vcb` + 12 characters, [`crate::names::host_veth`]). A CNI runtime writes
 //! `<containerID>\r\n<ifname in the container>` (`eth0`…), which never has that shape.
 
 use std::fs::File;
@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::{IpamError, Owner};
-use crate::driver::names;
+use crate::names;
 
 const GATEWAY_ID: &str = "cnibridge-gateway";
 const AUX_ID: &str = "cnibridge-aux";
@@ -61,7 +61,7 @@ impl Owner {
     /// never write a content we would not later recognise as ours (that address would leak).
     pub fn validate(&self) -> Result<(), IpamError> {
         let id = self.id();
-        if !crate::cni::is_valid_name(&id) {
+        if !crate::names::is_valid_name(&id) {
             return Err(IpamError::Invalid(format!(
                 "owner id {id:?} is not a valid CNI container ID (^[a-zA-Z0-9][a-zA-Z0-9_.-]*$)"
             )));
@@ -111,7 +111,7 @@ pub fn is_ours(content: &[u8]) -> bool {
     match (id, ifname) {
         (GATEWAY_ID, "gateway") | (AUX_ID, "aux") => true,
         (id, "pending") => id.strip_prefix(PENDING_PREFIX).is_some_and(is_hex_token),
-        (id, ifname) => crate::cni::is_valid_name(id) && ifname == names::host_veth(id),
+        (id, ifname) => crate::names::is_valid_name(id) && ifname == names::host_veth(id),
     }
 }
 

@@ -5,17 +5,13 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use super::range::{from_u128, to_u128, usable_range};
 use super::{DefaultPool, IpamError, PoolRecord};
+pub use crate::range::too_small;
+use crate::range::{from_u128, to_u128, usable_range};
 
 /// Whether two subnets share any address (different families never do).
 pub fn overlaps(a: &IpNet, b: &IpNet) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
-}
-
-/// host-local refuses IPv4 /31, /32 and IPv6 /127, /128: nothing would be left to allocate.
-pub fn too_small(net: &IpNet) -> bool {
-    net.prefix_len() + 2 > net.max_prefix_len()
 }
 
 fn family(v6: bool) -> &'static str {

@@ -151,7 +151,7 @@ impl Ipam {
             range_start,
             range_end,
             gateway: None,
-            cni_name: crate::cni::derived_network_name(&subnet),
+            cni_name: crate::names::derived_network_name(&subnet),
             data_dir: self.cfg.data_dir.clone(),
             range_index: 0,
             network_id: None,

@@ -371,7 +371,7 @@ fn disk_format_through_the_facade() {
     );
     assert_eq!(
         fs::read(e.dir(p).join("10.60.0.2")).unwrap(),
-        format!("ep1\r\n{}", crate::driver::names::host_veth("ep1")).as_bytes()
+        format!("ep1\r\n{}", crate::names::host_veth("ep1")).as_bytes()
     );
     assert_eq!(
         fs::read(e.dir(p).join("last_reserved_ip.0")).unwrap(),

@@ -158,15 +158,13 @@ fn example_configs_say_what_their_names_promise() {
     assert!(c.ipam.range_sets[0][0].subnet.contains(&via));
     let c = ex("range-gateway-outside.conf");
     let r = &c.ipam.range_sets[0][0];
-    assert!(
-        !crate::ipam::range::RangeSet(vec![crate::ipam::range::Range {
-            subnet: r.subnet,
-            range_start: r.range_start,
-            range_end: r.range_end,
-            gateway: Some(r.gateway),
-        }])
-        .contains(r.gateway)
-    );
+    assert!(!crate::range::RangeSet(vec![crate::range::Range {
+        subnet: r.subnet,
+        range_start: r.range_start,
+        range_end: r.range_end,
+        gateway: Some(r.gateway),
+    }])
+    .contains(r.gateway));
     // IPv6 first; the IPv4 range set is there because Docker 20.10 always asks for an IPv4 pool.
     let c = ex("ipv6-default-gw.conf");
     assert!(c.is_default_gateway && c.is_gateway && c.ipam.routes.is_empty());

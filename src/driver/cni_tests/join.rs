@@ -3,9 +3,9 @@
 
 use serde_json::json;
 
-use super::{conf, req, Rig, NET, NET2};
-use crate::cnm::types::{CreateEndpointRequest, EndpointInterface};
+use super::{conf, ip, req, Rig, NET, NET2};
 use crate::dataplane::testing::DataplaneCall;
+use crate::driver::EndpointSpec;
 
 #[tokio::test]
 async fn dual_stack_config_gives_both_gateways_and_one_directory() {
@@ -27,8 +27,8 @@ async fn dual_stack_config_gives_both_gateways_and_one_directory() {
         .unwrap();
     let join = r.join(NET, "10.244.0.0/16").await;
     assert_eq!(
-        (join.gateway.as_str(), join.gateway_ipv6.as_str()),
-        ("10.244.0.1", "")
+        (join.gateway, join.gateway_ipv6),
+        (Some(ip("10.244.0.1")), None)
     );
     assert!(v6addr.to_string().starts_with("fd00:244::2"));
     let dir = r.dir.path().join("data/dual-stack");
@@ -83,11 +83,11 @@ async fn routes_decide_the_gateway_join_gives() {
         .await
         .unwrap();
     let join = r.join(NET, "10.72.0.0/24").await;
-    assert_eq!(join.gateway, "");
+    assert_eq!(join.gateway, None);
     let routes: Vec<_> = join
         .static_routes
         .iter()
-        .map(|s| (s.destination.clone(), s.next_hop.clone()))
+        .map(|s| (s.destination.to_string(), s.next_hop.to_string()))
         .collect();
     assert_eq!(
         routes,
@@ -107,7 +107,10 @@ async fn routes_decide_the_gateway_join_gives() {
     let spec = &r.bridge_specs()[0];
     assert_eq!(spec.addresses, vec!["10.73.0.1/24".parse().unwrap()]);
     assert!(spec.promisc);
-    assert_eq!(r.join(NET, "10.73.0.0/24").await.gateway, "10.73.0.1");
+    assert_eq!(
+        r.join(NET, "10.73.0.0/24").await.gateway,
+        Some(ip("10.73.0.1"))
+    );
     assert!(r.export("defgw").is_default_gateway);
 
     // isGateway false: nothing on the bridge; the default route's gw is the Gateway.
@@ -126,20 +129,17 @@ async fn routes_decide_the_gateway_join_gives() {
         .unwrap();
     let ep2 = "82772f1927ddc2f6e682bae163a72db920187833a719f81f9c4b5918a40ab2a0";
     r.driver
-        .create_endpoint(&CreateEndpointRequest {
+        .create_endpoint(&EndpointSpec {
             network_id: NET2.into(),
             endpoint_id: ep2.into(),
-            interface: EndpointInterface {
-                address: addr.to_string(),
-                ..Default::default()
-            },
-            options: Default::default(),
+            address: addr.to_string(),
+            ..Default::default()
         })
         .await
         .unwrap();
     assert_eq!(
         r.driver.join(NET2, ep2).await.unwrap().gateway,
-        "10.74.0.254"
+        Some(ip("10.74.0.254"))
     );
 }
 
@@ -153,7 +153,7 @@ async fn internal_keeps_the_config_but_drops_its_default_route_and_masquerade() 
         .insert("com.docker.network.internal".into(), json!(true));
     r.driver.create_network(&request).await.unwrap();
     let join = r.join(NET, "10.15.20.0/24").await;
-    assert_eq!(join.gateway, "");
+    assert_eq!(join.gateway, None);
     assert_eq!(join.static_routes.len(), 1);
     let e = r.export("mybridge");
     assert!(!e.ip_masq);

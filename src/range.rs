@@ -1,6 +1,6 @@
 //! Range maths, as host-local's `range.go` and `range_set.go` do it: a range set is a list of
 //! ranges, each a subnet with an inclusive `rangeStart..=rangeEnd` and a gateway that the
-//! iterator skips. Pure: no I/O.
+//! iterator skips. Pure: no I/O. A leaf: the IPAM and the CNI config model both use it.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -48,6 +48,11 @@ pub fn next_ip(ip: IpAddr) -> IpAddr {
 /// The form host-local (Go's `net.IP`) names files by: an IPv4-mapped IPv6 address is IPv4.
 pub fn canonical(ip: IpAddr) -> IpAddr {
     ip.to_canonical()
+}
+
+/// host-local refuses IPv4 /31, /32 and IPv6 /127, /128: nothing would be left to allocate.
+pub fn too_small(net: &IpNet) -> bool {
+    net.prefix_len() + 2 > net.max_prefix_len()
 }
 
 /// Whether `ip` is the subnet's network address, or its broadcast address for IPv4;

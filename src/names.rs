@@ -1,5 +1,10 @@
+//! Names: what cnibridge calls kernel objects, and the CNI rule for network names. A leaf:
+//! every layer may use it, it uses none of them.
+//!
 //! Names cnibridge gives to kernel objects. Derived from Docker's ids so a re-sent request
 //! finds the same object, and so an operator can map a link back to its network or endpoint.
+
+use ipnet::IpNet;
 
 /// Default bridge: `cnb-` + the first 11 characters of the NetworkID (15 bytes, the kernel limit).
 pub fn default_bridge(network_id: &str) -> String {
@@ -50,6 +55,24 @@ fn id_part(id: &str, len: usize) -> String {
         Some(p) if p.chars().all(|c| c.is_ascii_alphanumeric()) => p.to_ascii_lowercase(),
         _ => format!("{:016x}", fnv1a(id.as_bytes()))[..len].to_string(),
     }
+}
+
+/// libcni/skel's rule for network names and container ids: `^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`.
+/// The name becomes a directory under the data dir, so this is also the traversal guard.
+pub fn is_valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    match chars.next() {
+        Some(c) if c.is_ascii_alphanumeric() => {}
+        _ => return false,
+    }
+    chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// The CNI network name of a pool that no config names: stable, valid, and readable
+/// (`cnibridge-10.15.20.0-24`, `cnibridge-fd15_30__-64`).
+pub fn derived_network_name(pool: &IpNet) -> String {
+    let addr = pool.network().to_string().replace(':', "_");
+    format!("cnibridge-{addr}-{}", pool.prefix_len())
 }
 
 fn fnv1a(data: &[u8]) -> u64 {
