@@ -94,7 +94,13 @@ async fn scale<F: Firewall>(fw: F, dir: &Path, n: usize) -> Result<Vec<Duration>
     let mut times = Vec::with_capacity(n);
     for i in 0..n {
         let (id, bridge, pool, gw) = network(i);
-        call(&client, &sock, "/IpamDriver.RequestPool", json!({"AddressSpace":"CniLocal","Pool":pool,"SubPool":"","Options":{},"V6":false})).await?;
+        call(
+            &client,
+            &sock,
+            "/IpamDriver.RequestPool",
+            json!({"AddressSpace":"CniLocal","Pool":pool,"SubPool":"","Options":{},"V6":false}),
+        )
+        .await?;
         call(&client, &sock, "/IpamDriver.RequestAddress", json!({"PoolID":pool,"Address":gw,"Options":{"RequestAddressType":"com.docker.network.gateway"}})).await?;
         let body = json!({"NetworkID":id,"Options":{"com.docker.network.enable_ipv6":false,"com.docker.network.generic":{"bridge":bridge,"ipMasq":"true"}},
             "IPv4Data":[{"AddressSpace":"CniLocal","Gateway":format!("{gw}/24"),"Pool":pool}],"IPv6Data":[]});
@@ -185,7 +191,10 @@ fn report(backend: &str, times: &[Duration]) {
         times.len(),
         ms(times[times.len() - 1])
     );
-    println!("  ratio last/first    {:>8.2}   (target <= 1.20)", last10 / first10);
+    println!(
+        "  ratio last/first    {:>8.2}   (target <= 1.20)",
+        last10 / first10
+    );
     println!(
         "  median of all       {:>8.3} ms   (target <= 25 ms with iptables)",
         median(times)

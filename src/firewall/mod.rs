@@ -19,8 +19,9 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 pub mod conntrack;
+pub mod engine;
 mod exec;
-mod intent;
+pub mod intent;
 pub mod iptables;
 pub mod leftovers;
 pub mod nftables;

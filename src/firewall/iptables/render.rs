@@ -394,6 +394,53 @@ pub fn render_restore(
     out
 }
 
+/// The script that turns one network's rules from `old` (installed, if anything) into `new`
+/// (`None` = removed) in one family: `-D` of each old rule, then `-A` of each new one, at the
+/// end of the shared chains (after the fixed jumps of a full script, so isolation and published
+/// ports still come first), in their order. Nothing else is read or touched, so its cost does
+/// not grow with the other networks. A `-D` of a rule someone removed fails the restore as a
+/// whole; the caller then rewrites everything. `None` when the family holds nothing of the
+/// network before or after.
+pub fn render_network_update(
+    family: Family,
+    old: Option<&NetworkRules>,
+    new: Option<&NetworkRules>,
+) -> Option<String> {
+    let mut out = String::new();
+    for table in ["filter", "nat"] {
+        let rules = |net: &NetworkRules| {
+            let rules = match table {
+                "filter" => filter_rules(family, net),
+                _ => nat_rules(family, net),
+            };
+            let comment = rule_comment(&net.network_id);
+            rules
+                .into_iter()
+                .map(|r| {
+                    format!(
+                        "{} {} -m comment --comment \"{comment}\" -j {}",
+                        r.chain, r.matches, r.target
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        let gone = old.map(rules).unwrap_or_default();
+        let added = new.map(rules).unwrap_or_default();
+        if gone.is_empty() && added.is_empty() {
+            continue;
+        }
+        out.push_str(&format!("*{table}\n"));
+        for r in gone {
+            out.push_str(&format!("-D {r}\n"));
+        }
+        for r in added {
+            out.push_str(&format!("-A {r}\n"));
+        }
+        out.push_str("COMMIT\n");
+    }
+    (!out.is_empty()).then_some(out)
+}
+
 #[cfg(test)]
 #[path = "render_tests.rs"]
 mod tests;
