@@ -4,7 +4,8 @@
 //! (no bridge, no rule of a network).
 //!
 //! Run as root: `cargo bench --bench scale` (N=200 by default; `CNB_BENCH_N=50` to change;
-//! `CNB_BENCH_FIREWALL=nftables` for the nftables backend, `iptables` is the default).
+//! `CNB_BENCH_FIREWALL=nftables` for the nftables backend, `none` for no firewall work at all;
+//! `iptables` is the default).
 //! Everything happens inside a network namespace the bench creates, so the host's own links and
 //! rules are never touched. The speed targets (the last CreateNetwork at most 1.2× the first,
 //! one at most 25 ms with iptables) are reported, not asserted: the bench fails only on errors.
@@ -19,7 +20,7 @@ use cnibridge::dataplane::netlink::NetlinkDataplane;
 use cnibridge::driver::Driver;
 use cnibridge::firewall::iptables::IptablesFirewall;
 use cnibridge::firewall::nftables::NftablesFirewall;
-use cnibridge::firewall::Firewall;
+use cnibridge::firewall::{Firewall, NoFirewall};
 use cnibridge::ipam::{Ipam, IpamConfig};
 use cnibridge::state::StateDir;
 use http_body_util::{BodyExt, Full};
@@ -157,6 +158,7 @@ fn leftovers(backend: &str) -> Result<Vec<String>, String> {
         .collect();
     let rules = match backend {
         "nftables" => output("nft", &["list", "ruleset"])?,
+        "none" => String::new(),
         _ => output("iptables-save", &[])? + &output("ip6tables-save", &[])?,
     };
     left.extend(
@@ -247,7 +249,13 @@ fn bench() -> Result<(), String> {
     let times = match backend.as_str() {
         "iptables" => rt.block_on(scale(IptablesFirewall::default(), &path, n))?,
         "nftables" => rt.block_on(scale(NftablesFirewall::default(), &path, n))?,
-        other => return Err(format!("CNB_BENCH_FIREWALL={other}: iptables or nftables")),
+        // What a CreateNetwork costs without any firewall work (dataplane, IPAM, state).
+        "none" => rt.block_on(scale(NoFirewall, &path, n))?,
+        other => {
+            return Err(format!(
+                "CNB_BENCH_FIREWALL={other}: iptables, nftables or none"
+            ))
+        }
     };
     report(&backend, &times);
     let left = leftovers(&backend)?;

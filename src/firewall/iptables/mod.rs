@@ -115,16 +115,18 @@ impl IptablesBackend {
     }
 
     /// One restore per family of what `render` gives for it (nothing where it gives none).
+    /// The families are separate tables, so their restores run at once: a change costs one
+    /// tool run, not two in a row.
     async fn each_family(
         &self,
         render: impl Fn(Family) -> Option<String>,
     ) -> Result<(), FirewallError> {
-        for (tools, family) in self.families() {
-            if let Some(script) = render(family) {
-                restore(tools, &script).await?;
-            }
-        }
-        Ok(())
+        let runs = self
+            .families()
+            .into_iter()
+            .filter_map(|(tools, family)| render(family).map(|script| (tools, script)))
+            .map(|(tools, script)| async move { restore(tools, &script).await });
+        futures::future::join_all(runs).await.into_iter().collect()
     }
 }
 
