@@ -1,6 +1,6 @@
-//! The set of rules a backend has installed, as it keeps it in memory, and what each
-//! `Firewall` verb makes of it. Shared, so the backends differ only in how they write a set
-//! (or one endpoint's change) into the kernel.
+//! The set of rules installed, as the engine keeps it in memory, and what each `Firewall` verb
+//! makes of it. Kept once, by the engine, so the backends differ only in how they write the set,
+//! one network or one endpoint's change into the kernel.
 
 use std::collections::BTreeMap;
 

@@ -8,7 +8,7 @@
 //! filter FORWARD ──(appended)──▶ CNIBRIDGE-FORWARD
 //!   1. -j CNIBRIDGE-ISOLATION-1               isolation between cnibridge networks, first
 //!   2. -j CNIBRIDGE-PUBLISHED                 published container ports (render_ports)
-//!   3. per network, in order:
+//!   3. per network, in the order the networks were added (a network's rules in their order):
 //!        -i br -o br            ACCEPT | DROP (icc off)
 //!        internal:   -i br ! -o br DROP;  -o br ! -i br DROP
 //!        otherwise:  -o br ctstate RELATED,ESTABLISHED ACCEPT;  -i br ! -o br ACCEPT
@@ -39,11 +39,15 @@
 //! `cnibridge ep <id12>`; the jumps from built-in chains carry none, so
 //! `iptables -C <builtin> <matches> -j <chain>` finds them.
 //!
-//! Published ports live in per-endpoint chains (`render_ports`): `add_ports`/`del_ports` change
-//! only those and their jumps. This full script declares, flushes and refills them too, and
-//! deletes (`-X`) the stale ones it is told about, so a network change or a reconcile rewrites
-//! everything ours in one transaction. An nftables backend renders the same intent into one
-//! `inet` table.
+//! A network's rules are appended to (and deleted from) the shared chains by
+//! `render_network_update`, behind the fixed jumps at their head, so adding or removing one
+//! network touches nothing of the others; every network's rules match its own bridge (or
+//! subnet), so their order between networks does not matter. Published ports live in
+//! per-endpoint chains (`render_ports`): `add_ports`/`del_ports` change only those and their
+//! jumps. The full script (the shared base, at the first change, after a failure, at reconcile)
+//! declares, flushes and refills every chain of ours, endpoint chains included, and deletes
+//! (`-X`) the stale ones it is told about, in one transaction. The nftables backend renders the
+//! same intent into one `inet` table.
 
 use ipnet::IpNet;
 
