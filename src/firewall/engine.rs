@@ -137,13 +137,14 @@ impl<B: Backend> Engine<B> {
         lock.lock_owned().await
     }
 
-    /// Forget the lock of a network that is gone, unless someone else waits for it (only the
-    /// map and the caller hold it otherwise; a new holder must go through the map's lock).
+    /// Forget the lock of a network that is gone (the caller has released it), unless someone
+    /// else holds or waits for it: then the map's is not the only reference, and a new holder
+    /// can only get one through the map's lock.
     fn forget_network(&self, network_id: &str) {
         let mut map = self.networks.lock().unwrap_or_else(|p| p.into_inner());
         if map
             .get(network_id)
-            .is_some_and(|l| Arc::strong_count(l) <= 2)
+            .is_some_and(|l| Arc::strong_count(l) == 1)
         {
             map.remove(network_id);
         }

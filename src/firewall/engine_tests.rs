@@ -308,3 +308,14 @@ fn changes_of_different_networks_run_at_once() {
     assert_eq!(rt.block_on(e.networks()).len(), 9);
     assert!(e.backend().1.load(std::sync::atomic::Ordering::SeqCst) > 1);
 }
+
+#[test]
+fn the_lock_of_a_deleted_network_is_forgotten() {
+    let e = Engine::with_backend(Recording::default());
+    let rt = rt();
+    rt.block_on(e.add_network(&net(0))).unwrap();
+    rt.block_on(e.add_network(&net(1))).unwrap();
+    rt.block_on(e.del_network(&net(1))).unwrap();
+    let map = e.networks.lock().unwrap();
+    assert!(map.contains_key("n000") && !map.contains_key("n001"));
+}
