@@ -1,6 +1,6 @@
-//! The set of rules a backend has installed, as it keeps it in memory, and what each
-//! `Firewall` verb makes of it. Shared, so the backends differ only in how they write a set
-//! (or one endpoint's change) into the kernel.
+//! The set of rules installed, as the engine keeps it in memory, and what each `Firewall` verb
+//! makes of it. Kept once, by the engine, so the backends differ only in how they write the set,
+//! one network or one endpoint's change into the kernel.
 
 use std::collections::BTreeMap;
 
@@ -8,18 +8,20 @@ use super::ports::validate_ports;
 use super::{validate_rules, EndpointPorts, FirewallError, NetworkRules};
 
 /// (network id, endpoint id): how published ports are keyed.
-pub(crate) type EndpointKey = (String, String);
+pub type EndpointKey = (String, String);
 
 /// Networks by id and published ports by endpoint; both in a stable order, so a rendered set
 /// does not depend on the order of the calls that built it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Intent {
+pub struct Intent {
+    /// Networks by id.
     pub networks: BTreeMap<String, NetworkRules>,
+    /// Published ports by endpoint.
     pub ports: BTreeMap<EndpointKey, EndpointPorts>,
 }
 
 /// The key of an endpoint.
-pub(crate) fn key(network_id: &str, endpoint_id: &str) -> EndpointKey {
+pub fn key(network_id: &str, endpoint_id: &str) -> EndpointKey {
     (network_id.to_string(), endpoint_id.to_string())
 }
 

@@ -11,7 +11,10 @@
 //! where dockerd manages iptables and its `FORWARD DROP` is the default) and `nftables` (one
 //! table, `inet cnibridge`, for hosts where dockerd runs with `--iptables=false`; a drop in any
 //! nftables base chain is final, so it cannot open what Docker's iptables rules close).
-//! `NoFirewall` installs nothing.
+//! Both are one `engine::Engine` over a `engine::Backend`: the engine keeps the intent, checks
+//! it, locks per network and falls back to a full rewrite when a change fails; a backend only
+//! renders and applies (the shared base with the full set, one network's rules, one endpoint's
+//! ports). `NoFirewall` installs nothing.
 
 use std::future::Future;
 
@@ -19,8 +22,9 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 pub mod conntrack;
+pub mod engine;
 mod exec;
-mod intent;
+pub mod intent;
 pub mod iptables;
 pub mod leftovers;
 pub mod nftables;

@@ -1,32 +1,34 @@
-//! iptables implementation of `Firewall`: the apply half.
+//! iptables backend of the firewall engine: the apply half.
 //!
 //! Why it exists: Docker sets the filter `FORWARD` policy to `DROP`, and br_netfilter sends
 //! bridged frames through iptables, so even two ports of one bridge cannot talk until a rule
 //! accepts it; containers also need isolation, masquerade and published ports as Docker's
 //! bridge gives them.
 //!
-//! How: a network change rewrites the content of all our chains (see `render` for the layout),
-//! rendered from the whole set of known networks and published ports, with one
-//! `iptables-restore -w --noflush` per family, covering the filter and nat tables in one
-//! transaction. Before it, the jumps from the built-in chains are checked (`-C`, concurrently)
-//! and the missing ones are added by the same script. Publishing or removing one endpoint's
-//! ports is one restore per family that touches only that endpoint's chains and jumps
-//! (`render_ports`), with no checks before it. Nothing outside our chains is touched except
-//! those jumps.
+//! How (see `render` for the layout): a full rewrite (the shared base, at the first change,
+//! after a failure, at reconcile) checks the jumps from the built-in chains (`-C`,
+//! concurrently) and rewrites the content of all our chains, rendered from the whole set, with
+//! one `iptables-restore -w --noflush` per family covering the filter and nat tables in one
+//! transaction. Adding or removing one network is one restore per family that appends (`-A`)
+//! or deletes (`-D`) that network's rules in the shared chains, with no check before it;
+//! publishing or removing one endpoint's ports is one restore per family that touches only
+//! that endpoint's chains and jumps (`render_ports`). Nothing outside our chains is touched
+//! except those jumps.
 
-use tokio::sync::Mutex;
+use std::sync::Mutex;
 
-use super::exec::{run_tool as run, set_route_localnet};
-use super::intent::{key, EndpointKey, Intent};
-use super::{conntrack, EndpointPorts, Firewall, FirewallError, NetworkRules};
+use super::engine::{Backend, Engine, Stale};
+use super::exec::run_tool as run;
+use super::intent::Intent;
+use super::{EndpointPorts, FirewallError, NetworkRules};
 
 pub mod remove;
 pub mod render;
 pub mod render_ports;
 
 pub use render::{
-    jumps, render_restore, rule_comment, Family, Jump, FORWARD_CHAIN, INPUT_CHAIN, ISOLATION_1,
-    ISOLATION_2, POSTROUTING_CHAIN,
+    jumps, render_network_update, render_restore, rule_comment, Family, Jump, FORWARD_CHAIN,
+    INPUT_CHAIN, ISOLATION_1, ISOLATION_2, POSTROUTING_CHAIN,
 };
 pub use render_ports::{
     accept_chain, dnat_chain, endpoint_comment, endpoint_rules, render_port_update,
@@ -60,7 +62,7 @@ impl IptablesTools {
     }
 }
 
-/// Whether IPv6 rules are written; decided by the first attempt.
+/// Whether IPv6 rules are written; decided by the first full rewrite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum V6 {
     Unknown,
@@ -68,33 +70,70 @@ enum V6 {
     Disabled,
 }
 
-struct State {
-    /// What our chains hold, as far as this process knows.
-    set: Intent,
-    v6: V6,
-}
-
-/// Which endpoint chains a full rewrite deletes.
-enum Stale {
-    /// These (chains of endpoints just dropped from the set).
-    Known(Vec<String>),
-    /// Every endpoint chain the kernel holds that the new set does not claim (reconcile: this
-    /// process may not know what an earlier one installed).
-    FromKernel,
-}
-
-/// `Firewall` over iptables/ip6tables (either the nft or the legacy variant).
-pub struct IptablesFirewall {
+/// The iptables/ip6tables backend (either the nft or the legacy variant).
+pub struct IptablesBackend {
     v4: IptablesTools,
     v6: IptablesTools,
-    // An async mutex, held across the apply, so concurrent changes reach the kernel in the
-    // order they change the set.
-    state: Mutex<State>,
+    v6_state: Mutex<V6>,
 }
 
-impl Default for IptablesFirewall {
+/// `Firewall` over iptables/ip6tables.
+pub type IptablesFirewall = Engine<IptablesBackend>;
+
+impl Default for IptablesBackend {
     fn default() -> Self {
         Self::new(IptablesTools::ipv4(), IptablesTools::ipv6())
+    }
+}
+
+impl IptablesBackend {
+    /// A backend using these programs. If the IPv6 ones turn out unusable at the first change
+    /// (missing binary, no IPv6 in the kernel), a warning is logged and only IPv4 is managed.
+    pub fn new(v4: IptablesTools, v6: IptablesTools) -> Self {
+        IptablesBackend {
+            v4,
+            v6,
+            v6_state: Mutex::new(V6::Unknown),
+        }
+    }
+
+    fn v6_state(&self) -> V6 {
+        *self.v6_state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_v6(&self, v6: V6) {
+        *self.v6_state.lock().unwrap_or_else(|p| p.into_inner()) = v6;
+    }
+
+    /// The families written by an incremental change: IPv6 only once known usable.
+    fn families(&self) -> Vec<(&IptablesTools, Family)> {
+        let mut out = vec![(&self.v4, Family::V4)];
+        if self.v6_state() == V6::Usable {
+            out.push((&self.v6, Family::V6));
+        }
+        out
+    }
+
+    /// One restore per family of what `render` gives for it (nothing where it gives none).
+    /// The families are separate tables, so their restores run at once: a change costs one
+    /// tool run, not two in a row.
+    async fn each_family(
+        &self,
+        render: impl Fn(Family) -> Option<String>,
+    ) -> Result<(), FirewallError> {
+        let runs = self
+            .families()
+            .into_iter()
+            .filter_map(|(tools, family)| render(family).map(|script| (tools, script)))
+            .map(|(tools, script)| async move { restore(tools, &script).await });
+        futures::future::join_all(runs).await.into_iter().collect()
+    }
+}
+
+impl IptablesFirewall {
+    /// A firewall using these programs (see `IptablesBackend::new`).
+    pub fn new(v4: IptablesTools, v6: IptablesTools) -> Self {
+        Engine::with_backend(IptablesBackend::new(v4, v6))
     }
 }
 
@@ -106,151 +145,71 @@ fn chains_of(p: &EndpointPorts) -> [String; 2] {
     ]
 }
 
-impl IptablesFirewall {
-    /// A firewall using these programs. If the IPv6 ones turn out unusable at the first change
-    /// (missing binary, no IPv6 in the kernel), a warning is logged and only IPv4 is managed.
-    pub fn new(v4: IptablesTools, v6: IptablesTools) -> Self {
-        IptablesFirewall {
-            v4,
-            v6,
-            state: Mutex::new(State {
-                set: Intent::default(),
-                v6: V6::Unknown,
-            }),
-        }
-    }
+/// Which endpoint chains a full rewrite deletes.
+enum StaleChains {
+    Known(Vec<String>),
+    FromKernel,
+}
 
-    /// The networks whose rules are installed, as this process knows them.
-    pub async fn networks(&self) -> Vec<NetworkRules> {
-        self.state.lock().await.set.network_list()
-    }
+impl Backend for IptablesBackend {
+    const SHARED_PORT_CHAINS: bool = false;
 
-    /// The endpoints whose ports are published, as this process knows them.
-    pub async fn ports(&self) -> Vec<EndpointPorts> {
-        self.state.lock().await.set.port_list()
-    }
-
-    /// Rewrite all our chains for `next` in both families, then remember it as the set.
-    async fn apply(
-        &self,
-        state: &mut State,
-        next: Intent,
-        stale: Stale,
-    ) -> Result<(), FirewallError> {
-        let nets = next.network_list();
-        let eps = next.port_list();
-        for p in eps.iter().filter(|p| p.needs_route_localnet()) {
-            set_route_localnet(&p.bridge);
-        }
+    async fn write_all(&self, set: &Intent, stale: &Stale) -> Result<(), FirewallError> {
+        let nets = set.network_list();
+        let eps = set.port_list();
+        let stale = match stale {
+            Stale::Known(gone) => StaleChains::Known(gone.iter().flat_map(chains_of).collect()),
+            Stale::FromKernel => StaleChains::FromKernel,
+        };
         apply_family(&self.v4, Family::V4, &nets, &eps, &stale).await?;
-        match state.v6 {
+        match self.v6_state() {
             V6::Disabled => {}
             V6::Usable => apply_family(&self.v6, Family::V6, &nets, &eps, &stale).await?,
             V6::Unknown => match apply_family(&self.v6, Family::V6, &nets, &eps, &stale).await {
-                Ok(()) => state.v6 = V6::Usable,
+                Ok(()) => self.set_v6(V6::Usable),
                 Err(e) => {
                     tracing::warn!(error = %e, "ip6tables is not usable; managing IPv4 rules only");
-                    state.v6 = V6::Disabled;
+                    self.set_v6(V6::Disabled);
                 }
             },
         }
-        state.set = next;
         Ok(())
     }
 
-    /// Replace one endpoint's ports (`None` = remove them): one restore per family touching
-    /// only that endpoint's chains and jumps. If that fails (someone removed our jumps, or the
-    /// kernel no longer holds what this process installed), everything ours is rewritten
-    /// instead, which repairs whatever was changed under us.
+    async fn add_network(
+        &self,
+        old: Option<&NetworkRules>,
+        new: &NetworkRules,
+    ) -> Result<(), FirewallError> {
+        self.each_family(|family| render_network_update(family, old, Some(new)))
+            .await
+    }
+
+    async fn del_network(
+        &self,
+        rules: &NetworkRules,
+        ports: &[EndpointPorts],
+        _remaining: &[EndpointPorts],
+    ) -> Result<(), FirewallError> {
+        self.each_family(|family| {
+            let mut script: String = ports
+                .iter()
+                .filter_map(|p| render_port_update(family, Some(p), None))
+                .collect();
+            script.push_str(&render_network_update(family, Some(rules), None).unwrap_or_default());
+            (!script.is_empty()).then_some(script)
+        })
+        .await
+    }
+
     async fn update_ports(
         &self,
-        state: &mut State,
-        key: EndpointKey,
+        _all: &[EndpointPorts],
+        old: Option<&EndpointPorts>,
         new: Option<&EndpointPorts>,
     ) -> Result<(), FirewallError> {
-        let old = state.set.ports.get(&key).cloned();
-        if let Some(p) = new.filter(|p| p.needs_route_localnet()) {
-            set_route_localnet(&p.bridge);
-        }
-        let mut families = vec![(&self.v4, Family::V4)];
-        if state.v6 == V6::Usable {
-            families.push((&self.v6, Family::V6));
-        }
-        let mut outcome = Ok(());
-        for (tools, family) in families {
-            if let Some(script) = render_port_update(family, old.as_ref(), new) {
-                outcome = restore(tools, &script).await;
-                if outcome.is_err() {
-                    break;
-                }
-            }
-        }
-        match outcome {
-            Ok(()) => {
-                state.set = state.set.with_ports(&key, new);
-                Ok(())
-            }
-            Err(e) => {
-                tracing::warn!(endpoint = %key.1, error = %e, "updating the endpoint's chains failed; rewriting all cnibridge chains");
-                let next = state.set.with_ports(&key, new);
-                let stale = match (new, &old) {
-                    (None, Some(p)) => chains_of(p).to_vec(),
-                    _ => Vec::new(),
-                };
-                self.apply(state, next, Stale::Known(stale)).await
-            }
-        }
-    }
-}
-
-impl Firewall for IptablesFirewall {
-    async fn add_network(&self, rules: &NetworkRules) -> Result<(), FirewallError> {
-        let mut state = self.state.lock().await;
-        let next = state.set.with_network(rules)?;
-        // Applied even when nothing changed: a re-sent CreateNetwork then repairs a chain
-        // someone flushed.
-        self.apply(&mut state, next, Stale::Known(Vec::new())).await
-    }
-
-    async fn del_network(&self, rules: &NetworkRules) -> Result<(), FirewallError> {
-        let mut state = self.state.lock().await;
-        // Unknown is success by contract; rules of networks this process never knew are
-        // removed by `reconcile`, which sees the whole set. Ports left behind by a lost
-        // DeleteEndpoint go with their network.
-        let Some((next, gone)) = state.set.without_network(&rules.network_id) else {
-            return Ok(());
-        };
-        let stale = gone.iter().flat_map(chains_of).collect();
-        self.apply(&mut state, next, Stale::Known(stale)).await
-    }
-
-    async fn add_ports(&self, ports: &EndpointPorts) -> Result<(), FirewallError> {
-        {
-            let mut state = self.state.lock().await;
-            let key = state.set.ports_key(ports)?;
-            self.update_ports(&mut state, key, Some(ports)).await?;
-        }
-        conntrack::after_publish(ports).await;
-        Ok(())
-    }
-
-    async fn del_ports(&self, network_id: &str, endpoint_id: &str) -> Result<(), FirewallError> {
-        let mut state = self.state.lock().await;
-        let key = key(network_id, endpoint_id);
-        if !state.set.ports.contains_key(&key) {
-            return Ok(());
-        }
-        self.update_ports(&mut state, key, None).await
-    }
-
-    async fn reconcile(
-        &self,
-        networks: &[NetworkRules],
-        ports: &[EndpointPorts],
-    ) -> Result<(), FirewallError> {
-        let next = Intent::from_set(networks, ports)?;
-        let mut state = self.state.lock().await;
-        self.apply(&mut state, next, Stale::FromKernel).await
+        self.each_family(|family| render_port_update(family, old, new))
+            .await
     }
 }
 
@@ -261,7 +220,7 @@ async fn apply_family(
     family: Family,
     networks: &[NetworkRules],
     ports: &[EndpointPorts],
-    stale: &Stale,
+    stale: &StaleChains,
 ) -> Result<(), FirewallError> {
     let all = jumps(family);
     let checks = futures::future::join_all(all.iter().map(|j| jump_present(tools, j))).await;
@@ -272,8 +231,8 @@ async fn apply_family(
         }
     }
     let stale = match stale {
-        Stale::Known(chains) => chains.clone(),
-        Stale::FromKernel => endpoint_chains_in_kernel(tools).await?,
+        StaleChains::Known(chains) => chains.clone(),
+        StaleChains::FromKernel => endpoint_chains_in_kernel(tools).await?,
     };
     let script = render_restore(family, networks, ports, &missing, &stale);
     restore(tools, &script).await
@@ -367,6 +326,7 @@ fn chain_missing(stderr: &str, chain: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::firewall::Firewall;
 
     fn net(id: &str, bridge: &str) -> NetworkRules {
         NetworkRules::new(id, bridge)

@@ -8,7 +8,7 @@
 //! filter FORWARD ──(appended)──▶ CNIBRIDGE-FORWARD
 //!   1. -j CNIBRIDGE-ISOLATION-1               isolation between cnibridge networks, first
 //!   2. -j CNIBRIDGE-PUBLISHED                 published container ports (render_ports)
-//!   3. per network, in order:
+//!   3. per network, in the order the networks were added (a network's rules in their order):
 //!        -i br -o br            ACCEPT | DROP (icc off)
 //!        internal:   -i br ! -o br DROP;  -o br ! -i br DROP
 //!        otherwise:  -o br ctstate RELATED,ESTABLISHED ACCEPT;  -i br ! -o br ACCEPT
@@ -39,11 +39,15 @@
 //! `cnibridge ep <id12>`; the jumps from built-in chains carry none, so
 //! `iptables -C <builtin> <matches> -j <chain>` finds them.
 //!
-//! Published ports live in per-endpoint chains (`render_ports`): `add_ports`/`del_ports` change
-//! only those and their jumps. This full script declares, flushes and refills them too, and
-//! deletes (`-X`) the stale ones it is told about, so a network change or a reconcile rewrites
-//! everything ours in one transaction. An nftables backend renders the same intent into one
-//! `inet` table.
+//! A network's rules are appended to (and deleted from) the shared chains by
+//! `render_network_update`, behind the fixed jumps at their head, so adding or removing one
+//! network touches nothing of the others; every network's rules match its own bridge (or
+//! subnet), so their order between networks does not matter. Published ports live in
+//! per-endpoint chains (`render_ports`): `add_ports`/`del_ports` change only those and their
+//! jumps. The full script (the shared base, at the first change, after a failure, at reconcile)
+//! declares, flushes and refills every chain of ours, endpoint chains included, and deletes
+//! (`-X`) the stale ones it is told about, in one transaction. The nftables backend renders the
+//! same intent into one `inet` table.
 
 use ipnet::IpNet;
 
@@ -392,6 +396,53 @@ pub fn render_restore(
         out.push_str("COMMIT\n");
     }
     out
+}
+
+/// The script that turns one network's rules from `old` (installed, if anything) into `new`
+/// (`None` = removed) in one family: `-D` of each old rule, then `-A` of each new one, at the
+/// end of the shared chains (after the fixed jumps of a full script, so isolation and published
+/// ports still come first), in their order. Nothing else is read or touched, so its cost does
+/// not grow with the other networks. A `-D` of a rule someone removed fails the restore as a
+/// whole; the caller then rewrites everything. `None` when the family holds nothing of the
+/// network before or after.
+pub fn render_network_update(
+    family: Family,
+    old: Option<&NetworkRules>,
+    new: Option<&NetworkRules>,
+) -> Option<String> {
+    let mut out = String::new();
+    for table in ["filter", "nat"] {
+        let rules = |net: &NetworkRules| {
+            let rules = match table {
+                "filter" => filter_rules(family, net),
+                _ => nat_rules(family, net),
+            };
+            let comment = rule_comment(&net.network_id);
+            rules
+                .into_iter()
+                .map(|r| {
+                    format!(
+                        "{} {} -m comment --comment \"{comment}\" -j {}",
+                        r.chain, r.matches, r.target
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        let gone = old.map(rules).unwrap_or_default();
+        let added = new.map(rules).unwrap_or_default();
+        if gone.is_empty() && added.is_empty() {
+            continue;
+        }
+        out.push_str(&format!("*{table}\n"));
+        for r in gone {
+            out.push_str(&format!("-D {r}\n"));
+        }
+        for r in added {
+            out.push_str(&format!("-A {r}\n"));
+        }
+        out.push_str("COMMIT\n");
+    }
+    (!out.is_empty()).then_some(out)
 }
 
 #[cfg(test)]

@@ -261,3 +261,52 @@ fn comments_carry_the_short_network_id() {
     assert_eq!(rule_comment(ID_A), "cnibridge net 4f1d9b2c7a3e");
     assert_eq!(rule_comment("abc"), "cnibridge net abc");
 }
+
+#[test]
+fn one_network_is_appended_and_deleted_alone_with_the_same_rules_as_the_full_script() {
+    let a = NetworkRules {
+        masquerade: true,
+        ..net(ID_A, "br0", &["10.1.0.0/24"])
+    };
+    let c = "-m comment --comment \"cnibridge net 4f1d9b2c7a3e\"";
+    let add = render_network_update(Family::V4, None, Some(&a)).unwrap();
+    assert_eq!(
+        add,
+        format!(
+            "*filter\n\
+             -A CNIBRIDGE-ISOLATION-1 -i br0 ! -o br0 {c} -j CNIBRIDGE-ISOLATION-2\n\
+             -A CNIBRIDGE-ISOLATION-2 -o br0 {c} -j DROP\n\
+             -A CNIBRIDGE-FORWARD -i br0 -o br0 {c} -j ACCEPT\n\
+             -A CNIBRIDGE-FORWARD -o br0 -m conntrack --ctstate RELATED,ESTABLISHED {c} -j ACCEPT\n\
+             -A CNIBRIDGE-FORWARD -i br0 ! -o br0 {c} -j ACCEPT\n\
+             -A CNIBRIDGE-INPUT -i br0 -d 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED {c} -j DROP\n\
+             COMMIT\n\
+             *nat\n\
+             -A CNIBRIDGE-POSTROUTING -s 10.1.0.0/24 -d 224.0.0.0/4 {c} -j RETURN\n\
+             -A CNIBRIDGE-POSTROUTING -s 10.1.0.0/24 ! -d 10.1.0.0/24 ! -o br0 {c} -j MASQUERADE\n\
+             COMMIT\n"
+        )
+    );
+    // Every appended rule is one the full script writes for the network, nothing else.
+    let full = render_restore(Family::V4, std::slice::from_ref(&a), &[], &[], &[]);
+    for rule in add.lines().filter(|l| l.starts_with("-A ")) {
+        assert!(full.contains(rule), "{rule}");
+    }
+    // Nothing declared or flushed: the other networks' rules stay.
+    assert!(!add.contains(":CNIBRIDGE") && !add.contains("-F "));
+    let del = render_network_update(Family::V4, Some(&a), None).unwrap();
+    assert_eq!(del, add.replace("-A ", "-D "));
+    // Re-sent: deleted (which fails if someone removed a rule, so the caller repairs) and
+    // appended again.
+    let again = render_network_update(Family::V4, Some(&a), Some(&a)).unwrap();
+    assert!(
+        again.starts_with("*filter\n-D CNIBRIDGE-ISOLATION-1 "),
+        "{again}"
+    );
+    assert_eq!(again.matches("-A ").count(), 8);
+    assert_eq!(again.matches("-D ").count(), 8);
+    // IPv6 without IPv6 masquerade: only the filter rules that hold for every family.
+    let v6 = render_network_update(Family::V6, None, Some(&a)).unwrap();
+    assert!(!v6.contains("*nat") && !v6.contains("127.0.0.0/8"), "{v6}");
+    assert_eq!(render_network_update(Family::V4, None, None), None);
+}

@@ -1,4 +1,4 @@
-//! nftables implementation of `Firewall` (`--firewall nftables`): the apply half.
+//! nftables backend of the firewall engine (`--firewall nftables`): the apply half.
 //!
 //! Everything lives in one table of ours, `inet cnibridge` (see `render` for its layout and for
 //! why each hook and priority was chosen); nothing else on the host is touched. It is meant for
@@ -6,93 +6,47 @@
 //! nftables, so where Docker's iptables `FORWARD DROP` is active this table cannot let our
 //! containers' traffic through, and without it the table itself keeps the outside out.
 //!
-//! How: every change is one `nft -f -` process, i.e. one atomic transaction. A network change or
-//! a reconcile rewrites the whole table (`render_table`); publishing or removing one endpoint's
-//! ports touches only its chain and the two dispatch chains (`render_port_update`), and falls
-//! back to the whole rewrite if that fails (someone deleted our table or a chain of it).
+//! How: every change is one `nft -f -` process, i.e. one atomic transaction. A full rewrite
+//! (first change, reconcile, fallback, last network gone) replaces the whole table
+//! (`render_table`); adding or removing one network touches only its own chains and its
+//! elements of the shared sets and maps (`render_network_update`); publishing or removing one
+//! endpoint's ports touches only its chain and the two dispatch chains (`render_port_update`).
+//! A failed incremental change falls back to the whole rewrite (someone deleted our table or a
+//! chain of it).
 
-use tokio::sync::Mutex;
-
-use super::exec::{run_tool, set_route_localnet};
-use super::intent::{key, EndpointKey, Intent};
-use super::{conntrack, EndpointPorts, Firewall, FirewallError, NetworkRules};
+use super::engine::{Backend, Engine, Stale};
+use super::exec::run_tool;
+use super::intent::Intent;
+use super::{EndpointPorts, FirewallError, NetworkRules};
 
 pub mod render;
 pub mod render_ports;
 
-pub use render::{render_table, table_chains, Family, Rule, TABLE};
+pub use render::{render_network_update, render_table, table_chains, Family, Rule, TABLE};
 pub use render_ports::{dnat_chain, endpoint_rules, render_port_update, EndpointRules};
 
-/// `Firewall` over `nft`.
-pub struct NftablesFirewall {
+/// The `nft` backend.
+pub struct NftablesBackend {
     nft: String,
-    // What the table holds, as far as this process knows. An async mutex, held across the
-    // apply, so concurrent changes reach the kernel in the order they change the set.
-    state: Mutex<Intent>,
 }
 
-impl Default for NftablesFirewall {
+/// `Firewall` over `nft`.
+pub type NftablesFirewall = Engine<NftablesBackend>;
+
+impl Default for NftablesBackend {
     fn default() -> Self {
-        Self::new("nft")
+        NftablesBackend { nft: "nft".into() }
     }
 }
 
 impl NftablesFirewall {
     /// A firewall running this `nft` program.
     pub fn new(nft: impl Into<String>) -> Self {
-        NftablesFirewall {
-            nft: nft.into(),
-            state: Mutex::new(Intent::default()),
-        }
+        Engine::with_backend(NftablesBackend { nft: nft.into() })
     }
+}
 
-    /// The networks whose rules are installed, as this process knows them.
-    pub async fn networks(&self) -> Vec<NetworkRules> {
-        self.state.lock().await.network_list()
-    }
-
-    /// The endpoints whose ports are published, as this process knows them.
-    pub async fn ports(&self) -> Vec<EndpointPorts> {
-        self.state.lock().await.port_list()
-    }
-
-    /// Rewrite the table for `next`, then remember it as the set.
-    async fn apply(&self, state: &mut Intent, next: Intent) -> Result<(), FirewallError> {
-        let ports = next.port_list();
-        for p in ports.iter().filter(|p| p.needs_route_localnet()) {
-            set_route_localnet(&p.bridge);
-        }
-        self.nft(&render_table(&next.network_list(), &ports))
-            .await?;
-        *state = next;
-        Ok(())
-    }
-
-    /// Replace one endpoint's ports (`None` = remove them) in one transaction; if that fails,
-    /// rewrite the whole table, which repairs whatever was changed under us.
-    async fn update_ports(
-        &self,
-        state: &mut Intent,
-        key: EndpointKey,
-        new: Option<&EndpointPorts>,
-    ) -> Result<(), FirewallError> {
-        if let Some(p) = new.filter(|p| p.needs_route_localnet()) {
-            set_route_localnet(&p.bridge);
-        }
-        let next = state.with_ports(&key, new);
-        let script = render_port_update(&next.port_list(), state.ports.get(&key), new);
-        match self.nft(&script).await {
-            Ok(()) => {
-                *state = next;
-                Ok(())
-            }
-            Err(e) => {
-                tracing::warn!(endpoint = %key.1, error = %e, "updating the endpoint's chains failed; rewriting the cnibridge table");
-                self.apply(state, next).await
-            }
-        }
-    }
-
+impl NftablesBackend {
     /// Run one `nft -f -` with `script`: one transaction, all or nothing.
     async fn nft(&self, script: &str) -> Result<(), FirewallError> {
         let out = run_tool(&self.nft, &["-f", "-"], Some(script)).await?;
@@ -108,6 +62,53 @@ impl NftablesFirewall {
                 String::from_utf8_lossy(&out.stderr).trim()
             ),
         })
+    }
+}
+
+impl Backend for NftablesBackend {
+    // `hostports` and `published` hold every endpoint's dispatch rules.
+    const SHARED_PORT_CHAINS: bool = true;
+
+    async fn write_all(&self, set: &Intent, _stale: &Stale) -> Result<(), FirewallError> {
+        // The table is deleted and written anew, so whatever an earlier process left goes.
+        self.nft(&render_table(&set.network_list(), &set.port_list()))
+            .await
+    }
+
+    async fn add_network(
+        &self,
+        old: Option<&NetworkRules>,
+        new: &NetworkRules,
+    ) -> Result<(), FirewallError> {
+        self.nft(&render_network_update(old, Some(new))).await
+    }
+
+    async fn del_network(
+        &self,
+        rules: &NetworkRules,
+        ports: &[EndpointPorts],
+        remaining: &[EndpointPorts],
+    ) -> Result<(), FirewallError> {
+        let mut script = String::new();
+        if !ports.is_empty() {
+            script.push_str(&render_ports::render_dispatch(remaining));
+            for p in ports.iter().map(endpoint_rules) {
+                if !p.dnat_rules.is_empty() {
+                    script.push_str(&render_ports::render_chain_removal(&p.dnat_chain));
+                }
+            }
+        }
+        script.push_str(&render_network_update(Some(rules), None));
+        self.nft(&script).await
+    }
+
+    async fn update_ports(
+        &self,
+        all: &[EndpointPorts],
+        old: Option<&EndpointPorts>,
+        new: Option<&EndpointPorts>,
+    ) -> Result<(), FirewallError> {
+        self.nft(&render_port_update(all, old, new)).await
     }
 }
 
@@ -142,59 +143,10 @@ pub async fn remove_table(nft: &str) -> Result<bool, FirewallError> {
     Ok(true)
 }
 
-impl Firewall for NftablesFirewall {
-    async fn add_network(&self, rules: &NetworkRules) -> Result<(), FirewallError> {
-        let mut state = self.state.lock().await;
-        let next = state.with_network(rules)?;
-        // Applied even when nothing changed: a re-sent CreateNetwork then repairs a table
-        // someone changed.
-        self.apply(&mut state, next).await
-    }
-
-    async fn del_network(&self, rules: &NetworkRules) -> Result<(), FirewallError> {
-        let mut state = self.state.lock().await;
-        // Unknown is success by contract; `reconcile` removes what this process never knew.
-        // Ports left on the network (a lost DeleteEndpoint) go with it.
-        match state.without_network(&rules.network_id) {
-            Some((next, _)) => self.apply(&mut state, next).await,
-            None => Ok(()),
-        }
-    }
-
-    async fn add_ports(&self, ports: &EndpointPorts) -> Result<(), FirewallError> {
-        {
-            let mut state = self.state.lock().await;
-            let key = state.ports_key(ports)?;
-            self.update_ports(&mut state, key, Some(ports)).await?;
-        }
-        conntrack::after_publish(ports).await;
-        Ok(())
-    }
-
-    async fn del_ports(&self, network_id: &str, endpoint_id: &str) -> Result<(), FirewallError> {
-        let mut state = self.state.lock().await;
-        let key = key(network_id, endpoint_id);
-        if !state.ports.contains_key(&key) {
-            return Ok(());
-        }
-        self.update_ports(&mut state, key, None).await
-    }
-
-    async fn reconcile(
-        &self,
-        networks: &[NetworkRules],
-        ports: &[EndpointPorts],
-    ) -> Result<(), FirewallError> {
-        let next = Intent::from_set(networks, ports)?;
-        let mut state = self.state.lock().await;
-        // The table is deleted and written anew, so whatever an earlier process left goes.
-        self.apply(&mut state, next).await
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::firewall::Firewall;
 
     fn rt() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()
@@ -243,7 +195,8 @@ mod tests {
     }
 
     /// An `nft` that records each call (its arguments, then its stdin) as `call-<n>` in `dir`,
-    /// and fails once, with an nft-like message, whenever `dir/fail` exists.
+    /// and fails once, with an nft-like message, whenever `dir/fail` exists (twice if it holds
+    /// `2`).
     fn fake_nft(dir: &std::path::Path) -> String {
         use std::os::unix::fs::PermissionsExt;
         let path = dir.join("nft");
@@ -253,7 +206,8 @@ mod tests {
             format!(
                 "#!/bin/sh\nn=$(ls {d} | grep -c call-)\n\
                  {{ echo \"$*\"; cat; }} > {d}/call-$n\n\
-                 if [ -e {d}/fail ]; then rm {d}/fail; \
+                 if [ -e {d}/fail ]; then \
+                 if [ \"$(cat {d}/fail)\" = 2 ]; then echo 1 > {d}/fail; else rm {d}/fail; fi; \
                  echo 'Error: No such file or directory; did you mean table inet cnibridge?' >&2; exit 1; fi\n"
             ),
         )
@@ -320,8 +274,9 @@ mod tests {
         assert!(c[3].contains("tcp dport 8080 ") && c[3].contains("tcp dport 8090 "));
         assert_eq!(rt.block_on(fw.ports()).len(), 2);
 
-        // A refused network change names nft and its message, and changes nothing known.
-        std::fs::write(dir.join("fail"), "").unwrap();
+        // A refused network change (its own transaction, then the full rewrite it falls back
+        // to) names nft and its message, and changes nothing known.
+        std::fs::write(dir.join("fail"), "2").unwrap();
         let other = NetworkRules::new("n2", "br1");
         let err = rt.block_on(fw.add_network(&other)).unwrap_err();
         let FirewallError::Backend { tool, reason } = &err else {
@@ -337,13 +292,21 @@ mod tests {
             "{reason}"
         );
         assert_eq!(rt.block_on(fw.networks()), vec![net.clone()]);
+        let c = calls(dir);
+        assert_eq!(c.len(), 6, "{c:?}");
+        assert!(
+            c[4].starts_with("-f -\nadd chain inet cnibridge fwd-"),
+            "{}",
+            c[4]
+        );
+        assert!(c[5].contains("delete table inet cnibridge\ntable inet cnibridge {"));
 
-        // Removing the network is one transaction that takes its ports too.
+        // Removing the last network is one transaction that takes its ports too.
         rt.block_on(fw.del_network(&net)).unwrap();
         let c = calls(dir);
-        assert_eq!(c.len(), 6);
+        assert_eq!(c.len(), 7);
         assert_eq!(
-            c[5],
+            c[6],
             "-f -\nadd table inet cnibridge\ndelete table inet cnibridge\n"
         );
         assert!(rt.block_on(fw.ports()).is_empty());

@@ -203,6 +203,17 @@ pub fn render_port_update(
             out.push_str(&r.add_command());
         }
     }
+    out.push_str(&render_dispatch(all));
+    if let Some(o) = old.filter(|o| new.as_ref().map(|n| &n.dnat_chain) != Some(&o.dnat_chain)) {
+        out.push_str(&render_chain_removal(&o.dnat_chain));
+    }
+    out
+}
+
+/// The two dispatch chains (`hostports`, `published`) flushed and rewritten from `all`, every
+/// endpoint's ports.
+pub fn render_dispatch(all: &[EndpointPorts]) -> String {
+    let mut out = String::new();
     let every: Vec<EndpointRules> = all.iter().map(endpoint_rules).collect();
     for chain in [HOSTPORTS_CHAIN, PUBLISHED_CHAIN] {
         out.push_str(&format!("flush chain {TABLE} {chain}\n"));
@@ -216,15 +227,13 @@ pub fn render_port_update(
             }
         }
     }
-    if let Some(o) = old.filter(|o| new.as_ref().map(|n| &n.dnat_chain) != Some(&o.dnat_chain)) {
-        // Unreferenced once `hostports` is rewritten above; `add` first so a chain someone
-        // deleted already does not fail the transaction.
-        out.push_str(&format!(
-            "add chain {TABLE} {0}\ndelete chain {TABLE} {0}\n",
-            o.dnat_chain
-        ));
-    }
     out
+}
+
+/// Delete an endpoint chain no longer referenced (once the dispatch chains are rewritten);
+/// `add` first so a chain someone deleted already does not fail the transaction.
+pub fn render_chain_removal(chain: &str) -> String {
+    format!("add chain {TABLE} {chain}\ndelete chain {TABLE} {chain}\n")
 }
 
 #[cfg(test)]
