@@ -6,8 +6,8 @@
 //! `Driver::reload_firewall` must bring back exactly what was there. Root required; everything
 //! happens inside the test's own network namespace.
 
-mod netns_support;
-use netns_support as support;
+mod support;
+use support::netns;
 
 use std::process::Command;
 
@@ -19,9 +19,9 @@ use cnibridge::driver::ports::PORTMAP;
 use cnibridge::driver::{Driver, DriverConfig};
 use cnibridge::ipam::{Ipam, IpamConfig};
 use cnibridge::state::StateDir;
+use netns::backend::{nft_table, Backend};
+use netns::{in_netns_for, run};
 use serde_json::{json, Map};
-use support::backend::{nft_table, Backend};
-use support::{in_netns_for, run};
 
 const NET: &str = "7e1aad7e1aad1111111111111111111111111111111111111111111111111111";
 const EP: &str = "7e1aade0e0e01111111111111111111111111111111111111111111111111111";
@@ -113,7 +113,7 @@ fn reload_after_a_manual_flush_restores_every_rule_with(backend: Backend) {
                 .await
                 .unwrap();
             assert!(
-                support::link_json("cnb-rl").is_some(),
+                netns::link_json("cnb-rl").is_some(),
                 "bridge cnb-rl missing"
             );
             let saved = backend.dump();

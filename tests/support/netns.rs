@@ -1,4 +1,4 @@
-//! Shared harness of the netns tier: every test runs on its own thread inside a network
+//! The netns tier's harness: every test runs on its own thread inside a network
 //! namespace it creates (`unshare(CLONE_NEWNET)`), which stands in for the host and dies with
 //! the thread. Named namespaces ("containers") are removed by a Drop guard, also on failure.
 //!
@@ -6,10 +6,7 @@
 //! threads it spawns start in the test namespace, `/proc/sys/net` shows it, but
 //! `/proc/self/ns/net` shows the main thread's. `forked_processes_and_threads_inherit_the_test_netns`
 //! pins these facts, which the tests rely on.
-#![allow(dead_code)]
-
 use std::future::Future;
-use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::process::Command;
@@ -18,25 +15,17 @@ use std::time::Duration;
 
 use nix::sched::{setns, unshare, CloneFlags};
 
+use super::{is_root, require};
+
 pub mod backend;
 pub mod cases;
 
-/// True when the test may run. Without root: under `CI=true` a failure, otherwise a visible
-/// skip note (never a silent pass).
+/// True when the test may run: root, which network namespaces need (see [`require`]).
 pub fn root_or_skip(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test} needs root (network namespaces); CI=true, so this is a failure, not a skip");
-    }
-    // Straight to the stderr handle: the test harness captures eprintln! of passing tests,
-    // and a skip must be visible.
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED {test}: needs root (network namespaces)"
-    );
-    false
+    require(
+        &format!("{test} needs root (network namespaces)"),
+        is_root(),
+    )
 }
 
 /// The network namespace of the calling thread, e.g. `net:[4026532177]`.
