@@ -8,9 +8,11 @@
 
 pub mod cleanup;
 pub mod cni;
+pub mod daemon;
 pub mod dockerd;
 pub mod host;
 pub mod image;
+pub mod in_process;
 pub mod netns;
 pub mod outside;
 pub mod plugin;
