@@ -24,6 +24,8 @@ pub struct Serve {
     /// `--cni-data-dir`, the host-local store.
     pub data_dir: PathBuf,
     pub conf_dir: PathBuf,
+    /// `--default-pools`; None: the daemon's own.
+    pub default_pools: Option<String>,
     /// `--firewall`.
     pub firewall: String,
     /// `--docker-host`: `none` unless a test names its own dockerd, so a test daemon never asks
@@ -40,6 +42,7 @@ impl Serve {
             state_dir: dir.join("state"),
             data_dir: dir.join("data"),
             conf_dir: dir.join("conf"),
+            default_pools: None,
             firewall: "none".into(),
             docker_host: "none".into(),
             log_level: "warn".into(),
@@ -58,6 +61,11 @@ impl Serve {
             .arg(&self.data_dir)
             .arg("--cni-conf-dir")
             .arg(&self.conf_dir)
+            .args(
+                self.default_pools
+                    .iter()
+                    .flat_map(|p| ["--default-pools", p]),
+            )
             .args(["--docker-host", &self.docker_host])
             .args(["--firewall", &self.firewall])
             .args(["--log-level", &self.log_level])

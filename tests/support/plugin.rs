@@ -162,6 +162,7 @@ impl Plugin {
             state_dir: self.state_dir(),
             data_dir: self.data_dir(),
             conf_dir: self.conf_dir(),
+            default_pools: Some(self.default_pools.clone()),
             firewall: self.firewall.clone(),
             docker_host: self.docker_host.clone(),
             log_level: self.log_level.clone(),
