@@ -276,18 +276,12 @@ pub fn tcp_reaches(
     addr: SocketAddr,
     timeout: Duration,
 ) -> bool {
-    let from_path = from.path();
-    let listen_path = listen_in.map(NamedNetns::path);
-    std::thread::spawn(move || {
-        if let Some(p) = listen_path {
-            enter(&p);
-        }
-        let _listener = bind_retrying(addr);
-        enter(&from_path);
-        TcpStream::connect_timeout(&addr, timeout).is_ok()
-    })
-    .join()
-    .expect("probe thread")
+    probe(
+        Some(from),
+        listen_in,
+        move || bind_retrying(addr),
+        move |_listener| TcpStream::connect_timeout(&addr, timeout).is_ok(),
+    )
 }
 
 /// The source address a TCP server listening at `addr` in `listen_in` sees for a connection
@@ -299,22 +293,16 @@ pub fn tcp_peer(
     addr: SocketAddr,
     timeout: Duration,
 ) -> Option<SocketAddr> {
-    let from_path = from.map(NamedNetns::path);
-    let listen_path = listen_in.map(NamedNetns::path);
-    std::thread::spawn(move || {
-        if let Some(p) = listen_path {
-            enter(&p);
-        }
-        let listener = bind_retrying(addr);
-        if let Some(p) = from_path {
-            enter(&p);
-        }
-        let _conn = TcpStream::connect_timeout(&addr, timeout).ok()?;
-        let (_accepted, peer) = accept_within(&listener, timeout)?;
-        Some(peer)
-    })
-    .join()
-    .expect("probe thread")
+    probe(
+        from,
+        listen_in,
+        move || bind_retrying(addr),
+        move |listener| {
+            let _conn = TcpStream::connect_timeout(&addr, timeout).ok()?;
+            let (_accepted, peer) = accept_within(&listener, timeout)?;
+            Some(peer)
+        },
+    )
 }
 
 /// The connection `listener` accepts within `timeout`, after a client's connect returned (its
@@ -348,19 +336,14 @@ pub fn udp_peer(
     addr: SocketAddr,
     timeout: Duration,
 ) -> Option<SocketAddr> {
-    let from_path = from.map(NamedNetns::path);
-    let listen_path = listen_in.map(NamedNetns::path);
-    std::thread::spawn(move || {
-        if let Some(p) = listen_path {
-            enter(&p);
-        }
+    let listen = move || {
         let receiver = UdpSocket::bind(addr).expect("bind receiver");
         receiver
             .set_read_timeout(Some(timeout))
             .expect("read timeout");
-        if let Some(p) = from_path {
-            enter(&p);
-        }
+        receiver
+    };
+    probe(from, listen_in, listen, move |receiver| {
         let any: SocketAddr = if addr.is_ipv4() {
             "0.0.0.0:0".parse().expect("v4 any")
         } else {
@@ -374,8 +357,6 @@ pub fn udp_peer(
         let mut buf = [0u8; 16];
         receiver.recv_from(&mut buf).ok().map(|(_, peer)| peer)
     })
-    .join()
-    .expect("probe thread")
 }
 
 /// A listener on `addr`; the server end of the previous probe's connection may still hold
@@ -392,6 +373,31 @@ pub fn bind_retrying(addr: SocketAddr) -> TcpListener {
             Err(e) => panic!("bind {addr}: {e}"),
         }
     }
+}
+
+/// Runs a probe on a throwaway thread: `listen` inside `listen_in`, then `connect` with what it
+/// made from `from` (None = the caller's netns for either). A socket belongs to the namespace of
+/// the thread that created it, so one thread can listen in one namespace and connect from another.
+fn probe<L, T: Send + 'static>(
+    from: Option<&NamedNetns>,
+    listen_in: Option<&NamedNetns>,
+    listen: impl FnOnce() -> L + Send + 'static,
+    connect: impl FnOnce(L) -> T + Send + 'static,
+) -> T {
+    let from_path = from.map(NamedNetns::path);
+    let listen_path = listen_in.map(NamedNetns::path);
+    std::thread::spawn(move || {
+        if let Some(p) = listen_path {
+            enter(&p);
+        }
+        let listening = listen();
+        if let Some(p) = from_path {
+            enter(&p);
+        }
+        connect(listening)
+    })
+    .join()
+    .expect("probe thread")
 }
 
 /// Move the calling thread (a throwaway one) into the named namespace.
