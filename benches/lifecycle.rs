@@ -6,23 +6,18 @@
 //! host's links are never touched; the CNI side's container namespaces are created and deleted
 //! outside the timed region.
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cnibridge::cnm::{router, server};
 use cnibridge::dataplane::netlink::NetlinkDataplane;
-use cnibridge::driver::Driver;
 use cnibridge::firewall::NoFirewall;
-use cnibridge::ipam::{Ipam, IpamConfig};
-use cnibridge::state::StateDir;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper_util::client::legacy::Client;
-use hyperlocal::{UnixClientExt, UnixConnector};
 use serde_json::{json, Value};
+use support::in_process::{self, InProcess, UnixClient};
 
 const CNI_BRIDGE: &str = "/usr/lib/cni/bridge";
 
@@ -41,50 +36,22 @@ fn stats(name: &str, mut v: Vec<Duration>) -> f64 {
     median
 }
 
-async fn call(
-    client: &Client<UnixConnector, Full<Bytes>>,
-    sock: &Path,
-    path: &str,
-    body: Value,
-) -> Value {
-    let uri: hyper::Uri = hyperlocal::Uri::new(sock, path).into();
-    let req = hyper::Request::post(uri)
-        .body(Full::new(Bytes::from(format!("{body}\n"))))
-        .expect("request");
-    let resp = client.request(req).await.expect("plugin answers");
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-    let v: Value = serde_json::from_slice(&bytes).expect("json answer");
-    assert!(status.is_success(), "{path}: {v}");
+async fn call(client: &UnixClient, sock: &Path, path: &str, body: Value) -> Value {
+    let (status, v) = in_process::call(client, sock, path, format!("{body}\n")).await;
+    assert!((200..300).contains(&status), "{path}: {v}");
     v
 }
 
 async fn cnibridge_lifecycles(dir: &Path, n: usize) -> Vec<Duration> {
-    let state = StateDir::open(dir.join("state")).expect("state dir");
-    let ipam = Ipam::open(IpamConfig {
-        state: state.clone(),
-        data_dir: dir.join("data"),
-        default_pools: vec![],
-        cni_conf_dir: "/nonexistent/cni-conf".into(),
-    })
-    .expect("ipam");
     let dp = NetlinkDataplane::new().expect("netlink");
-    let driver = Driver::open(dp, NoFirewall, ipam, state)
-        .await
-        .expect("driver");
-    let sock = dir.join("cnb.sock");
-    let listener = server::bind(&sock).await.expect("socket");
-    let s2 = sock.clone();
-    tokio::spawn(async move {
-        let _ = server::serve(
-            listener,
-            &s2,
-            router(Arc::new(driver)),
-            std::future::pending(),
-        )
-        .await;
-    });
-    let client: Client<UnixConnector, Full<Bytes>> = Client::unix();
+    let setup = InProcess {
+        socket_name: "cnb.sock",
+        ..InProcess::new(dir)
+    };
+    // Served until the process ends.
+    let _served = setup.serve(dp, NoFirewall).await;
+    let sock = setup.socket();
+    let client = in_process::client();
     let net = "b".repeat(64);
     call(&client, &sock, "/IpamDriver.RequestPool", json!({"AddressSpace":"CniLocal","Pool":"10.199.0.0/16","SubPool":"","Options":{},"V6":false})).await;
     call(&client, &sock, "/IpamDriver.RequestAddress", json!({"PoolID":"10.199.0.0/16","Address":"","Options":{"RequestAddressType":"com.docker.network.gateway"}})).await;
@@ -225,14 +192,13 @@ fn main() {
         println!("lifecycle bench: run it with `cargo bench --bench lifecycle`");
         return;
     }
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("lifecycle bench: needs root (bridges and veths); skipped");
-        return;
-    }
-    if !Path::new(CNI_BRIDGE).exists() {
-        eprintln!(
-            "lifecycle bench: {CNI_BRIDGE} missing (apt-get install containernetworking-plugins)"
-        );
+    if !support::require(
+        "root, which the lifecycle bench needs (bridges and veths)",
+        support::is_root(),
+    ) || !support::require(
+        &format!("{CNI_BRIDGE} (apt-get install containernetworking-plugins)"),
+        Path::new(CNI_BRIDGE).exists(),
+    ) {
         return;
     }
     if std::env::var_os("CNB_BENCH_LOG").is_some() {

@@ -132,11 +132,11 @@ fn main() {
         println!("ports bench: run it with `cargo bench --bench ports` (as root)");
         return;
     }
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("ports bench: needs root (dockerd, bridges, iptables); skipped");
-        return;
-    }
-    if !support::require_tools(support::DOCKER_TIER_TOOLS) {
+    if !support::require(
+        "root, which the ports bench needs (dockerd, bridges, iptables)",
+        support::is_root(),
+    ) || !support::require_tools(support::DOCKER_TIER_TOOLS)
+    {
         eprintln!("ports bench: environment incomplete; skipped");
         return;
     }

@@ -2,39 +2,19 @@
 //! dockerd's connect-and-close readiness probe, and a clean SIGTERM. No root needed: nothing is
 //! created in the kernel until a network is.
 
-use std::io::{Read, Write};
+mod support;
+
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-struct Daemon {
-    child: Child,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use support::daemon::{self, Daemon, Serve};
 
 fn start(dir: &Path, socket: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_cnibridge"))
-        .args([
-            "serve",
-            "--firewall",
-            "none",
-            "--log-level",
-            "warn",
-            "--socket",
-        ])
-        .arg(socket)
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .arg("--cni-data-dir")
-        .arg(dir.join("data"))
+    Serve::under(dir, socket)
+        .command(&daemon::bin())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -42,30 +22,11 @@ fn start(dir: &Path, socket: &Path) -> Child {
 }
 
 fn wait_serving(socket: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if UnixStream::connect(socket).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("cnibridge did not serve on {}", socket.display());
-}
-
-fn post_once(socket: &Path, path: &str, body: &str) -> std::io::Result<String> {
-    let mut s = UnixStream::connect(socket)?;
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: plugin\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out)
+    daemon::wait_answering(None, socket, Duration::from_secs(10)).unwrap_or_else(|e| panic!("{e}"));
 }
 
 fn post(socket: &Path, path: &str, body: &str) -> String {
-    post_once(socket, path, body).unwrap_or_else(|e| panic!("{path}: {e}"))
+    daemon::post(socket, path, body).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
 /// The socket file a SIGKILLed daemon leaves: bound, nobody listening. Bound without `listen`

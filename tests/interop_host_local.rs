@@ -2,6 +2,8 @@
 //! Needs /usr/lib/cni/host-local (containernetworking-plugins); skipped without it, except
 //! under CI=true, where a missing plugin is a failure.
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::Write;
@@ -16,17 +18,12 @@ use cnibridge::state::StateDir;
 const HOST_LOCAL: &str = "/usr/lib/cni/host-local";
 
 fn host_local_present() -> bool {
-    if Path::new(HOST_LOCAL).exists() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!(
-            "{HOST_LOCAL} is missing and CI=true: install the CNI plugins \
-             (Debian package containernetworking-plugins) so the interop test can run"
-        );
-    }
-    eprintln!("skipping host-local interop test: {HOST_LOCAL} is missing");
-    false
+    support::require(
+        &format!(
+            "{HOST_LOCAL}, which the interop test runs (Debian package containernetworking-plugins)"
+        ),
+        Path::new(HOST_LOCAL).exists(),
+    )
 }
 
 struct Fixture {

@@ -3,15 +3,15 @@
 //! installs a network and a published port with one backend, in its own namespace, then runs
 //! what the daemon runs when it starts with the other backend.
 
-mod netns_support;
-use netns_support as support;
+mod support;
+use support::netns;
 
 use cnibridge::firewall::iptables::remove::remove_all;
 use cnibridge::firewall::leftovers;
 use cnibridge::firewall::Firewall;
-use support::backend::{nft_table, Backend};
-use support::cases::{endpoint, net_a, tcp, EP_1};
-use support::{in_netns_for, run};
+use netns::backend::{nft_table, Backend};
+use netns::cases::{endpoint, net_a, tcp, EP_1};
+use netns::{in_netns_for, run};
 
 /// What Docker keeps in iptables, which must survive.
 fn docker_like_rules(tools: [&str; 2]) {

@@ -6,8 +6,8 @@
 //! distinct addresses from one host-local directory and the same routes, reach each other, and CNI DEL must free
 //! only the CNI container's file. Root required; skipped without the plugins unless CI=true.
 
-mod netns_support;
-use netns_support as support;
+mod support;
+use support::netns;
 
 use std::fs;
 use std::io::Write;
@@ -19,8 +19,8 @@ use cnibridge::driver::{Driver, DriverConfig, EndpointSpec, IpamFamily, NetworkS
 use cnibridge::firewall::NoFirewall;
 use cnibridge::ipam::{Ipam, IpamConfig, PoolRequest, GATEWAY_DATA, LOCAL_ADDRESS_SPACE};
 use cnibridge::state::StateDir;
+use netns::{addresses, in_netns, run, tcp_reaches, NamedNetns};
 use serde_json::Value;
-use support::{addresses, in_netns, run, tcp_reaches, NamedNetns};
 
 const CNI_BIN: &str = "/usr/lib/cni";
 const NET: &str = "791e17b650f762350d6d2a4f46730c611b40a62ed86ac2c0b93956bcbab6cd6e";
@@ -45,16 +45,10 @@ fn plugins_present() -> bool {
     let present = ["bridge", "host-local"]
         .iter()
         .all(|p| Path::new(CNI_BIN).join(p).exists());
-    if !present {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{CNI_BIN}/bridge and host-local are missing and CI=true: install containernetworking-plugins");
-        }
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED: {CNI_BIN}/bridge or host-local missing"
-        );
-    }
-    present
+    support::require(
+        &format!("{CNI_BIN}/bridge and host-local (install containernetworking-plugins)"),
+        present,
+    )
 }
 
 /// Run the CNI plugin named by the conflist's first plugin, as a runtime does: the list's

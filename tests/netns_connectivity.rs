@@ -8,8 +8,8 @@
 //! inside the right namespaces (`tcp_peer`), so the server reports the source address it sees.
 //! Root required.
 
-mod netns_support;
-use netns_support as support;
+mod support;
+use support::netns;
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -17,8 +17,8 @@ use std::time::Duration;
 use cnibridge::dataplane::netlink::NetlinkDataplane;
 use cnibridge::dataplane::{BridgeSpec, Dataplane, VethSpec};
 use cnibridge::firewall::{Firewall, NetworkRules};
-use support::backend::Backend;
-use support::{in_netns_for, run, tcp_peer, udp_peer, NamedNetns};
+use netns::backend::Backend;
+use netns::{in_netns_for, run, tcp_peer, udp_peer, NamedNetns};
 
 const NET_A: &str = "aaaaaaaaaaaa1111111111111111111111111111111111111111111111111111";
 const NET_B: &str = "bbbbbbbbbbbb2222222222222222222222222222222222222222222222222222";
@@ -396,7 +396,7 @@ fn icc_off_separates_containers_of_one_network_but_not_from_their_gateway_with(b
                 );
             }
             if have_br_netfilter {
-                assert!(!support::bridged_through_iptables());
+                assert!(!netns::bridged_through_iptables());
                 assert_eq!(
                     peer_ip(&a, Some(&b), sa("10.77.0.3", 7006), NO),
                     None,

@@ -4,15 +4,14 @@
 //! comes; shutdown settles them before the process exits. Root required; the daemon runs in the test's own network
 //! namespace, without a firewall and without asking any dockerd.
 
-mod netns_support;
-use netns_support as support;
+mod support;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cnibridge::driver::names::host_veth;
 use serde_json::json;
-use support::{in_netns, link_json, run};
+use support::daemon::{bin, wait_answering, Daemon, Serve};
+use support::netns::{in_netns, link_json, run};
 
 const NET: &str = "5e77e1e5e77e1111111111111111111111111111111111111111111111111111";
 /// Enough that the deletions outlast the DeleteEndpoint answers by far.
@@ -27,28 +26,13 @@ fn sigterm_after_delete_endpoint_leaves_no_veths() {
     in_netns("sigterm_after_delete_endpoint_leaves_no_veths", || async {
         let tmp = tempfile::tempdir().unwrap();
         let socket = tmp.path().join("cnibridge.sock");
-        let daemon = Command::new(env!("CARGO_BIN_EXE_cnibridge"))
-            .args(["serve", "--firewall", "none", "--docker-host", "none"])
-            .args(["--log-level", "warn"])
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--state-dir")
-            .arg(tmp.path().join("state"))
-            .arg("--cni-data-dir")
-            .arg(tmp.path().join("data"))
-            .arg("--cni-conf-dir")
-            .arg(tmp.path().join("conf"))
+        // `under` gives no firewall, no dockerd and `warn` logging: the daemon works alone.
+        let child = Serve::under(tmp.path(), &socket)
+            .command(&bin())
             .spawn()
             .unwrap();
-        struct Kill(std::process::Child);
-        impl Drop for Kill {
-            fn drop(&mut self) {
-                let _ = self.0.kill();
-                let _ = self.0.wait();
-            }
-        }
-        let pid = daemon.id().to_string();
-        let mut daemon = Kill(daemon);
+        let pid = child.id().to_string();
+        let mut daemon = Daemon { child };
         let post = |path: &'static str, body: serde_json::Value| {
             let socket = socket.clone();
             async move {
@@ -67,11 +51,7 @@ fn sigterm_after_delete_endpoint_leaves_no_veths() {
                 }
             }
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-            assert!(Instant::now() < deadline, "daemon did not serve");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_answering(Some(&mut daemon.child), &socket, Duration::from_secs(10)).unwrap();
 
         post(
             "/NetworkDriver.CreateNetwork",
@@ -117,7 +97,7 @@ fn sigterm_after_delete_endpoint_leaves_no_veths() {
         run(&["kill", "-TERM", &pid]);
         let deadline = Instant::now() + Duration::from_secs(10);
         let status = loop {
-            if let Some(status) = daemon.0.try_wait().unwrap() {
+            if let Some(status) = daemon.child.try_wait().unwrap() {
                 break status;
             }
             assert!(Instant::now() < deadline, "no exit after SIGTERM");

@@ -1,15 +1,15 @@
 //! Netns tier: `NetlinkDataplane` against a real kernel, each test inside a network namespace
-//! it creates (root required; see `support::root_or_skip`). Assertions read the kernel with
+//! it creates (root required; see `support::require`). Assertions read the kernel with
 //! `ip -j`, not with the code under test.
 
-mod netns_support;
-use netns_support as support;
+mod support;
+use support::netns;
 
 use std::time::{Duration, Instant};
 
 use cnibridge::dataplane::netlink::NetlinkDataplane;
 use cnibridge::dataplane::{BridgeOutcome, BridgeSpec, Dataplane, DataplaneError, VethSpec};
-use support::{addresses, child_netns, has_flag, in_netns, link_json, run, thread_netns};
+use netns::{addresses, child_netns, has_flag, in_netns, link_json, run, thread_netns};
 
 fn bridge(addrs: &[&str]) -> BridgeSpec {
     BridgeSpec {

@@ -7,8 +7,8 @@
 //! jumps, counters zeroed); after `del_network` of every network the kernel must hold exactly
 //! `cleaned.golden`. `UPDATE_GOLDEN=1` regenerates them.
 
-mod netns_support;
-use netns_support as support;
+mod support;
+use support::netns;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -19,8 +19,8 @@ use cnibridge::firewall::iptables::{
     jumps, render_restore, Family, IptablesFirewall, IptablesTools,
 };
 use cnibridge::firewall::{Firewall, NetworkRules};
-use support::cases::{net_a, network_cases, NET_A, NET_B};
-use support::{assert_golden, in_netns, our_rules, run, tcp_reaches, NamedNetns};
+use netns::cases::{net_a, network_cases, NET_A, NET_B};
+use netns::{assert_golden, in_netns, our_rules, run, tcp_reaches, NamedNetns};
 
 fn net(id: &str, bridge: &str) -> NetworkRules {
     NetworkRules::new(id, bridge)
@@ -284,7 +284,7 @@ fn same_bridge_traffic_needs_the_rule_under_forward_drop() {
 
             // br_netfilter's switch is per namespace; 1 means bridged IPv4 frames traverse the
             // iptables FORWARD chain, so the DROP policy applies between two ports of one bridge.
-            let bridged_through_iptables = support::bridged_through_iptables();
+            let bridged_through_iptables = netns::bridged_through_iptables();
             let before = tcp_reaches(&a, Some(&b), to_b, wait);
             if bridged_through_iptables {
                 assert!(

@@ -8,16 +8,16 @@
 //! transactions of one endpoint; `<case>.golden` the kernel's table after the change.
 //! `UPDATE_GOLDEN=1` regenerates them.
 
-mod netns_support;
-use netns_support as support;
+mod support;
+use support::netns;
 
 use cnibridge::firewall::nftables::{render_port_update, render_table, NftablesFirewall};
 use cnibridge::firewall::{EndpointPorts, Firewall, Proto};
-use support::backend::{nft_table, Backend};
-use support::cases::{
+use netns::backend::{nft_table, Backend};
+use netns::cases::{
     endpoint, net_a, net_b, network_cases, port_cases, run_of, tcp, EP_1, EP_2, NET_A,
 };
-use support::{assert_golden, in_netns_for, run};
+use netns::{assert_golden, in_netns_for, run};
 
 const GONE: &str = "(no table)\n";
 

@@ -8,8 +8,8 @@
 //! same dump, `del_ports` must bring back exactly the network's golden (`masq_on`), and
 //! `del_network` then `cleaned`. `UPDATE_GOLDEN=1` regenerates them.
 
-mod netns_support;
-use netns_support as support;
+mod support;
+use support::netns;
 
 use std::net::{TcpListener, UdpSocket};
 use std::time::Duration;
@@ -17,8 +17,8 @@ use std::time::Duration;
 use cnibridge::driver::ports::{HostPorts, SystemHostPorts};
 use cnibridge::firewall::iptables::{render_port_update, Family, IptablesFirewall};
 use cnibridge::firewall::{EndpointPorts, Firewall, Proto};
-use support::cases::{endpoint, ip, net_a, port_cases, tcp, EP_1, EP_2, NET_A};
-use support::{assert_golden, in_netns, our_rules, run};
+use netns::cases::{endpoint, ip, net_a, port_cases, tcp, EP_1, EP_2, NET_A};
+use netns::{assert_golden, in_netns, our_rules, run};
 
 fn cases() -> Vec<(&'static str, EndpointPorts)> {
     port_cases()

@@ -4,8 +4,8 @@
 //! (`Backend::host_policy`), named namespaces play a container on a bridge and an "outside" peer
 //! wired to the host by a veth. Root required.
 
-mod netns_support;
-use netns_support as support;
+mod support;
+use support::netns;
 
 use std::fs::File;
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
@@ -15,10 +15,10 @@ use std::time::Duration;
 use cnibridge::dataplane::netlink::NetlinkDataplane;
 use cnibridge::dataplane::{BridgeSpec, Dataplane, VethSpec};
 use cnibridge::firewall::{Firewall, NetworkRules, Proto};
+use netns::backend::Backend;
+use netns::cases::{endpoint, ip, net_a, net_b, run_of, tcp, EP_1, HOST_OUT, NET_A};
+use netns::{accept_within, bind_retrying, in_netns_for, run, NamedNetns};
 use nix::sched::{setns, CloneFlags};
-use support::backend::Backend;
-use support::cases::{endpoint, ip, net_a, net_b, run_of, tcp, EP_1, HOST_OUT, NET_A};
-use support::{accept_within, bind_retrying, in_netns_for, run, NamedNetns};
 
 const YES: Duration = Duration::from_secs(3);
 const NO: Duration = Duration::from_millis(800);
@@ -222,7 +222,7 @@ fn published_ports_answer_from_outside_the_host_localhost_and_the_container_itse
         fw.add_ports(&p).await.unwrap();
         // With br_netfilter the DNATed hairpin frame is bridged back out of the port it came
         // in on, which the bridge refuses unless the port is in hairpin mode...
-        if support::bridged_through_iptables() {
+        if netns::bridged_through_iptables() {
             assert_eq!(tcp_via(Some(c), c, any80, sa(HOST_OUT, 8080), NO), None);
         }
         // ...which is what Program sets besides the rules.

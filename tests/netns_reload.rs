@@ -6,8 +6,9 @@
 //! `Driver::reload_firewall` must bring back exactly what was there. Root required; everything
 //! happens inside the test's own network namespace.
 
-mod netns_support;
-use netns_support as support;
+mod support;
+use support::daemon::{self, Daemon, Serve};
+use support::netns;
 
 use std::process::Command;
 
@@ -16,9 +17,9 @@ use cnibridge::driver::ports::PORTMAP;
 use cnibridge::driver::{Driver, DriverConfig, EndpointSpec, IpamFamily, NetworkSpec};
 use cnibridge::ipam::{Ipam, IpamConfig};
 use cnibridge::state::StateDir;
+use netns::backend::{nft_table, Backend};
+use netns::{in_netns_for, run};
 use serde_json::{json, Map};
-use support::backend::{nft_table, Backend};
-use support::{in_netns_for, run};
 
 const NET: &str = "7e1aad7e1aad1111111111111111111111111111111111111111111111111111";
 const EP: &str = "7e1aade0e0e01111111111111111111111111111111111111111111111111111";
@@ -107,7 +108,7 @@ fn reload_after_a_manual_flush_restores_every_rule_with(backend: Backend) {
                 .await
                 .unwrap();
             assert!(
-                support::link_json("cnb-rl").is_some(),
+                netns::link_json("cnb-rl").is_some(),
                 "bridge cnb-rl missing"
             );
             let saved = backend.dump();
@@ -155,45 +156,18 @@ fn reload_after_a_manual_flush_restores_every_rule_with(backend: Backend) {
 #[test]
 fn the_daemon_with_firewall_nftables_installs_and_reloads_its_table() {
     in_netns_for(Backend::Nftables, "daemon_firewall_nftables", || async {
-        use std::io::{Read, Write};
-        use std::os::unix::net::UnixStream;
-
         let tmp = tempfile::tempdir().unwrap();
         let socket = tmp.path().join("cnibridge.sock");
-        let daemon = Command::new(env!("CARGO_BIN_EXE_cnibridge"))
-            // No dockerd is asked about anything: this one is not the test's.
-            .args(["serve", "--firewall", "nftables", "--docker-host", "none"])
-            .args(["--log-level", "warn"])
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--state-dir")
-            .arg(tmp.path().join("state"))
-            .arg("--cni-data-dir")
-            .arg(tmp.path().join("data"))
-            .arg("--cni-conf-dir")
-            .arg(tmp.path().join("conf"))
-            .spawn()
-            .unwrap();
-        struct Kill(std::process::Child);
-        impl Drop for Kill {
-            fn drop(&mut self) {
-                let _ = self.0.kill();
-                let _ = self.0.wait();
-            }
-        }
-        let pid = daemon.id().to_string();
-        let _guard = Kill(daemon);
+        let serve = Serve {
+            firewall: "nftables".into(),
+            ..Serve::under(tmp.path(), &socket)
+        };
+        let running = Daemon {
+            child: serve.command(&daemon::bin()).spawn().unwrap(),
+        };
+        let pid = running.child.id().to_string();
         let post = |path: &str, body: serde_json::Value| -> String {
-            let body = body.to_string();
-            let mut s = UnixStream::connect(&socket).unwrap();
-            write!(
-                s,
-                "POST {path} HTTP/1.1\r\nHost: plugin\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            )
-            .unwrap();
-            let mut answer = String::new();
-            s.read_to_string(&mut answer).unwrap();
+            let answer = daemon::post(&socket, path, &body.to_string()).unwrap();
             assert!(answer.starts_with("HTTP/1.1 200"), "{path}: {answer}");
             answer
         };
@@ -208,11 +182,7 @@ fn the_daemon_with_firewall_nftables_installs_and_reloads_its_table() {
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
         };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while UnixStream::connect(&socket).is_err() {
-            assert!(std::time::Instant::now() < deadline, "daemon did not serve");
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        daemon::wait_answering(None, &socket, std::time::Duration::from_secs(10)).unwrap();
 
         post(
             "/NetworkDriver.CreateNetwork",

@@ -5,21 +5,15 @@
 //! host-local files in `<dataDir>/<name>/`, the export, and the errors `docker network create`
 //! prints.
 
+mod support;
+
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use cnibridge::cnm::{router, server};
 use cnibridge::dataplane::testing::{DataplaneCall, RecordingDataplane};
-use cnibridge::driver::{Driver, DriverConfig};
 use cnibridge::firewall::testing::RecordingFirewall;
-use cnibridge::ipam::{Ipam, IpamConfig};
-use cnibridge::state::StateDir;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper_util::client::legacy::Client;
-use hyperlocal::{UnixClientExt, UnixConnector};
 use serde_json::{json, Value};
+use support::in_process::{call, client, InProcess, Served};
 
 const NET: &str = "791e17b650f762350d6d2a4f46730c611b40a62ed86ac2c0b93956bcbab6cd6e";
 const EP: &str = "9dbfb9b7a99ca164c089738d00b0c39a59379e11defbd6a755856f28c0a9fbcc";
@@ -27,8 +21,7 @@ const EP: &str = "9dbfb9b7a99ca164c089738d00b0c39a59379e11defbd6a755856f28c0a9fb
 struct Plugin {
     dir: tempfile::TempDir,
     dp: RecordingDataplane,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    served: Served,
 }
 
 impl Plugin {
@@ -42,45 +35,19 @@ impl Plugin {
             fs::copy(e.path(), confs.join(e.file_name())).unwrap();
         }
         let dp = RecordingDataplane::new();
-        let state = StateDir::open(dir.path().join("state")).unwrap();
-        let ipam = Ipam::open(IpamConfig {
-            state: state.clone(),
-            data_dir: dir.path().join("data"),
-            default_pools: vec!["10.210.0.0/16:24".parse().unwrap()],
+        let served = InProcess {
+            default_pools: vec!["10.210.0.0/16:24".into()],
             cni_conf_dir: confs,
-        })
-        .unwrap();
-        let cfg = DriverConfig {
-            export_dir: dir.path().join("export"),
-        };
-        let driver = Driver::open_with(dp.clone(), RecordingFirewall::new(), ipam, state, cfg)
-            .await
-            .unwrap();
-        let sock = dir.path().join("cnbt.sock");
-        let listener = server::bind(&sock).await.unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            server::serve(listener, &sock, router(Arc::new(driver)), async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-        });
-        Plugin {
-            dir,
-            dp,
-            stop: Some(tx),
-            task: Some(task),
+            export_dir: Some(dir.path().join("export")),
+            ..InProcess::new(dir.path())
         }
+        .serve(dp.clone(), RecordingFirewall::new())
+        .await;
+        Plugin { dir, dp, served }
     }
 
     async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.task.take() {
-            t.await.unwrap();
-        }
+        self.served.stop().await;
     }
 
     fn data(&self, name: &str) -> PathBuf {
@@ -107,16 +74,8 @@ impl Plugin {
     }
 
     async fn call(&self, method: &str, body: Value) -> (u16, Value) {
-        let client: Client<UnixConnector, Full<Bytes>> = Client::unix();
-        let uri: hyper::Uri =
-            hyperlocal::Uri::new(self.dir.path().join("cnbt.sock"), &format!("/{method}")).into();
-        let req = hyper::Request::post(uri)
-            .body(Full::new(Bytes::from(format!("{body}\n"))))
-            .unwrap();
-        let resp = client.request(req).await.unwrap();
-        let status = resp.status().as_u16();
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        (status, serde_json::from_slice(&bytes).unwrap())
+        let (socket, path) = (self.served.socket(), format!("/{method}"));
+        call(&client(), socket, &path, format!("{body}\n")).await
     }
 
     /// A call that must succeed.

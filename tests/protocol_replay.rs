@@ -4,24 +4,18 @@
 //! shape Docker expects, and after each scenario nothing may be left: no veth, no bridge, no
 //! address file. At the restart markers the plugin itself is restarted from its state dir.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use cnibridge::cnm::{router, server};
 use cnibridge::dataplane::testing::RecordingDataplane;
 use cnibridge::dataplane::Dataplane;
-use cnibridge::driver::Driver;
 use cnibridge::firewall::testing::{FirewallCall, RecordingFirewall};
-use cnibridge::ipam::{Ipam, IpamConfig};
-use cnibridge::state::StateDir;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper_util::client::legacy::Client;
-use hyperlocal::{UnixClientExt, UnixConnector};
 use ipnet::IpNet;
 use serde_json::Value;
+use support::in_process::{call, client, InProcess, Served};
 
 fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/dockerd-20.10")
@@ -33,8 +27,7 @@ struct Plugin {
     dp: RecordingDataplane,
     fw: RecordingFirewall,
     pools: String,
-    task: Option<tokio::task::JoinHandle<()>>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    served: Option<Served>,
 }
 
 impl Plugin {
@@ -44,74 +37,43 @@ impl Plugin {
             dp: RecordingDataplane::new(),
             fw: RecordingFirewall::new(),
             pools: pools.to_string(),
-            task: None,
-            stop: None,
+            served: None,
         };
         p.spawn().await;
         p
     }
 
+    fn setup(&self) -> InProcess {
+        InProcess {
+            default_pools: self.pools.split(',').map(str::to_string).collect(),
+            cni_conf_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("cni-confs"),
+            ..InProcess::new(self.dir.path())
+        }
+    }
+
     fn socket(&self) -> PathBuf {
-        self.dir.path().join("cnbt.sock")
+        self.setup().socket()
     }
 
     fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.setup().data_dir()
     }
 
     async fn spawn(&mut self) {
-        let state = StateDir::open(self.dir.path().join("state")).unwrap();
-        let ipam = Ipam::open(IpamConfig {
-            state: state.clone(),
-            data_dir: self.data_dir(),
-            default_pools: self.pools.split(',').map(|p| p.parse().unwrap()).collect(),
-            cni_conf_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("cni-confs"),
-        })
-        .unwrap();
-        let driver = Driver::open(self.dp.clone(), self.fw.clone(), ipam, state)
-            .await
-            .unwrap();
-        let sock = self.socket();
-        let listener = server::bind(&sock).await.unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        self.stop = Some(tx);
-        self.task = Some(tokio::spawn(async move {
-            server::serve(listener, &sock, router(Arc::new(driver)), async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-        }));
+        let served = self.setup().serve(self.dp.clone(), self.fw.clone()).await;
+        self.served = Some(served);
     }
 
     /// Stop serving and start again from the state dir, as after a crash of the plugin.
     async fn restart(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.task.take() {
-            t.await.unwrap();
+        if let Some(mut served) = self.served.take() {
+            served.stop().await;
         }
         self.spawn().await;
     }
 
     async fn call(&self, path: &str, body: &str) -> (u16, Value) {
-        let client: Client<UnixConnector, Full<Bytes>> = Client::unix();
-        let uri: hyper::Uri = hyperlocal::Uri::new(self.socket(), path).into();
-        let req = hyper::Request::post(uri)
-            .header("Accept", "application/vnd.docker.plugins.v1.2+json")
-            .body(Full::new(Bytes::from(body.to_string())))
-            .unwrap();
-        let resp = client.request(req).await.unwrap();
-        let status = resp.status().as_u16();
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        let v = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-            panic!(
-                "{path}: answer is not JSON ({e}): {:?}",
-                String::from_utf8_lossy(&bytes)
-            )
-        });
-        (status, v)
+        call(&client(), &self.socket(), path, body.to_string()).await
     }
 }
 

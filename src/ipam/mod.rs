@@ -40,8 +40,8 @@ mod address;
 pub mod allocator;
 mod conf;
 pub mod disk;
-#[cfg(test)]
-mod fake;
+#[cfg(any(test, feature = "testing"))]
+pub mod fake;
 mod merge;
 mod owner;
 pub mod pools;

@@ -1,5 +1,6 @@
 //! Shared harness of the integration tests (`mod support;`): environment checks, a private dockerd, the
-//! busybox image, the cnibridge daemon as a plugin, host inspection and clean-up.
+//! busybox image, the cnibridge daemon as a plugin, host inspection and clean-up, and the netns tier's
+//! namespaces and firewall backends ([`netns`]).
 //!
 //! Each test crate uses a different subset of this module (and of its re-exports), and unused items would
 //! fail `clippy -D warnings` in the crates that do not need them.
@@ -7,13 +8,17 @@
 
 pub mod cleanup;
 pub mod cni;
+pub mod daemon;
 pub mod dockerd;
 pub mod host;
 pub mod image;
+pub mod in_process;
+pub mod netns;
 pub mod outside;
 pub mod plugin;
 pub mod process;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -36,27 +41,33 @@ pub fn base_dir() -> PathBuf {
     PathBuf::from(format!("/tmp/{BASE_PREFIX}{}", std::process::id()))
 }
 
-/// Whether we run under CI, where a missing environment is a failure rather than a reason to skip.
-pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-/// Under CI: panic with `reason`. Elsewhere: print a skip note and return false.
-fn missing(reason: &str) -> bool {
-    if in_ci() {
-        panic!("test environment incomplete under CI=true: {reason}");
+/// The one rule for a test whose environment may be missing (root, a tool, dockerd, busybox, the CNI
+/// plugins, a firewall backend's program), and the only place that reads `CI`: true if `available`;
+/// otherwise, under CI (`CI=true` or `CI=1`), a panic naming `what` is missing, since a skipped test
+/// there would pass unseen; elsewhere a visible skip note and false.
+pub fn require(what: &str, available: bool) -> bool {
+    if available {
+        return true;
     }
-    eprintln!("note: skipping: {reason}");
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("test environment incomplete under CI: {what}; a failure, not a skip");
+    }
+    // Straight to the stderr handle: the test harness captures eprintln! of passing tests, and a
+    // skip must be visible.
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {what}");
     false
 }
 
-/// True if we are root; otherwise see [`missing`].
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// True if we are root; otherwise see [`require`].
 pub fn require_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        true
-    } else {
-        missing("these tests need root (netlink, iptables, dockerd)")
-    }
+    require(
+        "root, which these tests need (netlink, iptables, dockerd)",
+        is_root(),
+    )
 }
 
 /// What the docker tiers (e2e, ports bench) run: a private dockerd, the CLI, a static busybox for the
@@ -72,7 +83,7 @@ pub const DOCKER_TIER_TOOLS: &[&str] = &[
 
 /// True if every tool is available: a name containing '/' must exist as a file, any other name must be
 /// found in PATH (or in the sbin directories, which a non-login root PATH may lack). `busybox` means a
-/// *static* busybox. Otherwise see [`missing`].
+/// *static* busybox. Otherwise see [`require`].
 pub fn require_tools(tools: &[&str]) -> bool {
     let absent: Vec<String> = tools
         .iter()
@@ -82,7 +93,7 @@ pub fn require_tools(tools: &[&str]) -> bool {
             t => which(t).is_none().then(|| format!("{t} not in PATH")),
         })
         .collect();
-    absent.is_empty() || missing(&absent.join(", "))
+    require(&absent.join(", "), absent.is_empty())
 }
 
 /// Locates an executable like `command -v`, also looking in the sbin directories.

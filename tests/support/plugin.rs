@@ -2,17 +2,16 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::process::{Child, Stdio};
+use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use super::daemon::{wait_answering, Serve};
 use super::host::remove_tree;
-use super::process::{tail, terminate, Ended, POLL};
+use super::process::{tail, terminate, Ended};
 
 /// dockerd only looks here for legacy plugins (cnm-protocol.md §1), so the socket must be here too.
 pub const PLUGIN_DIR: &str = "/run/docker/plugins";
@@ -25,8 +24,7 @@ pub struct Plugin {
     socket: PathBuf,
     dir: PathBuf,
     default_pools: String,
-    /// `--docker-host`: `none` unless a test names its own dockerd, so a test daemon never asks
-    /// (and never forgets networks because of) some other dockerd on the host.
+    /// `--docker-host` (see [`Serve::docker_host`]).
     docker_host: String,
     /// `--firewall`.
     firewall: String,
@@ -159,59 +157,29 @@ impl Plugin {
             self.starts,
             self.bin.display()
         );
-        let child = Command::new(&self.bin)
-            .arg("serve")
-            .arg("--socket")
-            .arg(&self.socket)
-            .arg("--state-dir")
-            .arg(self.state_dir())
-            .arg("--cni-data-dir")
-            .arg(self.data_dir())
-            .arg("--cni-conf-dir")
-            .arg(self.conf_dir())
-            .args(["--default-pools", &self.default_pools])
-            .args(["--docker-host", &self.docker_host])
-            .args(["--firewall", &self.firewall])
-            .args(["--log-level", &self.log_level])
-            .env("RUST_BACKTRACE", "1")
+        let serve = Serve {
+            socket: self.socket.clone(),
+            state_dir: self.state_dir(),
+            data_dir: self.data_dir(),
+            conf_dir: self.conf_dir(),
+            default_pools: Some(self.default_pools.clone()),
+            firewall: self.firewall.clone(),
+            docker_host: self.docker_host.clone(),
+            log_level: self.log_level.clone(),
+        };
+        let child = serve
+            .command(&self.bin)
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
             .stderr(log)
             .spawn()
             .map_err(|e| format!("cannot run {}: {e}", self.bin.display()))?;
         self.child = Some(child);
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                self.child = None;
-                return Err(format!(
-                    "cnibridge exited ({status}) before serving {}; log tail:\n{}",
-                    self.socket.display(),
-                    self.log_tail(15)
-                ));
-            }
-            // The socket accepts as soon as it is bound; requests are read only once the
-            // earlier state is reconciled, so ready means answering one.
-            let answered = cnibridge::unix_client::request_blocking(
-                &self.socket,
-                "POST",
-                "/NetworkDriver.GetCapabilities",
-                None,
-                START_TIMEOUT,
-            );
-            if answered.is_ok_and(|a| a.status == 200) {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                let _ = self.stop();
-                return Err(format!(
-                    "cnibridge not serving {} after {START_TIMEOUT:?}; log tail:\n{}",
-                    self.socket.display(),
-                    self.log_tail(15)
-                ));
-            }
-            thread::sleep(POLL);
+        if let Err(e) = wait_answering(self.child.as_mut(), &self.socket, START_TIMEOUT) {
+            let _ = self.stop();
+            return Err(format!("{e}; log tail:\n{}", self.log_tail(15)));
         }
+        Ok(())
     }
 
     pub fn is_running(&mut self) -> bool {

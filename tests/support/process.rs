@@ -174,17 +174,22 @@ pub fn pids_referencing(path: &Path) -> Vec<(i32, String)> {
     }
     let mut found = direct;
     for pid in tree.into_iter().skip(found.len()) {
-        let cmd = fs::read(format!("/proc/{pid}/cmdline"))
-            .map(|b| {
-                String::from_utf8_lossy(&b)
-                    .replace('\0', " ")
-                    .trim()
-                    .to_string()
-            })
-            .unwrap_or_default();
+        let cmd = cmdline_of(pid);
         found.push((pid, format!("{cmd} (descendant)")));
     }
     found
+}
+
+/// A process's command line, its arguments joined by spaces ("" once it is gone).
+fn cmdline_of(pid: i32) -> String {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            String::from_utf8_lossy(&b)
+                .replace('\0', " ")
+                .trim()
+                .to_string()
+        })
+        .unwrap_or_default()
 }
 
 fn pids_naming(path: &Path) -> Vec<(i32, String)> {
@@ -206,14 +211,7 @@ fn pids_naming(path: &Path) -> Vec<(i32, String)> {
         if pid == me || !pid_alive(pid) {
             continue;
         }
-        let cmdline = fs::read(format!("/proc/{pid}/cmdline"))
-            .map(|b| {
-                String::from_utf8_lossy(&b)
-                    .replace('\0', " ")
-                    .trim()
-                    .to_string()
-            })
-            .unwrap_or_default();
+        let cmdline = cmdline_of(pid);
         if cmdline.contains(&needle) {
             found.push((pid, cmdline));
         }

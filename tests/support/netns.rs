@@ -1,4 +1,4 @@
-//! Shared harness of the netns tier: every test runs on its own thread inside a network
+//! The netns tier's harness: every test runs on its own thread inside a network
 //! namespace it creates (`unshare(CLONE_NEWNET)`), which stands in for the host and dies with
 //! the thread. Named namespaces ("containers") are removed by a Drop guard, also on failure.
 //!
@@ -6,10 +6,7 @@
 //! threads it spawns start in the test namespace, `/proc/sys/net` shows it, but
 //! `/proc/self/ns/net` shows the main thread's. `forked_processes_and_threads_inherit_the_test_netns`
 //! pins these facts, which the tests rely on.
-#![allow(dead_code)]
-
 use std::future::Future;
-use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::process::Command;
@@ -18,25 +15,17 @@ use std::time::Duration;
 
 use nix::sched::{setns, unshare, CloneFlags};
 
+use super::{is_root, require};
+
 pub mod backend;
 pub mod cases;
 
-/// True when the test may run. Without root: under `CI=true` a failure, otherwise a visible
-/// skip note (never a silent pass).
+/// True when the test may run: root, which network namespaces need (see [`require`]).
 pub fn root_or_skip(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test} needs root (network namespaces); CI=true, so this is a failure, not a skip");
-    }
-    // Straight to the stderr handle: the test harness captures eprintln! of passing tests,
-    // and a skip must be visible.
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED {test}: needs root (network namespaces)"
-    );
-    false
+    require(
+        &format!("{test} needs root (network namespaces)"),
+        is_root(),
+    )
 }
 
 /// The network namespace of the calling thread, e.g. `net:[4026532177]`.
@@ -287,18 +276,12 @@ pub fn tcp_reaches(
     addr: SocketAddr,
     timeout: Duration,
 ) -> bool {
-    let from_path = from.path();
-    let listen_path = listen_in.map(NamedNetns::path);
-    std::thread::spawn(move || {
-        if let Some(p) = listen_path {
-            enter(&p);
-        }
-        let _listener = bind_retrying(addr);
-        enter(&from_path);
-        TcpStream::connect_timeout(&addr, timeout).is_ok()
-    })
-    .join()
-    .expect("probe thread")
+    probe(
+        Some(from),
+        listen_in,
+        move || bind_retrying(addr),
+        move |_listener| TcpStream::connect_timeout(&addr, timeout).is_ok(),
+    )
 }
 
 /// The source address a TCP server listening at `addr` in `listen_in` sees for a connection
@@ -310,22 +293,16 @@ pub fn tcp_peer(
     addr: SocketAddr,
     timeout: Duration,
 ) -> Option<SocketAddr> {
-    let from_path = from.map(NamedNetns::path);
-    let listen_path = listen_in.map(NamedNetns::path);
-    std::thread::spawn(move || {
-        if let Some(p) = listen_path {
-            enter(&p);
-        }
-        let listener = bind_retrying(addr);
-        if let Some(p) = from_path {
-            enter(&p);
-        }
-        let _conn = TcpStream::connect_timeout(&addr, timeout).ok()?;
-        let (_accepted, peer) = accept_within(&listener, timeout)?;
-        Some(peer)
-    })
-    .join()
-    .expect("probe thread")
+    probe(
+        from,
+        listen_in,
+        move || bind_retrying(addr),
+        move |listener| {
+            let _conn = TcpStream::connect_timeout(&addr, timeout).ok()?;
+            let (_accepted, peer) = accept_within(&listener, timeout)?;
+            Some(peer)
+        },
+    )
 }
 
 /// The connection `listener` accepts within `timeout`, after a client's connect returned (its
@@ -359,19 +336,14 @@ pub fn udp_peer(
     addr: SocketAddr,
     timeout: Duration,
 ) -> Option<SocketAddr> {
-    let from_path = from.map(NamedNetns::path);
-    let listen_path = listen_in.map(NamedNetns::path);
-    std::thread::spawn(move || {
-        if let Some(p) = listen_path {
-            enter(&p);
-        }
+    let listen = move || {
         let receiver = UdpSocket::bind(addr).expect("bind receiver");
         receiver
             .set_read_timeout(Some(timeout))
             .expect("read timeout");
-        if let Some(p) = from_path {
-            enter(&p);
-        }
+        receiver
+    };
+    probe(from, listen_in, listen, move |receiver| {
         let any: SocketAddr = if addr.is_ipv4() {
             "0.0.0.0:0".parse().expect("v4 any")
         } else {
@@ -385,8 +357,6 @@ pub fn udp_peer(
         let mut buf = [0u8; 16];
         receiver.recv_from(&mut buf).ok().map(|(_, peer)| peer)
     })
-    .join()
-    .expect("probe thread")
 }
 
 /// A listener on `addr`; the server end of the previous probe's connection may still hold
@@ -403,6 +373,31 @@ pub fn bind_retrying(addr: SocketAddr) -> TcpListener {
             Err(e) => panic!("bind {addr}: {e}"),
         }
     }
+}
+
+/// Runs a probe on a throwaway thread: `listen` inside `listen_in`, then `connect` with what it
+/// made from `from` (None = the caller's netns for either). A socket belongs to the namespace of
+/// the thread that created it, so one thread can listen in one namespace and connect from another.
+fn probe<L, T: Send + 'static>(
+    from: Option<&NamedNetns>,
+    listen_in: Option<&NamedNetns>,
+    listen: impl FnOnce() -> L + Send + 'static,
+    connect: impl FnOnce(L) -> T + Send + 'static,
+) -> T {
+    let from_path = from.map(NamedNetns::path);
+    let listen_path = listen_in.map(NamedNetns::path);
+    std::thread::spawn(move || {
+        if let Some(p) = listen_path {
+            enter(&p);
+        }
+        let listening = listen();
+        if let Some(p) = from_path {
+            enter(&p);
+        }
+        connect(listening)
+    })
+    .join()
+    .expect("probe thread")
 }
 
 /// Move the calling thread (a throwaway one) into the named namespace.

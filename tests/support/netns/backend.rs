@@ -4,7 +4,6 @@
 //! dockerd runs with `--iptables=false` (`FORWARD` policy `ACCEPT`, nothing to rely on but our
 //! own table). Only ever applied to the test thread's namespace.
 
-use std::io::Write;
 use std::process::Command;
 
 use cnibridge::firewall::iptables::{IptablesFirewall, IptablesTools};
@@ -12,6 +11,7 @@ use cnibridge::firewall::nftables::NftablesFirewall;
 use cnibridge::firewall::{EndpointPorts, Firewall, FirewallError, NetworkRules};
 
 use super::run;
+use crate::support::require;
 
 /// Which backend a test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,8 +35,7 @@ impl Backend {
         }
     }
 
-    /// True when the backend's tool can run. Without it: under `CI=true` a failure, otherwise
-    /// a visible skip note (as `root_or_skip`).
+    /// True when the backend's tool can run; otherwise see [`require`].
     pub fn available(self, test: &str) -> bool {
         let tool = match self {
             Backend::Iptables => "iptables",
@@ -47,14 +46,7 @@ impl Backend {
             .arg("--version")
             .output()
             .is_ok_and(|o| o.status.success());
-        if ok {
-            return true;
-        }
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{test} needs {tool}; CI=true, so this is a failure, not a skip");
-        }
-        let _ = writeln!(std::io::stderr(), "SKIPPED {test}: needs {tool}");
-        false
+        require(&format!("{test} needs {tool}"), ok)
     }
 
     /// The `FORWARD` policy of the host this backend is meant for, set in the test netns:
