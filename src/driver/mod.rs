@@ -22,10 +22,12 @@ use crate::state::{Durability, StateDir, StateError};
 mod abandoned;
 pub use abandoned::ABANDON_GRACE;
 mod cni;
+mod create_network;
 mod creating;
 mod endpoint;
 mod export;
 mod forget;
+mod join;
 pub use crate::names;
 pub use forget::{Forgotten, Known};
 mod network;
@@ -87,6 +89,12 @@ pub enum DriverError {
     /// A blocking task died.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<plan::InjectedFailure> for DriverError {
+    fn from(e: plan::InjectedFailure) -> Self {
+        DriverError::Internal(e.to_string())
+    }
 }
 
 fn dp_err(context: impl Into<String>) -> impl FnOnce(DataplaneError) -> DriverError {
@@ -274,6 +282,8 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
         state: StateDir,
         cfg: DriverConfig,
     ) -> Result<Self, DriverError> {
+        // Blocking state I/O on purpose here and below: this runs before the socket serves, so
+        // no request waits on these workers.
         let nets: Vec<NetworkRecord> = state.load_all(NETWORKS)?;
         let eps: Vec<EndpointRecord> = state.load_all(ENDPOINTS)?;
         let mut map: HashMap<String, NetState> = nets
@@ -323,7 +333,6 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
                 }
             }
             collect_orphan_veths(&dp, ns).await;
-            // Blocking file I/O on purpose: the socket is not open yet, nobody waits on us.
             if let Err(e) = export::write_blocking(&cfg.export_dir, &ns.net) {
                 tracing::warn!(network = short(&ns.net.id), error = %e, "cannot write the network's CNI export");
             }
