@@ -341,3 +341,7 @@ async fn request_address<D: Dataplane, F: Firewall>(
         data: Default::default(),
     })
 }
+
+#[cfg(test)]
+#[path = "router_tests.rs"]
+mod tests;
