@@ -74,7 +74,7 @@ fn create_endpoint_plan<'d, D: Dataplane, F: Firewall>() -> Plan<NewEndpoint<'d,
 }
 
 impl<D: Dataplane, F: Firewall> Driver<D, F> {
-    /// CreateEndpoint: record the endpoint, name its address files after it, and answer a MAC
+    /// CreateEndpoint: name the endpoint's address files after it, record it, and answer a MAC
     /// only when Docker gave none (echoing addresses makes Docker roll the endpoint back).
     pub async fn create_endpoint(&self, req: &EndpointSpec) -> Result<EndpointAnswer, DriverError> {
         if req.endpoint_id.is_empty() {

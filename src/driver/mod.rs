@@ -1,6 +1,8 @@
 //! The orchestration: one function per CNM operation, calling ipam, dataplane, firewall and
 //! state. Every handler is idempotent (Docker re-sends on timeouts) and validates before it
-//! touches anything.
+//! touches anything; CreateNetwork, CreateEndpoint, Join and publishing then run their changes
+//! as a `plan`, which undoes the done steps when one fails. State and file work runs on the
+//! blocking pool (`write_async`, `blocking_io`), never on an async worker.
 //!
 //! Locking: each network has its own async mutex, so Join/Leave/DeleteEndpoint on different
 //! networks never wait for each other; the map of networks is held only to look an entry up.
