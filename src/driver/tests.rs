@@ -13,6 +13,8 @@ use crate::ipam::{IpamConfig, PoolRequest};
 
 #[path = "abandoned_tests.rs"]
 mod abandoned_tests;
+#[path = "blocking_tests.rs"]
+mod blocking_tests;
 #[path = "create_tests.rs"]
 mod create_tests;
 #[path = "forget_tests.rs"]
