@@ -83,7 +83,22 @@ async fn dispatch<D: Dataplane, F: Firewall>(
     let span = tracing::info_span!("request", method = %method, network = %id("NetworkID"), endpoint = %id("EndpointID"), pool = %id("PoolID"));
     async move {
         let start = Instant::now();
-        let result = handle(&app, &method, &bytes).await;
+        // On a task of its own: hyper drops this future when dockerd hangs up (it times out and
+        // sends the request again), and an operation stopped half-way would skip its undos.
+        // The spawned handling runs to its end whoever still waits for it.
+        let work = {
+            let method = method.clone();
+            tokio::spawn(
+                async move { handle(&app, &method, &bytes).await }
+                    .instrument(tracing::Span::current()),
+            )
+        };
+        let result = match work.await {
+            Ok(r) => r,
+            Err(e) => Some(Err(format!(
+                "internal error: {method} handling failed: {e}"
+            ))),
+        };
         let elapsed_us = start.elapsed().as_micros() as u64;
         match result {
             Some(Ok(v)) => {
@@ -326,3 +341,7 @@ async fn request_address<D: Dataplane, F: Firewall>(
         data: Default::default(),
     })
 }
+
+#[cfg(test)]
+#[path = "router_tests.rs"]
+mod tests;

@@ -1,12 +1,15 @@
-//! Endpoint operations: CreateEndpoint, Join, Leave, DeleteEndpoint, EndpointOperInfo.
+//! Endpoint operations: CreateEndpoint, Leave, DeleteEndpoint. Join is in `join`.
+
+use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use super::plan::Plan;
 use super::{
-    blocking, cni, dp_err, fw_err, names, parse_net, short, Driver, DriverError, EndpointAnswer,
-    EndpointSpec, GenericOptions, JoinAnswer, NetState,
+    blocking, fw_err, names, parse_net, short, Driver, DriverError, EndpointAnswer, EndpointSpec,
+    NetState,
 };
-use crate::dataplane::{Dataplane, DataplaneError, VethSpec};
+use crate::dataplane::Dataplane;
 use crate::firewall::Firewall;
 use crate::ipam::Owner;
 use crate::state::records::{EndpointRecord, FamilyData, ENDPOINTS};
@@ -20,8 +23,58 @@ fn optional_net(what: &str, s: &str) -> Result<Option<IpNet>, DriverError> {
     }
 }
 
+/// What CreateEndpoint's steps share: the record to write and the addresses of our pools it
+/// holds.
+struct NewEndpoint<'d, D, F> {
+    driver: &'d Driver<D, F>,
+    ep: EndpointRecord,
+    claims: Vec<(String, IpAddr)>,
+}
+
+/// The endpoint's addresses that come from our pools, with their pool.
+fn claims(ns: &NetState, ep: &EndpointRecord) -> Vec<(String, IpAddr)> {
+    let pairs: [(Option<&FamilyData>, Option<IpNet>); 2] = [
+        (ns.net.ipv4.as_ref(), ep.address),
+        (ns.net.ipv6.as_ref(), ep.address_ipv6),
+    ];
+    pairs
+        .into_iter()
+        .filter_map(|(fam, addr)| Some((fam?.pool_id.clone()?, addr?.addr())))
+        .collect()
+}
+
+fn create_endpoint_plan<'d, D: Dataplane, F: Firewall>() -> Plan<NewEndpoint<'d, D, F>, DriverError>
+{
+    Plan::<NewEndpoint<'d, D, F>, DriverError>::new("CreateEndpoint")
+        // Named before the record is written: a crash between the two leaves files named after
+        // an endpoint nobody knows (held until ReleaseAddress), never a record whose files are
+        // still `pending` (which the abandoned-address collector would free under it). No
+        // undo: the `pending` label it replaced is not known here, and the ReleaseAddress
+        // dockerd sends after a failed CreateEndpoint frees the file whatever its label.
+        .step_without_undo("name address files", |c| {
+            Box::pin(async move {
+                c.driver.claim_addresses(&c.ep, &c.claims).await;
+                Ok(())
+            })
+        })
+        .step(
+            "write record",
+            |c| {
+                Box::pin(async move {
+                    let st = &c.driver.state;
+                    Ok(st
+                        .write_async(ENDPOINTS, &c.ep.id, &c.ep, Durability::Process)
+                        .await?)
+                })
+            },
+            |c| {
+                Box::pin(async move { Ok(c.driver.state.remove_async(ENDPOINTS, &c.ep.id).await?) })
+            },
+        )
+}
+
 impl<D: Dataplane, F: Firewall> Driver<D, F> {
-    /// CreateEndpoint: record the endpoint, name its address files after it, and answer a MAC
+    /// CreateEndpoint: name the endpoint's address files after it, record it, and answer a MAC
     /// only when Docker gave none (echoing addresses makes Docker roll the endpoint back).
     pub async fn create_endpoint(&self, req: &EndpointSpec) -> Result<EndpointAnswer, DriverError> {
         if req.endpoint_id.is_empty() {
@@ -61,127 +114,30 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
             peer_veth: names::peer_veth(&req.endpoint_id),
             ports: None,
         };
-        self.claim_addresses(&ns, &ep).await;
-        self.state
-            .write(ENDPOINTS, &ep.id, &ep, Durability::Process)?;
+        let claims = claims(&ns, &ep);
+        let mut ctx = NewEndpoint {
+            driver: self,
+            ep,
+            claims,
+        };
+        create_endpoint_plan().run(&mut ctx).await?;
+        let ep = ctx.ep;
         let resp = answer(&ep.mac);
         ns.endpoints.insert(ep.id.clone(), ep);
         Ok(resp)
     }
 
     /// Rename the endpoint's allocation files after it (`<EndpointID>\r\n<host veth>`), so an
-    /// operator or the garbage collector can map each file to an endpoint.
-    async fn claim_addresses(&self, ns: &NetState, ep: &EndpointRecord) {
-        let pairs: [(Option<&FamilyData>, Option<IpNet>); 2] = [
-            (ns.net.ipv4.as_ref(), ep.address),
-            (ns.net.ipv6.as_ref(), ep.address_ipv6),
-        ];
-        for (fam, addr) in pairs {
-            let (Some(fam), Some(addr)) = (fam, addr) else {
-                continue;
-            };
-            let Some(pool_id) = fam.pool_id.clone() else {
-                continue;
-            };
+    /// operator or the garbage collector can map each file to an endpoint. A failure is a
+    /// warning: the address stays held either way.
+    async fn claim_addresses(&self, ep: &EndpointRecord, claims: &[(String, IpAddr)]) {
+        for (pool_id, addr) in claims.iter().cloned() {
             let ipam = self.ipam.clone();
             let owner = Owner::endpoint(&ep.id);
-            if let Err(e) = blocking(move || ipam.set_owner(&pool_id, addr.addr(), &owner)).await {
+            if let Err(e) = blocking(move || ipam.set_owner(&pool_id, addr, &owner)).await {
                 tracing::warn!(endpoint = short(&ep.id), address = %addr, error = %e, "cannot name allocation file after endpoint");
             }
         }
-    }
-
-    /// Join without options (no port bindings).
-    pub async fn join(
-        &self,
-        network_id: &str,
-        endpoint_id: &str,
-    ) -> Result<JoinAnswer, DriverError> {
-        self.join_with_options(network_id, endpoint_id, &GenericOptions::new())
-            .await
-    }
-
-    /// Join: the veth pair in the host namespace, host end on the bridge; Docker moves the
-    /// other end into the sandbox and configures it from this answer. Port bindings in
-    /// `options` are checked and remembered; ProgramExternalConnectivity publishes them.
-    pub async fn join_with_options(
-        &self,
-        network_id: &str,
-        endpoint_id: &str,
-        options: &GenericOptions,
-    ) -> Result<JoinAnswer, DriverError> {
-        let entry = self
-            .entry(network_id)
-            .ok_or_else(|| DriverError::UnknownNetwork(short(network_id).to_string()))?;
-        let mut ns = entry.lock().await;
-        let ep =
-            ns.endpoints
-                .get(endpoint_id)
-                .cloned()
-                .ok_or_else(|| DriverError::UnknownEndpoint {
-                    network: short(network_id).to_string(),
-                    endpoint: short(endpoint_id).to_string(),
-                })?;
-        self.remember_requested_ports(&mut ns, endpoint_id, options)?;
-        let spec = VethSpec {
-            host_name: ep.host_veth.clone(),
-            peer_name: ep.peer_veth.clone(),
-            bridge: ns.net.bridge.clone(),
-            mtu: ns.net.mtu,
-            peer_mac: names::parse_mac(&ep.mac),
-            hairpin: ns.net.cni.as_ref().is_some_and(|c| c.hairpin_mode),
-        };
-        match self.dp.create_veth(&spec).await {
-            Ok(()) => {}
-            // The bridge vanished (host reboot, someone deleted it): make it again, once.
-            Err(DataplaneError::NotFound(_)) => {
-                let outcome = self
-                    .dp
-                    .ensure_bridge(&super::bridge_spec(&ns.net))
-                    .await
-                    .map_err(dp_err(format!("re-creating bridge {}", ns.net.bridge)))?;
-                if outcome == crate::dataplane::BridgeOutcome::Created && !ns.net.bridge_created {
-                    ns.net.bridge_created = true;
-                    self.state.write(
-                        crate::state::records::NETWORKS,
-                        &ns.net.id,
-                        &ns.net,
-                        Durability::PowerLoss,
-                    )?;
-                }
-                self.dp
-                    .create_veth(&spec)
-                    .await
-                    .map_err(dp_err(format!("creating veth {}", spec.host_name)))?;
-            }
-            Err(e) => return Err(dp_err(format!("creating veth {}", spec.host_name))(e)),
-        }
-        let mut static_routes = Vec::new();
-        let mut routes = |fam: &Option<FamilyData>, has_addr: bool| match fam {
-            Some(f) if has_addr => match &ns.net.cni {
-                // The config's routes, as the bridge plugin would set them.
-                Some(c) => {
-                    let (gateway, statics) = cni::join_routes(c, f, ns.net.internal);
-                    static_routes.extend(statics);
-                    gateway
-                }
-                // Records from before configs: Docker's default route unless internal.
-                None if !ns.net.internal => f.gateway.map(|g| g.addr()),
-                None => None,
-            },
-            _ => None,
-        };
-        let gateway = routes(&ns.net.ipv4, ep.address.is_some());
-        let gateway_ipv6 = routes(&ns.net.ipv6, ep.address_ipv6.is_some());
-        Ok(JoinAnswer {
-            src_name: ep.peer_veth.clone(),
-            dst_prefix: ns.net.iface_prefix.clone(),
-            gateway,
-            gateway_ipv6,
-            static_routes,
-            // Our networks bring their own way out (or are internal): never docker_gwbridge.
-            disable_gateway_service: true,
-        })
     }
 
     /// Leave: the interface is still inside the container; the veth goes at DeleteEndpoint.
@@ -231,7 +187,7 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
             self.port_table()
                 .remove(&(network_id.to_string(), endpoint_id.to_string()));
         }
-        self.state.remove(ENDPOINTS, endpoint_id)?;
+        self.state.remove_async(ENDPOINTS, endpoint_id).await?;
         ns.endpoints.remove(endpoint_id);
         ns.teardowns.retain(|t| !t.is_finished());
         let dp = self.dp.clone();

@@ -1,6 +1,8 @@
 //! The orchestration: one function per CNM operation, calling ipam, dataplane, firewall and
 //! state. Every handler is idempotent (Docker re-sends on timeouts) and validates before it
-//! touches anything.
+//! touches anything; CreateNetwork, CreateEndpoint, Join and publishing then run their changes
+//! as a `plan`, which undoes the done steps when one fails. State and file work runs on the
+//! blocking pool (`write_async`, `blocking_io`), never on an async worker.
 //!
 //! Locking: each network has its own async mutex, so Join/Leave/DeleteEndpoint on different
 //! networks never wait for each other; the map of networks is held only to look an entry up.
@@ -22,10 +24,12 @@ use crate::state::{Durability, StateDir, StateError};
 mod abandoned;
 pub use abandoned::ABANDON_GRACE;
 mod cni;
+mod create_network;
 mod creating;
 mod endpoint;
 mod export;
 mod forget;
+mod join;
 pub use crate::names;
 pub use forget::{Forgotten, Known};
 mod network;
@@ -87,6 +91,12 @@ pub enum DriverError {
     /// A blocking task died.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<plan::InjectedFailure> for DriverError {
+    fn from(e: plan::InjectedFailure) -> Self {
+        DriverError::Internal(e.to_string())
+    }
 }
 
 fn dp_err(context: impl Into<String>) -> impl FnOnce(DataplaneError) -> DriverError {
@@ -274,6 +284,8 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
         state: StateDir,
         cfg: DriverConfig,
     ) -> Result<Self, DriverError> {
+        // Blocking state I/O on purpose here and below: this runs before the socket serves, so
+        // no request waits on these workers.
         let nets: Vec<NetworkRecord> = state.load_all(NETWORKS)?;
         let eps: Vec<EndpointRecord> = state.load_all(ENDPOINTS)?;
         let mut map: HashMap<String, NetState> = nets
@@ -323,7 +335,6 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
                 }
             }
             collect_orphan_veths(&dp, ns).await;
-            // Blocking file I/O on purpose: the socket is not open yet, nobody waits on us.
             if let Err(e) = export::write_blocking(&cfg.export_dir, &ns.net) {
                 tracing::warn!(network = short(&ns.net.id), error = %e, "cannot write the network's CNI export");
             }

@@ -12,10 +12,6 @@
 //! A plan's future must run to its end for the undos to happen: an operation whose caller may
 //! drop it half-way (a client hanging up) runs its plan on a task of its own.
 
-// The driver's operations move onto plans in the next step of issue 10; until then only the
-// tests use this module.
-#![cfg_attr(not(test), allow(dead_code))]
-
 use std::fmt::Display;
 use std::future::Future;
 use std::pin::Pin;
@@ -88,11 +84,13 @@ where
     }
 
     /// The operation's name.
+    #[cfg(test)]
     pub(crate) fn name(&self) -> &'static str {
         self.name
     }
 
     /// The steps' names, in the order they run.
+    #[cfg(test)]
     pub(crate) fn step_names(&self) -> Vec<&'static str> {
         self.steps.iter().map(|s| s.name).collect()
     }
@@ -132,6 +130,8 @@ where
 /// list the steps it ran. Scoped to the future (a tokio task-local), so tests running at once
 /// do not see each other's injections; plans run on other tasks are not covered.
 #[cfg(any(test, feature = "testing"))]
+// Only the crate's own tests inject; the `testing` feature builds it for the executor's hook.
+#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) mod testing {
     use std::future::Future;
     use std::sync::Mutex;

@@ -61,26 +61,41 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
         }))
     }
 
-    /// Tie our pools to the network, and label the gateway and aux files as such.
-    pub(super) async fn bind_pools(&self, net: &NetworkRecord) -> Result<(), DriverError> {
-        for fam in net.families() {
-            let Some(pool_id) = fam.pool_id.clone() else {
-                continue;
-            };
-            let ipam = self.ipam.clone();
-            let net_id = net.id.clone();
-            let aux: Vec<IpAddr> = fam.aux_addresses.values().map(|a| a.addr()).collect();
-            blocking(move || {
-                ipam.bind_network(&pool_id, Some(&net_id))?;
-                for a in aux {
-                    if let Err(e) = ipam.set_owner(&pool_id, a, &Owner::Aux) {
-                        tracing::warn!(address = %a, error = %e, "cannot label aux address file");
-                    }
+    /// Tie the network's pool of one family to it, if the pool is ours, and label the gateway
+    /// and aux files as such.
+    pub(super) async fn bind_pool(&self, net: &NetworkRecord, v6: bool) -> Result<(), DriverError> {
+        let fam = if v6 { &net.ipv6 } else { &net.ipv4 };
+        let Some(fam) = fam else {
+            return Ok(());
+        };
+        let Some(pool_id) = fam.pool_id.clone() else {
+            return Ok(());
+        };
+        let ipam = self.ipam.clone();
+        let net_id = net.id.clone();
+        let aux: Vec<IpAddr> = fam.aux_addresses.values().map(|a| a.addr()).collect();
+        blocking(move || {
+            ipam.bind_network(&pool_id, Some(&net_id))?;
+            for a in aux {
+                if let Err(e) = ipam.set_owner(&pool_id, a, &Owner::Aux) {
+                    tracing::warn!(address = %a, error = %e, "cannot label aux address file");
                 }
-                Ok(())
-            })
-            .await?;
-        }
-        Ok(())
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Untie a pool from its network; a pool released meanwhile needs nothing.
+    pub(super) async fn unbind_pool(&self, pool_id: Option<String>) -> Result<(), DriverError> {
+        let Some(pool_id) = pool_id else {
+            return Ok(());
+        };
+        let ipam = self.ipam.clone();
+        blocking(move || match ipam.pool(&pool_id) {
+            Some(_) => ipam.bind_network(&pool_id, None),
+            None => Ok(()),
+        })
+        .await
     }
 }

@@ -9,33 +9,138 @@
 //! for the endpoint's bridge port). Internal networks never publish (Docker sends no Program
 //! for them; one that comes anyway is ignored).
 
-use super::ports::{self, Families};
+use super::plan::Plan;
+use super::ports::{self, Families, PortRequest};
 use super::{fw_err, options, short, Driver, DriverError, GenericOptions, NetState};
 use crate::dataplane::Dataplane;
 use crate::firewall::{EndpointPorts, Firewall};
-use crate::state::records::ENDPOINTS;
+use crate::state::records::{EndpointRecord, ENDPOINTS};
 use crate::state::Durability;
 
-impl<D: Dataplane, F: Firewall> Driver<D, F> {
-    /// Join's port bindings: checked now (a malformed option fails Join, before any veth), and
-    /// kept for a Program that carries none. No firewall work.
-    pub(super) fn remember_requested_ports(
-        &self,
-        ns: &mut NetState,
-        endpoint_id: &str,
-        options: &GenericOptions,
-    ) -> Result<(), DriverError> {
-        match ports::parse_portmap(options)? {
-            Some(requests) if !requests.is_empty() => {
-                ns.requested.insert(endpoint_id.to_string(), requests);
-            }
-            _ => {
-                ns.requested.remove(endpoint_id);
-            }
-        }
-        Ok(())
+/// What publishing's steps share: the bindings asked for, the mappings picked for them (by the
+/// first step) and the endpoint's record as it was.
+struct Publishing<'d, D, F> {
+    driver: &'d Driver<D, F>,
+    requests: Vec<PortRequest>,
+    families: Families,
+    published: EndpointPorts,
+    record: EndpointRecord,
+}
+
+impl<D, F> Publishing<'_, D, F> {
+    fn key(&self) -> (String, String) {
+        (
+            self.published.network_id.clone(),
+            self.published.endpoint_id.clone(),
+        )
     }
 
+    fn context(&self) -> String {
+        format!(
+            "publishing ports of endpoint {}",
+            short(&self.published.endpoint_id)
+        )
+    }
+}
+
+fn publish_plan<'d, D: Dataplane, F: Firewall>() -> Plan<Publishing<'d, D, F>, DriverError> {
+    Plan::<Publishing<'d, D, F>, DriverError>::new("Publish")
+        .step(
+            "reserve host ports",
+            |c| {
+                Box::pin(async move {
+                    // Resolve and reserve under one lock, so two endpoints cannot pick the
+                    // same port.
+                    let key = c.key();
+                    let mut table = c.driver.port_table();
+                    let others: ports::PortTable = table
+                        .iter()
+                        .filter(|(k, _)| **k != key)
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect();
+                    let mappings = ports::resolve(
+                        &c.requests,
+                        c.families,
+                        &others,
+                        c.driver.host_ports.as_ref(),
+                    )?;
+                    table.insert(key, mappings.clone());
+                    c.published.mappings = mappings;
+                    Ok(())
+                })
+            },
+            |c| {
+                Box::pin(async move {
+                    c.driver.port_table().remove(&c.key());
+                    Ok(())
+                })
+            },
+        )
+        .step(
+            "add firewall ports",
+            |c| {
+                Box::pin(async move {
+                    let context = c.context();
+                    c.driver
+                        .fw
+                        .add_ports(&c.published)
+                        .await
+                        .map_err(fw_err(context))
+                })
+            },
+            |c| {
+                Box::pin(async move {
+                    let p = &c.published;
+                    c.driver
+                        .fw
+                        .del_ports(&p.network_id, &p.endpoint_id)
+                        .await
+                        .map_err(fw_err(format!(
+                            "removing published ports of endpoint {}",
+                            short(&p.endpoint_id)
+                        )))
+                })
+            },
+        )
+        // Without it a container cannot reach its own published port through the host
+        // address (br_netfilter bridges the DNATed frame back out of its port); everything
+        // else works, so a failure is a warning. No undo: left on at unpublish too, the veth
+        // goes soon, and a config's hairpinMode may have turned it on before.
+        .step_without_undo("set hairpin", |c| {
+            Box::pin(async move {
+                if c.published.mappings.iter().any(|m| !m.on_loopback()) {
+                    let veth = &c.record.host_veth;
+                    if let Err(e) = c.driver.dp.set_hairpin(veth, true).await {
+                        tracing::warn!(veth = %veth, error = %e, "cannot set hairpin mode; the container cannot reach its own published ports via the host address");
+                    }
+                }
+                Ok(())
+            })
+        })
+        .step(
+            "write record",
+            |c| {
+                Box::pin(async move {
+                    let mut record = c.record.clone();
+                    record.ports = Some(c.published.clone());
+                    let st = &c.driver.state;
+                    Ok(st
+                        .write_async(ENDPOINTS, &record.id, &record, Durability::Process)
+                        .await?)
+                })
+            },
+            |c| {
+                Box::pin(async move {
+                    let (st, r) = (&c.driver.state, &c.record);
+                    Ok(st
+                        .write_async(ENDPOINTS, &r.id, r, Durability::Process)
+                        .await?)
+                })
+            },
+        )
+}
+
+impl<D: Dataplane, F: Firewall> Driver<D, F> {
     /// ProgramExternalConnectivity: publish the endpoint's ports (one `add_ports`), record them
     /// in the endpoint's state, log what was picked for host port 0. A re-sent Program
     /// reinstalls what is published and never picks again.
@@ -94,64 +199,35 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
         if requests.is_empty() {
             return Ok(());
         }
-        let key = (network_id.to_string(), endpoint_id.to_string());
         let families = Families {
             v4: ep.address.is_some_and(|a| a.addr().is_ipv4()),
             v6: ep.address_ipv6.is_some(),
         };
-        // Resolve and reserve under one lock, so two endpoints cannot pick the same port.
-        let mappings = {
-            let mut table = self.port_table();
-            let others: ports::PortTable = table
-                .iter()
-                .filter(|(k, _)| **k != key)
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            let mappings = ports::resolve(&requests, families, &others, self.host_ports.as_ref())?;
-            table.insert(key.clone(), mappings.clone());
-            mappings
+        let mut ctx = Publishing {
+            driver: self,
+            requests,
+            families,
+            published: EndpointPorts {
+                network_id: network_id.to_string(),
+                endpoint_id: endpoint_id.to_string(),
+                bridge: ns.net.bridge.clone(),
+                container_ipv4: ep.address.and_then(|a| match a {
+                    ipnet::IpNet::V4(n) => Some(n),
+                    ipnet::IpNet::V6(_) => None,
+                }),
+                container_ipv6: ep.address_ipv6.and_then(|a| match a {
+                    ipnet::IpNet::V6(n) => Some(n),
+                    ipnet::IpNet::V4(_) => None,
+                }),
+                mappings: Vec::new(),
+            },
+            record: ep,
         };
-        let published = EndpointPorts {
-            network_id: network_id.to_string(),
-            endpoint_id: endpoint_id.to_string(),
-            bridge: ns.net.bridge.clone(),
-            container_ipv4: ep.address.and_then(|a| match a {
-                ipnet::IpNet::V4(n) => Some(n),
-                ipnet::IpNet::V6(_) => None,
-            }),
-            container_ipv6: ep.address_ipv6.and_then(|a| match a {
-                ipnet::IpNet::V6(n) => Some(n),
-                ipnet::IpNet::V4(_) => None,
-            }),
-            mappings,
-        };
-        if let Err(e) = self.fw.add_ports(&published).await {
-            self.port_table().remove(&key);
-            return Err(fw_err(format!(
-                "publishing ports of endpoint {}",
-                short(endpoint_id)
-            ))(e));
-        }
-        // Without it a container cannot reach its own published port through the host
-        // address (br_netfilter bridges the DNATed frame back out of its port); everything
-        // else works, so a failure is a warning. Left on at unpublish: the veth goes soon.
-        if published.mappings.iter().any(|m| !m.on_loopback()) {
-            if let Err(e) = self.dp.set_hairpin(&ep.host_veth, true).await {
-                tracing::warn!(veth = %ep.host_veth, error = %e, "cannot set hairpin mode; the container cannot reach its own published ports via the host address");
-            }
-        }
-        let mut record = ep;
-        record.ports = Some(published.clone());
-        if let Err(e) = self
-            .state
-            .write(ENDPOINTS, endpoint_id, &record, Durability::Process)
-        {
-            let _ = self.fw.del_ports(network_id, endpoint_id).await;
-            self.port_table().remove(&key);
-            return Err(e.into());
-        }
+        publish_plan().run(&mut ctx).await?;
+        let mut record = ctx.record;
+        record.ports = Some(ctx.published.clone());
         ns.endpoints.insert(endpoint_id.to_string(), record);
-        tracing::info!(endpoint = short(endpoint_id), ports = %ports::describe(&published.mappings), "ports published");
+        tracing::info!(endpoint = short(endpoint_id), ports = %ports::describe(&ctx.published.mappings), "ports published");
         Ok(())
     }
 
@@ -193,7 +269,8 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
             .remove(&(ns.net.id.clone(), endpoint_id.to_string()));
         record.ports = None;
         self.state
-            .write(ENDPOINTS, endpoint_id, &record, Durability::Process)?;
+            .write_async(ENDPOINTS, endpoint_id, &record, Durability::Process)
+            .await?;
         ns.endpoints.insert(endpoint_id.to_string(), record);
         tracing::info!(endpoint = short(endpoint_id), "published ports removed");
         Ok(())
