@@ -156,6 +156,10 @@ pub fn nft_table() -> String {
     let (Some(open), Some(close)) = (text.find("{\n"), text.rfind("\n}")) else {
         return text;
     };
+    // An empty table lists as `{\n}`: the two markers share its newline, nothing to sort.
+    if close < open + 2 {
+        return text;
+    }
     let mut blocks: Vec<&str> = text[open + 2..close].split("\n\n").collect();
     // Sets sort before chains ("\tchain" < "\tset" would not), then by name.
     blocks.sort_by_key(|b| (!b.starts_with("\tset"), b.lines().next().unwrap_or("")));
