@@ -165,6 +165,68 @@ fn force_address_replaces_the_bridges_conflicting_addresses() {
     );
 }
 
+/// The bridge's addresses are read by an ifindex-filtered dump (strict checking): with 50
+/// other bridges holding IPv4 and IPv6 addresses, only cnbr0's count, and forceAddress
+/// touches cnbr0 alone.
+#[test]
+fn addresses_of_one_bridge_among_fifty_with_addresses() {
+    in_netns(
+        "addresses_of_one_bridge_among_fifty_with_addresses",
+        || async {
+            for i in 0..50 {
+                let name = format!("cnbo{i}");
+                run(&["ip", "link", "add", &name, "type", "bridge"]);
+                run(&[
+                    "ip",
+                    "addr",
+                    "add",
+                    &format!("10.60.{i}.1/24"),
+                    "dev",
+                    &name,
+                ]);
+                run(&[
+                    "ip",
+                    "addr",
+                    "add",
+                    &format!("fd60:{}::1/64", i + 1),
+                    "dev",
+                    &name,
+                ]);
+            }
+            run(&["ip", "link", "add", "cnbr0", "type", "bridge"]);
+            run(&["ip", "addr", "add", "10.88.0.1/24", "dev", "cnbr0"]);
+            let dp = dataplane();
+            let out = dp.ensure_bridge(&bridge(&["10.88.0.1/24"])).await.unwrap();
+            assert_eq!(out, BridgeOutcome::Existed);
+            assert_eq!(addresses("cnbr0"), ["10.88.0.1/24"]);
+            // Another bridge's address is no conflict of cnbr0's.
+            let err = dp
+                .ensure_bridge(&bridge(&["10.60.7.1/24"]))
+                .await
+                .unwrap_err();
+            assert!(
+                err.to_string().contains("(10.88.0.1/24)"),
+                "only cnbr0's own address conflicts: {err}"
+            );
+            let mut spec = bridge(&["10.77.0.1/24", "fd77::1/64"]);
+            spec.force_address = true;
+            dp.ensure_bridge(&spec).await.unwrap();
+            let mut got = addresses("cnbr0");
+            got.sort();
+            assert_eq!(got, ["10.77.0.1/24", "fd77::1/64"]);
+            for i in 0..50 {
+                let mut got = addresses(&format!("cnbo{i}"));
+                got.sort();
+                assert_eq!(
+                    got,
+                    [format!("10.60.{i}.1/24"), format!("fd60:{}::1/64", i + 1)],
+                    "cnbo{i} untouched"
+                );
+            }
+        },
+    );
+}
+
 #[test]
 fn promisc_and_hairpin_reach_the_kernel() {
     in_netns("promisc_and_hairpin_reach_the_kernel", || async {

@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
 use netlink_packet_route::link::{InfoBridge, InfoData, InfoVeth};
-use rtnetlink::{LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth};
+use netlink_packet_route::RouteNetlinkMessage;
+use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth};
 
 use super::plan::plan_addresses;
 use super::rtnl::{Link, LinkKind, NlError, NlKind, Rtnl};
@@ -39,8 +40,8 @@ fn connect_on_own_thread() -> Result<Rtnl, DataplaneError> {
                 }
             };
             rt.block_on(async move {
-                match rtnetlink::new_connection() {
-                    Ok((mut connection, handle, _)) => {
+                match open_connection() {
+                    Ok((mut connection, handle)) => {
                         connection.set_forward_done(true);
                         let _ = tx.send(Ok(handle));
                         // Ends when every handle is dropped.
@@ -76,12 +77,31 @@ pub struct NetlinkDataplane {
     proc_sys: PathBuf,
 }
 
+type Connection = rtnetlink::proto::Connection<RouteNetlinkMessage>;
+
+/// A new rtnetlink connection asking the kernel to honour the filters of our GET requests
+/// (`NETLINK_GET_STRICT_CHK`, Linux 4.20+): an address dump for one ifindex then walks that
+/// link only, instead of sending every address of every bridge to be dropped here, a cost
+/// that grew with the number of networks. Older kernels refuse the option; the userspace
+/// filters in `Rtnl` still apply there.
+fn open_connection() -> std::io::Result<(Connection, Handle)> {
+    use rtnetlink::sys::AsyncSocket;
+    let (mut connection, handle, _) = rtnetlink::new_connection()?;
+    if let Err(e) = connection
+        .socket_mut()
+        .socket_mut()
+        .set_netlink_get_strict_chk(true)
+    {
+        tracing::debug!(error = %e, "NETLINK_GET_STRICT_CHK refused; dumps are filtered here");
+    }
+    Ok((connection, handle))
+}
+
 fn connect(runtime: &tokio::runtime::Handle) -> Result<Rtnl, DataplaneError> {
-    let (mut connection, handle, _) =
-        rtnetlink::new_connection().map_err(|e| DataplaneError::Netlink {
-            op: "open rtnetlink connection".into(),
-            reason: e.to_string(),
-        })?;
+    let (mut connection, handle) = open_connection().map_err(|e| DataplaneError::Netlink {
+        op: "open rtnetlink connection".into(),
+        reason: e.to_string(),
+    })?;
     // Forward NLMSG_DONE so dumps can see NLM_F_DUMP_INTR, which the kernel may set on the
     // DONE message only.
     connection.set_forward_done(true);

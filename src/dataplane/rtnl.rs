@@ -214,17 +214,25 @@ impl Rtnl {
             .collect())
     }
 
-    /// The addresses (with prefix) on the link with that index.
+    /// The addresses (with prefix) on the link with that index. With strict checking on the
+    /// socket the kernel filters by the index; the result is filtered again here for kernels
+    /// that dump every link's addresses.
     pub(crate) async fn addresses(&self, index: u32) -> Result<Vec<IpNet>, NlError> {
         let mut query = AddressMessage::default();
         query.header.family = AddressFamily::Unspec;
         query.header.index = index;
-        let all = self
+        let all = match self
             .dump(RouteNetlinkMessage::GetAddress(query), |msg| match msg {
                 RouteNetlinkMessage::NewAddress(addr) => Some(addr),
                 _ => None,
             })
-            .await?;
+            .await
+        {
+            Ok(all) => all,
+            // A filtered dump of a link that is gone is ENODEV; unfiltered it was empty.
+            Err(e) if e.kind == NlKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
         Ok(all
             .into_iter()
             .filter(|a| a.header.index == index)
