@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::support::host::{delete_link, iptables_mentions, links, remove_tree};
 use crate::support::plugin::PLUGIN_DIR;
+use crate::support::process::cmdline_of;
 use crate::support::process::{kill_referencing, pid_alive, pids_referencing};
 use crate::{host_port, BASE_PREFIX, CNB_BRIDGE, DOCKER_BRIDGE, PLUGIN_PREFIX, PORTS};
 
@@ -72,17 +73,6 @@ pub(crate) fn delete_rules_mentioning(words: &[&str]) -> Vec<(String, bool)> {
     done
 }
 
-fn cmdline(pid: i32) -> String {
-    fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| {
-            String::from_utf8_lossy(&b)
-                .replace('\0', " ")
-                .trim()
-                .to_string()
-        })
-        .unwrap_or_default()
-}
-
 fn comm(pid: i32) -> String {
     fs::read_to_string(format!("/proc/{pid}/comm"))
         .unwrap_or_default()
@@ -98,7 +88,7 @@ pub(crate) fn all_docker_proxies() -> Vec<(i32, String)> {
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| pid_alive(*pid) && comm(*pid) == "docker-proxy")
-        .map(|pid| (pid, cmdline(pid)))
+        .map(|pid| (pid, cmdline_of(pid)))
         .collect()
 }
 
@@ -107,7 +97,7 @@ pub(crate) fn docker_proxies(base: &Path) -> Vec<String> {
     pids_referencing(base)
         .into_iter()
         .filter(|(pid, _)| comm(*pid) == "docker-proxy")
-        .map(|(pid, _)| cmdline(pid))
+        .map(|(pid, _)| cmdline_of(pid))
         .collect()
 }
 

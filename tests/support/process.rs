@@ -181,7 +181,7 @@ pub fn pids_referencing(path: &Path) -> Vec<(i32, String)> {
 }
 
 /// A process's command line, its arguments joined by spaces ("" once it is gone).
-fn cmdline_of(pid: i32) -> String {
+pub fn cmdline_of(pid: i32) -> String {
     fs::read(format!("/proc/{pid}/cmdline"))
         .map(|b| {
             String::from_utf8_lossy(&b)
