@@ -19,6 +19,12 @@ pub fn host_veth(endpoint_id: &str) -> String {
     format!("{HOST_VETH_PREFIX}{}", id_part(endpoint_id, 12))
 }
 
+/// The ifb device carrying an endpoint's egress shaping (CNI `bandwidth`): `bcb` + 12
+/// characters of the EndpointID.
+pub fn ifb(endpoint_id: &str) -> String {
+    format!("bcb{}", id_part(endpoint_id, 12))
+}
+
 /// Container end before Docker renames it: `ccb` + 12 characters of the EndpointID.
 pub fn peer_veth(endpoint_id: &str) -> String {
     format!("ccb{}", id_part(endpoint_id, 12))

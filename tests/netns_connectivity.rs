@@ -128,6 +128,7 @@ impl Host {
                 mtu: None,
                 peer_mac: None,
                 hairpin: false,
+                peer_tuning: Default::default(),
             })
             .await
             .unwrap();

@@ -29,6 +29,7 @@ fn veth(host: &str, peer: &str) -> VethSpec {
         mtu: Some(1380),
         peer_mac: Some([0x02, 0x42, 0x0a, 0x58, 0x00, 0x05]),
         hairpin: false,
+        peer_tuning: Default::default(),
     }
 }
 

@@ -267,6 +267,7 @@ fn same_bridge_traffic_needs_the_rule_under_forward_drop() {
                     mtu: None,
                     peer_mac: None,
                     hairpin: false,
+                    peer_tuning: Default::default(),
                 })
                 .await
                 .unwrap();

@@ -99,6 +99,7 @@ async fn bridge_with_container(
         mtu: None,
         peer_mac: None,
         hairpin: false,
+        peer_tuning: Default::default(),
     })
     .await
     .unwrap();

@@ -70,8 +70,9 @@ impl fmt::Display for CniVersion {
     }
 }
 
-/// The bridge plugin's `ipMasqBackend` (plugins ≥ v1.6.0; absent = auto).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The bridge plugin's `ipMasqBackend` (plugins ≥ v1.6.0; absent = auto), also portmap's `backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum MasqBackend {
     Iptables,
     Nftables,

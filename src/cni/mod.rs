@@ -4,6 +4,7 @@
 //! effective config as a conflist (`export`).
 
 mod bridge;
+pub mod chain;
 pub mod config;
 pub mod dir;
 mod docker;

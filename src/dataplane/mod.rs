@@ -4,6 +4,7 @@
 //! fake for driver tests.
 
 use std::future::Future;
+use std::path::Path;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -48,6 +49,36 @@ pub struct VethSpec {
     /// Hairpin (reflective relay) on the host end's bridge port (CNI `hairpinMode`).
     #[serde(default)]
     pub hairpin: bool,
+    /// CNI `tuning` of the container end, set while it is still in the host namespace.
+    #[serde(default)]
+    pub peer_tuning: PeerTuning,
+}
+
+/// Link settings of the container end (CNI `tuning`'s `mtu`, `promisc`, `allmulti`,
+/// `txQLen`; its `mac` is `VethSpec::peer_mac`). `None` = left as the kernel makes it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerTuning {
+    pub mtu: Option<u32>,
+    pub promisc: Option<bool>,
+    pub allmulti: Option<bool>,
+    pub tx_qlen: Option<u32>,
+}
+
+/// A token bucket (a TBF qdisc), as the CNI bandwidth plugin configures it: rate in bits per
+/// second, burst in bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenBucket {
+    pub rate: u64,
+    pub burst: u64,
+}
+
+/// Traffic shaping of one endpoint (CNI `bandwidth`). `ingress` = into the container (a TBF
+/// root qdisc on the host end), `egress` = out of it (the host end's ingress redirected by a
+/// mirred action to an ifb device with a TBF root qdisc).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shaping {
+    pub ingress: Option<TokenBucket>,
+    pub egress: Option<TokenBucket>,
 }
 
 /// What `ensure_bridge` found or did.
@@ -122,5 +153,23 @@ pub trait Dataplane: Send + Sync + 'static {
         &self,
         port: &str,
         on: bool,
+    ) -> impl Future<Output = Result<(), DataplaneError>> + Send;
+
+    /// Make the shaping of the host end `host_veth` exactly `shaping`, with `ifb` as the egress
+    /// device (created when egress is shaped, deleted when it is not). Replaces earlier
+    /// shaping; an empty `shaping` removes it. A missing veth is `NotFound`.
+    fn set_shaping(
+        &self,
+        host_veth: &str,
+        ifb: &str,
+        shaping: &Shaping,
+    ) -> impl Future<Output = Result<(), DataplaneError>> + Send;
+
+    /// Write namespace-wide sysctls (dotted `net.*` keys, e.g. `net.ipv4.ip_forward`) inside
+    /// the network namespace at `netns` (a Docker SandboxKey), as CNI `tuning` does.
+    fn set_sysctls(
+        &self,
+        netns: &Path,
+        sysctls: &[(String, String)],
     ) -> impl Future<Output = Result<(), DataplaneError>> + Send;
 }

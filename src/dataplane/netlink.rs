@@ -18,7 +18,7 @@ use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth};
 
 use super::plan::plan_addresses;
 use super::rtnl::{Link, LinkKind, NlError, NlKind, Rtnl};
-use super::{BridgeOutcome, BridgeSpec, Dataplane, DataplaneError, VethSpec};
+use super::{BridgeOutcome, BridgeSpec, Dataplane, DataplaneError, Shaping, VethSpec};
 
 /// A connection whose socket I/O runs on a thread of its own. A netlink `sendmsg` executes the
 /// kernel's handler in the caller's context, so a slow `RTM_DELLINK` blocks whichever thread
@@ -502,6 +502,29 @@ impl Dataplane for NetlinkDataplane {
             )
             .await
             .map_err(|e| op_err(op(), e))
+    }
+
+    async fn set_shaping(
+        &self,
+        host_veth: &str,
+        _ifb: &str,
+        _shaping: &Shaping,
+    ) -> Result<(), DataplaneError> {
+        Err(DataplaneError::Netlink {
+            op: format!("shape {host_veth}"),
+            reason: "not implemented yet".into(),
+        })
+    }
+
+    async fn set_sysctls(
+        &self,
+        netns: &Path,
+        _sysctls: &[(String, String)],
+    ) -> Result<(), DataplaneError> {
+        Err(DataplaneError::Netlink {
+            op: format!("set sysctls in {}", netns.display()),
+            reason: "not implemented yet".into(),
+        })
     }
 }
 

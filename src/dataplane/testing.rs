@@ -5,13 +5,14 @@
 //! bridge, a same-named link of another kind), so a driver test cannot pass on an order of
 //! calls that fails for real. Faults are injected per fake, not through globals.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use ipnet::IpNet;
 
 use super::plan::plan_addresses;
-use super::{BridgeOutcome, BridgeSpec, Dataplane, DataplaneError, VethSpec};
+use super::{BridgeOutcome, BridgeSpec, Dataplane, DataplaneError, PeerTuning, Shaping, VethSpec};
 
 /// One call made to the fake, in the order it arrived (failed calls included).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +31,10 @@ pub enum DataplaneCall {
     BridgePorts(String),
     /// `set_hairpin(port, on)`.
     SetHairpin(String, bool),
+    /// `set_shaping(host_veth, ifb, shaping)`.
+    SetShaping(String, String, Shaping),
+    /// `set_sysctls(netns, sysctls)`.
+    SetSysctls(PathBuf, Vec<(String, String)>),
 }
 
 /// A bridge the fake holds.
@@ -54,6 +59,10 @@ pub struct FakeVeth {
     pub peer_mac: Option<[u8; 6]>,
     /// Hairpin mode of the host end (off when created).
     pub hairpin: bool,
+    /// CNI tuning of the container end.
+    pub peer_tuning: PeerTuning,
+    /// Shaping of the host end (gone with the veth, as qdiscs go with their link).
+    pub shaping: Shaping,
 }
 
 type Predicate = Box<dyn Fn(&DataplaneCall) -> bool + Send + Sync>;
@@ -85,6 +94,10 @@ struct State {
     veths: BTreeMap<String, FakeVeth>,
     /// Links of any other kind (e.g. a NIC or dummy that happens to carry a wanted name).
     foreign: Vec<String>,
+    /// ifb devices made for egress shaping.
+    ifbs: BTreeSet<String>,
+    /// Sysctls written, by namespace path, in the order written.
+    sysctls: BTreeMap<PathBuf, Vec<(String, String)>>,
     fail_calls: Vec<usize>,
     fail_when: Vec<Predicate>,
     bridge_gate: Option<Arc<Gate>>,
@@ -96,6 +109,7 @@ impl State {
             || self.veths.contains_key(name)
             || self.veths.values().any(|v| v.peer_name == name)
             || self.foreign.iter().any(|f| f == name)
+            || self.ifbs.contains(name)
     }
 
     fn ports_of(&self, bridge: &str) -> usize {
@@ -204,6 +218,16 @@ impl RecordingDataplane {
         self.lock().veths.keys().cloned().collect()
     }
 
+    /// The ifb devices held.
+    pub fn ifbs(&self) -> Vec<String> {
+        self.lock().ifbs.iter().cloned().collect()
+    }
+
+    /// The sysctls written into the namespace at `netns`, in order.
+    pub fn sysctls(&self, netns: &Path) -> Vec<(String, String)> {
+        self.lock().sysctls.get(netns).cloned().unwrap_or_default()
+    }
+
     /// Whether any link (bridge, either veth end, foreign) has that name.
     pub fn has_link(&self, name: &str) -> bool {
         self.lock().holds(name)
@@ -285,6 +309,8 @@ impl Dataplane for RecordingDataplane {
             mtu: spec.mtu,
             peer_mac: spec.peer_mac,
             hairpin: false,
+            peer_tuning: spec.peer_tuning,
+            shaping: Shaping::default(),
         };
         if let Some(v) = s.veths.get(&spec.host_name) {
             if v.peer_name == spec.peer_name && v.bridge.as_deref() == Some(spec.bridge.as_str()) {
@@ -326,6 +352,7 @@ impl Dataplane for RecordingDataplane {
         s.veths
             .retain(|host, v| host != name && v.peer_name != name);
         s.foreign.retain(|f| f != name);
+        s.ifbs.remove(name);
         Ok(())
     }
 
@@ -361,6 +388,47 @@ impl Dataplane for RecordingDataplane {
             None => Err(DataplaneError::NotFound(port.to_string())),
         }
     }
+
+    async fn set_shaping(
+        &self,
+        host_veth: &str,
+        ifb: &str,
+        shaping: &Shaping,
+    ) -> Result<(), DataplaneError> {
+        let mut s = self.lock();
+        s.record(DataplaneCall::SetShaping(
+            host_veth.to_string(),
+            ifb.to_string(),
+            *shaping,
+        ))?;
+        let Some(v) = s.veths.get_mut(host_veth) else {
+            return Err(DataplaneError::NotFound(host_veth.to_string()));
+        };
+        v.shaping = *shaping;
+        if shaping.egress.is_some() {
+            s.ifbs.insert(ifb.to_string());
+        } else {
+            s.ifbs.remove(ifb);
+        }
+        Ok(())
+    }
+
+    async fn set_sysctls(
+        &self,
+        netns: &Path,
+        sysctls: &[(String, String)],
+    ) -> Result<(), DataplaneError> {
+        let mut s = self.lock();
+        s.record(DataplaneCall::SetSysctls(
+            netns.to_path_buf(),
+            sysctls.to_vec(),
+        ))?;
+        s.sysctls
+            .entry(netns.to_path_buf())
+            .or_default()
+            .extend(sysctls.iter().cloned());
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -385,6 +453,7 @@ mod tests {
             mtu: Some(1400),
             peer_mac: Some([2, 0, 0, 0, 0, 1]),
             hairpin: false,
+            peer_tuning: Default::default(),
         }
     }
 

@@ -94,6 +94,7 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
             mtu: ns.net.mtu,
             peer_mac: names::parse_mac(&ep.mac),
             hairpin: ns.net.cni.as_ref().is_some_and(|c| c.hairpin_mode),
+            peer_tuning: Default::default(),
         };
         let mut ctx = Joining {
             driver: self,

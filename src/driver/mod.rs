@@ -207,6 +207,7 @@ fn firewall_rules(net: &NetworkRecord) -> NetworkRules {
         masquerade,
         masquerade_ipv6,
         icc: fw.icc,
+        ..NetworkRules::new(net.id.clone(), net.bridge.clone())
     }
 }
 

@@ -427,6 +427,21 @@ impl Dataplane for GatedDataplane {
     async fn set_hairpin(&self, port: &str, on: bool) -> Result<(), DataplaneError> {
         self.inner.set_hairpin(port, on).await
     }
+    async fn set_shaping(
+        &self,
+        host_veth: &str,
+        ifb: &str,
+        shaping: &crate::dataplane::Shaping,
+    ) -> Result<(), DataplaneError> {
+        self.inner.set_shaping(host_veth, ifb, shaping).await
+    }
+    async fn set_sysctls(
+        &self,
+        netns: &std::path::Path,
+        sysctls: &[(String, String)],
+    ) -> Result<(), DataplaneError> {
+        self.inner.set_sysctls(netns, sysctls).await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

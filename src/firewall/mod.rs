@@ -32,7 +32,7 @@ pub mod ports;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
-pub use ports::{EndpointPorts, PortMapping, Proto};
+pub use ports::{EndpointPorts, PortMapping, PortOptions, Proto};
 
 /// The network-wide firewall intent of one network; stored and replayable.
 ///
@@ -59,6 +59,19 @@ pub struct NetworkRules {
     /// Inter-container communication: containers of this bridge may talk to each other.
     #[serde(default = "default_icc")]
     pub icc: bool,
+    /// How published ports behave: CNI portmap's keys.
+    #[serde(default)]
+    pub port_options: PortOptions,
+    /// Keep containers of other cnibridge networks from opening connections into this one
+    /// (Docker's isolation, the firewall plugin's `ingressPolicy: same-bridge`); false =
+    /// `ingressPolicy: open`: this network takes no part in the isolation chains.
+    #[serde(default = "default_icc")]
+    pub isolate: bool,
+    /// The firewall plugin's `iptablesAdminChainName`: a chain of the operator's, jumped to
+    /// before any rule of ours for this network's traffic, created when missing, never flushed
+    /// or deleted by cnibridge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_chain: Option<String>,
 }
 
 fn default_icc() -> bool {
@@ -77,6 +90,9 @@ impl NetworkRules {
             masquerade: false,
             masquerade_ipv6: false,
             icc: true,
+            port_options: PortOptions::default(),
+            isolate: true,
+            admin_chain: None,
         }
     }
 }

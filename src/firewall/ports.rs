@@ -52,6 +52,42 @@ impl fmt::Display for Proto {
     }
 }
 
+/// CNI portmap's keys for a network's published ports. The default is portmap's default,
+/// which is what cnibridge always did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortOptions {
+    /// `snat`: mark hairpin and localhost connections for masquerade.
+    pub snat: bool,
+    /// `masqAll`: mark connections from any source, not only the container subnet and localhost.
+    #[serde(default)]
+    pub masq_all: bool,
+    /// `markMasqBit`: the fwmark bit (0..=31) of the masquerade mark.
+    pub mark_masq_bit: u8,
+    /// `externalSetMarkChain`: the operator's chain (nat table) that sets the mark instead of
+    /// ours; with it cnibridge neither creates the chain nor masquerades for this network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_set_mark_chain: Option<String>,
+    /// `conditionsV4` / `conditionsV6`: iptables match arguments (one per element) added to
+    /// the rules that send host-port traffic to this network's containers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions_v4: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions_v6: Vec<String>,
+}
+
+impl Default for PortOptions {
+    fn default() -> Self {
+        PortOptions {
+            snat: true,
+            masq_all: false,
+            mark_masq_bit: 13,
+            external_set_mark_chain: None,
+            conditions_v4: Vec::new(),
+            conditions_v6: Vec::new(),
+        }
+    }
+}
+
 /// An address family, for deciding which mappings go into iptables and which into ip6tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IpFamily {
