@@ -37,6 +37,7 @@ pub fn endpoint_spec(req: &CreateEndpointRequest) -> EndpointSpec {
         address: req.interface.address.clone(),
         address_ipv6: req.interface.address_ipv6.clone(),
         mac_address: req.interface.mac_address.clone(),
+        options: req.options.clone(),
     }
 }
 
@@ -129,6 +130,7 @@ mod tests {
                 address: "10.0.0.2/24".into(),
                 address_ipv6: "fd00::2/64".into(),
                 mac_address: "02:00:00:00:00:01".into(),
+                options: Default::default(),
             }
         );
         let req: CreateNetworkRequest = serde_json::from_value(serde_json::json!({

@@ -206,7 +206,12 @@ async fn handle<D: Dataplane, F: Firewall>(
         },
         "NetworkDriver.Join" => match decode::<JoinRequest>(method, b) {
             Ok(req) => app
-                .join_with_options(&req.network_id, &req.endpoint_id, &req.options)
+                .join_sandbox(
+                    &req.network_id,
+                    &req.endpoint_id,
+                    &req.sandbox_key,
+                    &req.options,
+                )
                 .await
                 .map_err(err)
                 .and_then(|a| ok(convert::join_response(a))),

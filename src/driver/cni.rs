@@ -302,6 +302,7 @@ pub(crate) fn from_conf(sel: &Selected, default_data_dir: &Path, internal: bool)
             .data_dir
             .clone()
             .unwrap_or_else(|| default_data_dir.to_path_buf()),
+        chain: crate::cni::chain::Chain::docker_default(), // MERGE: conf.chain.clone()
     }
 }
 
@@ -371,6 +372,7 @@ pub(crate) fn from_flags(
         range_sets,
         routes,
         data_dir: data_dir?,
+        chain: crate::cni::chain::Chain::docker_default(),
     })
 }
 

@@ -36,7 +36,10 @@ impl Rig {
         let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("cni-confs");
         for e in fs::read_dir(repo).unwrap() {
             let e = e.unwrap();
-            fs::copy(e.path(), confs.join(e.file_name())).unwrap();
+            // cni-confs/runtimes/ holds the runtimes' defaults, which their own tests load.
+            if e.file_type().unwrap().is_file() {
+                fs::copy(e.path(), confs.join(e.file_name())).unwrap();
+            }
         }
         for (name, text) in extra {
             fs::write(confs.join(name), text).unwrap();

@@ -199,6 +199,13 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
                 )
             }
         };
+        let cni_rec = match cni_rec {
+            Some(mut c) => {
+                c.chain = super::bandwidth::chain_with_options(c.chain, &opts.generic)?;
+                Some(c)
+            }
+            None => None,
+        };
         if ours.is_empty() {
             tracing::info!(
                 network = short(&req.network_id),

@@ -4,6 +4,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use super::bandwidth;
 use super::plan::Plan;
 use super::{
     blocking, fw_err, names, parse_net, short, Driver, DriverError, EndpointAnswer, EndpointSpec,
@@ -95,7 +96,6 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
                 ))
             })?)
         };
-        let mac = given_mac.unwrap_or_else(|| names::endpoint_mac(&req.endpoint_id));
         let answer = |mac: &str| EndpointAnswer {
             mac_address: given_mac.is_none().then(|| mac.to_string()),
         };
@@ -104,6 +104,19 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
         if let Some(ep) = ns.endpoints.get(&req.endpoint_id) {
             return Ok(answer(&ep.mac));
         }
+        let chain = ns.net.cni.as_ref().map(|c| &c.chain);
+        // CNI tuning's `mac`, unless Docker was given one (`--mac-address` is the user's own).
+        let tuned_mac = chain.and_then(|c| c.tuning.as_ref()).and_then(|t| t.mac);
+        let mac = given_mac
+            .or(tuned_mac)
+            .unwrap_or_else(|| names::endpoint_mac(&req.endpoint_id));
+        let driver_opts = bandwidth::string_options(&req.options);
+        let shaped = bandwidth::overlay(
+            chain.and_then(|c| c.bandwidth),
+            driver_opts.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            "driver-opt",
+        )?
+        .filter(|b| b.shapes());
         let ep = EndpointRecord {
             id: req.endpoint_id.clone(),
             network_id: req.network_id.clone(),
@@ -113,6 +126,7 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
             host_veth: names::host_veth(&req.endpoint_id),
             peer_veth: names::peer_veth(&req.endpoint_id),
             ports: None,
+            bandwidth: shaped,
         };
         let claims = claims(&ns, &ep);
         let mut ctx = NewEndpoint {
@@ -192,10 +206,22 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
         ns.teardowns.retain(|t| !t.is_finished());
         let dp = self.dp.clone();
         ns.teardowns.push(tokio::spawn(async move {
-            if let Err(e) = dp.delete_link(&ep.host_veth).await {
-                tracing::warn!(veth = %ep.host_veth, error = %e, "cannot delete veth");
-            }
+            delete_endpoint_links(dp.as_ref(), &ep).await;
         }));
         unpublished
+    }
+}
+
+/// The endpoint's veth pair and, when its egress was shaped, its ifb device; failures warn,
+/// the endpoint is gone either way.
+pub(super) async fn delete_endpoint_links<D: Dataplane>(dp: &D, ep: &EndpointRecord) {
+    if let Err(e) = dp.delete_link(&ep.host_veth).await {
+        tracing::warn!(veth = %ep.host_veth, error = %e, "cannot delete veth");
+    }
+    if ep.bandwidth.is_some_and(|b| b.egress_rate > 0) {
+        let ifb = names::ifb(&ep.id);
+        if let Err(e) = dp.delete_link(&ifb).await {
+            tracing::warn!(ifb = %ifb, error = %e, "cannot delete ifb device");
+        }
     }
 }

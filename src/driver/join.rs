@@ -2,13 +2,16 @@
 //! end into the sandbox and configures it from the answer. Port bindings are checked and
 //! remembered here; ProgramExternalConnectivity publishes them.
 
+use std::path::PathBuf;
+
+use super::bandwidth;
 use super::plan::Plan;
 use super::ports::PortRequest;
 use super::{
     bridge_spec, cni, dp_err, names, short, Driver, DriverError, GenericOptions, JoinAnswer,
     NetState,
 };
-use crate::dataplane::{BridgeOutcome, Dataplane, DataplaneError, VethSpec};
+use crate::dataplane::{BridgeOutcome, Dataplane, DataplaneError, PeerTuning, Shaping, VethSpec};
 use crate::firewall::Firewall;
 use crate::state::records::{FamilyData, NETWORKS};
 use crate::state::Durability;
@@ -22,6 +25,11 @@ struct Joining<'a, D, F> {
     requests: Option<Vec<PortRequest>>,
     replaced: Option<Vec<PortRequest>>,
     veth: VethSpec,
+    /// CNI tuning's sysctls, for the sandbox at `sandbox` (empty path: not given).
+    sysctls: Vec<(String, String)>,
+    sandbox: PathBuf,
+    /// CNI bandwidth's limits on the host end, with the ifb for egress.
+    shaping: Option<(Shaping, String)>,
 }
 
 fn join_plan<'a, D: Dataplane, F: Firewall>() -> Plan<Joining<'a, D, F>, DriverError> {
@@ -47,10 +55,29 @@ fn join_plan<'a, D: Dataplane, F: Firewall>() -> Plan<Joining<'a, D, F>, DriverE
                 })
             },
         )
+        // Sysctls live in the sandbox and go with it: nothing to undo.
+        .step_without_undo("set sysctls", |c| {
+            Box::pin(async move {
+                if c.sysctls.is_empty() || c.sandbox.as_os_str().is_empty() {
+                    return Ok(());
+                }
+                c.driver
+                    .dp
+                    .set_sysctls(&c.sandbox, &c.sysctls)
+                    .await
+                    .map_err(dp_err(format!(
+                        "applying the config's tuning sysctls in sandbox {}",
+                        c.sandbox.display()
+                    )))
+            })
+        })
         // Last, so nothing after it can fail; and without an undo, since a re-sent Join keeps
         // the pair it finds and an undo could not tell whose it is.
         .step_without_undo("create veth", |c| {
-            Box::pin(async move { c.driver.create_veth(c.ns, &c.veth).await })
+            Box::pin(async move {
+                c.driver.create_veth(c.ns, &c.veth).await?;
+                c.driver.shape(&c.veth, c.shaping.as_ref()).await
+            })
         })
 }
 
@@ -74,6 +101,19 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
         endpoint_id: &str,
         options: &GenericOptions,
     ) -> Result<JoinAnswer, DriverError> {
+        self.join_sandbox(network_id, endpoint_id, "", options)
+            .await
+    }
+
+    /// Join as dockerd sends it: with the sandbox's network namespace (`SandboxKey`), where
+    /// the config's tuning sysctls are written.
+    pub async fn join_sandbox(
+        &self,
+        network_id: &str,
+        endpoint_id: &str,
+        sandbox_key: &str,
+        options: &GenericOptions,
+    ) -> Result<JoinAnswer, DriverError> {
         let entry = self
             .entry(network_id)
             .ok_or_else(|| DriverError::UnknownNetwork(short(network_id).to_string()))?;
@@ -87,6 +127,10 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
                     endpoint: short(endpoint_id).to_string(),
                 })?;
         let requests = super::ports::parse_portmap(options)?.filter(|r| !r.is_empty());
+        if requests.is_some() && !ns.net.internal {
+            super::publish::check_portmap(&ns.net)?;
+        }
+        let tuning = ns.net.cni.as_ref().and_then(|c| c.chain.tuning.as_ref());
         let veth = VethSpec {
             host_name: ep.host_veth.clone(),
             peer_name: ep.peer_veth.clone(),
@@ -94,8 +138,26 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
             mtu: ns.net.mtu,
             peer_mac: names::parse_mac(&ep.mac),
             hairpin: ns.net.cni.as_ref().is_some_and(|c| c.hairpin_mode),
-            peer_tuning: Default::default(),
+            peer_tuning: tuning
+                .map(|t| PeerTuning {
+                    mtu: t.mtu,
+                    promisc: t.promisc,
+                    allmulti: t.allmulti,
+                    tx_qlen: t.tx_qlen,
+                })
+                .unwrap_or_default(),
         };
+        let sysctls = tuning
+            .map(|t| {
+                t.sysctl
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let shaping = ep
+            .bandwidth
+            .map(|b| (bandwidth::shaping(&b), names::ifb(endpoint_id)));
         let mut ctx = Joining {
             driver: self,
             ns: &mut ns,
@@ -103,6 +165,9 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
             requests,
             replaced: None,
             veth,
+            sysctls,
+            sandbox: PathBuf::from(sandbox_key),
+            shaping,
         };
         join_plan().run(&mut ctx).await?;
         let mut static_routes = Vec::new();
@@ -131,6 +196,30 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
             // Our networks bring their own way out (or are internal): never docker_gwbridge.
             disable_gateway_service: true,
         })
+    }
+
+    /// The endpoint's shaping on its host end. A failure takes the new pair (and ifb) away
+    /// again, so a failed Join leaves no unshaped container behind.
+    async fn shape(
+        &self,
+        veth: &VethSpec,
+        shaping: Option<&(Shaping, String)>,
+    ) -> Result<(), DriverError> {
+        let Some((shaping, ifb)) = shaping else {
+            return Ok(());
+        };
+        let Err(e) = self.dp.set_shaping(&veth.host_name, ifb, shaping).await else {
+            return Ok(());
+        };
+        for link in [&veth.host_name, ifb] {
+            if let Err(e) = self.dp.delete_link(link).await {
+                tracing::warn!(link = %link, error = %e, "cannot delete after failed shaping");
+            }
+        }
+        Err(dp_err(format!(
+            "applying the bandwidth limits to veth {}",
+            veth.host_name
+        ))(e))
     }
 
     /// The veth pair on the network's bridge. A bridge that vanished (host reboot, someone

@@ -15,13 +15,15 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use ipnet::IpNet;
 
+use crate::cni::chain::{IngressPolicy, Portmap};
 use crate::dataplane::{BridgeSpec, Dataplane, DataplaneError};
-use crate::firewall::{EndpointPorts, Firewall, FirewallError, NetworkRules};
+use crate::firewall::{EndpointPorts, Firewall, FirewallError, NetworkRules, PortOptions};
 use crate::ipam::{Ipam, IpamError};
 use crate::state::records::{EndpointRecord, FamilyData, NetworkRecord, ENDPOINTS, NETWORKS};
 use crate::state::{Durability, StateDir, StateError};
 
 mod abandoned;
+pub mod bandwidth;
 pub use abandoned::ABANDON_GRACE;
 mod cni;
 mod create_network;
@@ -199,6 +201,9 @@ fn firewall_rules(net: &NetworkRecord) -> NetworkRules {
         Some(c) => (c.ip_masq && !net.internal, c.ip_masq && !net.internal),
         None => (fw.masquerade, fw.masquerade_ipv6),
     };
+    let chain = net.cni.as_ref().map(|c| &c.chain);
+    let firewall = chain.and_then(|c| c.firewall.as_ref());
+    let policy = firewall.map_or(IngressPolicy::SameBridge, |f| f.ingress_policy);
     NetworkRules {
         network_id: net.id.clone(),
         bridge: net.bridge.clone(),
@@ -206,8 +211,27 @@ fn firewall_rules(net: &NetworkRecord) -> NetworkRules {
         internal: net.internal,
         masquerade,
         masquerade_ipv6,
-        icc: fw.icc,
-        ..NetworkRules::new(net.id.clone(), net.bridge.clone())
+        // The firewall plugin's `isolated`: not even from the same bridge.
+        icc: fw.icc && policy != IngressPolicy::Isolated,
+        port_options: chain
+            .and_then(|c| c.portmap.as_ref())
+            .map(port_options)
+            .unwrap_or_default(),
+        // Docker's networks and `same-bridge` are isolated from each other; `open` is not.
+        isolate: policy != IngressPolicy::Open,
+        admin_chain: firewall.map(|f| f.admin_chain.clone()),
+    }
+}
+
+/// CNI portmap's keys as the firewall takes them.
+fn port_options(p: &Portmap) -> PortOptions {
+    PortOptions {
+        snat: p.snat,
+        masq_all: p.masq_all,
+        mark_masq_bit: p.mark_masq_bit,
+        external_set_mark_chain: p.external_set_mark_chain.clone(),
+        conditions_v4: p.conditions_v4.clone(),
+        conditions_v6: p.conditions_v6.clone(),
     }
 }
 

@@ -300,7 +300,8 @@ pub fn parse(options: &Map<String, Value>) -> Result<NetworkOptions, DriverError
     for key in generic.keys() {
         let known = HONOURED.contains(&key.as_str())
             || IGNORED.contains(&key.as_str())
-            || key.starts_with("com.docker.network.driver.private.");
+            || key.starts_with("com.docker.network.driver.private.")
+            || super::bandwidth::is_bandwidth_key(key);
         if !known {
             let mut all: Vec<&str> = HONOURED.to_vec();
             all.sort_unstable();

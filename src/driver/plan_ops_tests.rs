@@ -239,7 +239,7 @@ async fn join_fails_at_each_step_and_leaves_nothing() {
     res.unwrap();
     assert_eq!(
         steps_of("Join", &steps),
-        ["remember port bindings", "create veth"]
+        ["remember port bindings", "set sysctls", "create veth"]
     );
     assert_eq!(r.dp.veths().len(), 1);
 

@@ -14,7 +14,7 @@ use super::ports::{self, Families, PortRequest};
 use super::{fw_err, options, short, Driver, DriverError, GenericOptions, NetState};
 use crate::dataplane::Dataplane;
 use crate::firewall::{EndpointPorts, Firewall};
-use crate::state::records::{EndpointRecord, ENDPOINTS};
+use crate::state::records::{EndpointRecord, NetworkRecord, ENDPOINTS};
 use crate::state::Durability;
 
 /// What publishing's steps share: the bindings asked for, the mappings picked for them (by the
@@ -190,6 +190,9 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
             }
             return Ok(());
         }
+        if !requests.is_empty() {
+            check_portmap(&ns.net)?;
+        }
         if let Some(installed) = &ep.ports {
             return self.fw.add_ports(installed).await.map_err(fw_err(format!(
                 "publishing ports of endpoint {}",
@@ -275,4 +278,24 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
         tracing::info!(endpoint = short(endpoint_id), "published ports removed");
         Ok(())
     }
+}
+
+/// A network whose config chains no `portmap` publishes no ports: a CNI runtime on it would
+/// silently not publish them, so `docker run -p` is refused instead of half-working.
+pub(super) fn check_portmap(net: &NetworkRecord) -> Result<(), DriverError> {
+    let Some(cni) = &net.cni else {
+        return Ok(());
+    };
+    if cni.chain.portmap.is_some() {
+        return Ok(());
+    }
+    let file = cni
+        .file
+        .as_deref()
+        .map(crate::cni::config::display_name)
+        .unwrap_or_else(|| cni.name.clone());
+    Err(DriverError::Invalid(format!(
+        "network {} ({file}) chains no portmap plugin, so it cannot publish ports; add {{\"type\": \"portmap\", \"capabilities\": {{\"portMappings\": true}}}} to the plugins of {file} and re-create the network, or run the container without -p",
+        cni.name
+    )))
 }

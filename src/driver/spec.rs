@@ -47,6 +47,9 @@ pub struct EndpointSpec {
     /// IPv6 address with prefix length.
     pub address_ipv6: String,
     pub mac_address: String,
+    /// CreateEndpoint's `Options`: Docker's port options and the endpoint's driver-opts
+    /// (`cni.bandwidth.*`).
+    pub options: GenericOptions,
 }
 
 /// What CreateEndpoint reports back: only what the caller left empty may be filled.

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::cni::chain::{Bandwidth, Chain};
 use crate::firewall::EndpointPorts;
 
 /// State kind of network records.
@@ -63,6 +64,10 @@ pub struct CniRecord {
     pub routes: Vec<CniRoute>,
     /// host-local `dataDir`, always written out.
     pub data_dir: PathBuf,
+    /// The plugins chained after the bridge. Records written before chains were read come
+    /// from Docker's flags or a bridge-only config, which published ports as portmap does.
+    #[serde(default = "Chain::docker_default")]
+    pub chain: Chain,
 }
 
 /// A Docker network as cnibridge remembers it.
@@ -113,4 +118,8 @@ pub struct EndpointRecord {
     /// a restart reinstalls exactly these. Absent in records written before ports existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ports: Option<EndpointPorts>,
+    /// The endpoint's shaping (the network's bandwidth plugin and `-o cni.bandwidth.*`, then
+    /// its own `driver-opt=cni.bandwidth.*`); `None` = not shaped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<Bandwidth>,
 }
