@@ -32,6 +32,9 @@ impl Plugin {
         let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("cni-confs");
         for e in fs::read_dir(repo).unwrap() {
             let e = e.unwrap();
+            if !e.file_type().unwrap().is_file() {
+                continue;
+            }
             fs::copy(e.path(), confs.join(e.file_name())).unwrap();
         }
         let dp = RecordingDataplane::new();

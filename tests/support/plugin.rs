@@ -60,6 +60,10 @@ impl Plugin {
         let entries =
             fs::read_dir(&examples).unwrap_or_else(|e| panic!("read {}: {e}", examples.display()));
         for entry in entries.flatten() {
+            // Subdirectories (the runtimes' defaults) are read by their own scenarios.
+            if !entry.file_type().is_ok_and(|t| t.is_file()) {
+                continue;
+            }
             let to = p.conf_dir().join(entry.file_name());
             fs::copy(entry.path(), &to).unwrap_or_else(|e| {
                 panic!("copy {} to {}: {e}", entry.path().display(), to.display())
