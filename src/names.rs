@@ -22,7 +22,17 @@ pub fn host_veth(endpoint_id: &str) -> String {
 /// The ifb device carrying an endpoint's egress shaping (CNI `bandwidth`): `bcb` + 12
 /// characters of the EndpointID.
 pub fn ifb(endpoint_id: &str) -> String {
-    format!("bcb{}", id_part(endpoint_id, 12))
+    format!("{IFB_PREFIX}{}", id_part(endpoint_id, 12))
+}
+
+const IFB_PREFIX: &str = "bcb";
+
+/// The ifb device of the endpoint whose host veth is `host_veth`: both carry the same part of
+/// the EndpointID, so an orphan veth (its endpoint forgotten) leads to its orphan ifb.
+pub fn ifb_of_host_veth(host_veth: &str) -> Option<String> {
+    host_veth
+        .strip_prefix(HOST_VETH_PREFIX)
+        .map(|id| format!("{IFB_PREFIX}{id}"))
 }
 
 /// Container end before Docker renames it: `ccb` + 12 characters of the EndpointID.

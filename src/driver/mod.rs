@@ -268,6 +268,17 @@ async fn collect_orphan_veths<D: Dataplane>(dp: &D, ns: &NetState) {
                 Ok(()) => tracing::info!(veth = %port, "deleted veth of a forgotten endpoint"),
                 Err(e) => tracing::warn!(veth = %port, error = %e, "cannot delete orphan veth"),
             }
+            // Its egress shaping device, if the endpoint was shaped; not a bridge port itself.
+            if let Some(ifb) = names::ifb_of_host_veth(&port) {
+                if let Ok(true) = dp.link_exists(&ifb).await {
+                    match dp.delete_link(&ifb).await {
+                        Ok(()) => tracing::info!(ifb = %ifb, "deleted ifb of a forgotten endpoint"),
+                        Err(e) => {
+                            tracing::warn!(ifb = %ifb, error = %e, "cannot delete orphan ifb")
+                        }
+                    }
+                }
+            }
         }
     }
 }

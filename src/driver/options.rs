@@ -303,7 +303,10 @@ pub fn parse(options: &Map<String, Value>) -> Result<NetworkOptions, DriverError
             || key.starts_with("com.docker.network.driver.private.")
             || super::bandwidth::is_bandwidth_key(key);
         if !known {
+            let bandwidth =
+                super::bandwidth::KEYS.map(|k| format!("{}{k}", super::bandwidth::PREFIX));
             let mut all: Vec<&str> = HONOURED.to_vec();
+            all.extend(bandwidth.iter().map(String::as_str));
             all.sort_unstable();
             return Err(DriverError::Invalid(format!(
                 "unknown option -o {key}; known options: {}",

@@ -302,8 +302,11 @@ async fn a_restarted_driver_serves_networks_of_its_earlier_life() {
 #[tokio::test]
 async fn a_veth_whose_endpoint_was_forgotten_is_collected_at_start() {
     let r = rig().await;
+    // Shaped, so each endpoint also has an ifb, which is no bridge port.
+    let shaped = json!({"bridge": "cnbt0", "cni.bandwidth.egressRate": "8000000",
+        "cni.bandwidth.egressBurst": "80000"});
     r.driver
-        .create_network(&net_req(NET, json!({"bridge": "cnbt0"}), false))
+        .create_network(&net_req(NET, shaped, false))
         .await
         .unwrap();
     for ep in [EP, EP2] {
@@ -318,8 +321,10 @@ async fn a_veth_whose_endpoint_was_forgotten_is_collected_at_start() {
         driver,
     } = r;
     drop(driver);
+    assert_eq!(dp.ifbs().len(), 2);
     let r = rig_in(dir, dp, fw).await;
     assert_eq!(r.dp.veths(), vec![names::host_veth(EP)]);
+    assert_eq!(r.dp.ifbs(), vec![names::ifb(EP)]);
 }
 
 #[tokio::test]
