@@ -12,6 +12,8 @@
 
 mod support;
 
+#[path = "e2e/bandwidth.rs"]
+mod bandwidth;
 #[path = "e2e/basic.rs"]
 mod basic;
 #[path = "e2e/cniconf.rs"]
@@ -20,6 +22,8 @@ mod cniconf;
 mod ctx;
 #[path = "e2e/firewall.rs"]
 mod firewall;
+#[path = "e2e/flannel.rs"]
+mod flannel;
 #[path = "e2e/fw.rs"]
 mod fw;
 #[path = "e2e/ipam.rs"]
@@ -32,6 +36,8 @@ mod managed;
 mod ports;
 #[path = "e2e/reload.rs"]
 mod reload;
+#[path = "e2e/runtimes.rs"]
+mod runtimes;
 #[path = "e2e/share.rs"]
 mod share;
 
@@ -82,6 +88,13 @@ const SUBNETS: &[&str] = &[
     share::SHARE_SUBNETS[2],
     "fd00:cb34::/64",
     DEFAULT_POOL_V6,
+    runtimes::RUNTIME_SUBNETS[0],
+    runtimes::RUNTIME_SUBNETS[1],
+    runtimes::RUNTIME_SUBNETS[2],
+    runtimes::RUNTIME_SUBNETS[3],
+    runtimes::RUNTIME_SUBNETS[4],
+    flannel::UNDERLAY_NET,
+    bandwidth::BANDWIDTH_SUBNET,
 ];
 
 /// Every bridge name the scenarios give with `-o bridge=`; a dead earlier run's copies are swept at start.
@@ -104,6 +117,7 @@ const BRIDGES: &[&str] = &[
     "cnbthc",
     "cnbthx",
     ports::PORTS_BRIDGE,
+    bandwidth::BANDWIDTH_BRIDGE,
     cniconf::CONF_BRIDGES[0],
     cniconf::CONF_BRIDGES[1],
     cniconf::CONF_BRIDGES[2],
@@ -174,6 +188,13 @@ const SCENARIOS: &[(&str, Scenario)] = &[
         "d_cni_runtime_shares_network",
         share::d_cni_runtime_shares_network,
     ),
+    ("i_runtime_containerd", runtimes::i_runtime_containerd),
+    ("i_runtime_nerdctl", runtimes::i_runtime_nerdctl),
+    ("i_runtime_podman", runtimes::i_runtime_podman),
+    ("i_runtime_crio", runtimes::i_runtime_crio),
+    ("i_runtime_k3s_flannel", runtimes::i_runtime_k3s_flannel),
+    ("i_flannel_two_hosts", flannel::i_flannel_two_hosts),
+    ("i_bandwidth", bandwidth::i_bandwidth),
 ];
 
 /// Issue 5 e: the firewall scenarios (of [`SCENARIOS`]) again, with `--firewall nftables` beside a dockerd
@@ -189,6 +210,7 @@ const NFT_SCENARIOS: &[&str] = &[
     "f_firewall_reload_restores_traffic",
     "f_restart_forgets_deleted_network",
     "e_host_reboot",
+    "i_runtime_nerdctl",
 ];
 
 /// One suite per backend, each with its own dockerd and cnibridge, one after the other.
