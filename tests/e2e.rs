@@ -16,6 +16,8 @@ mod support;
 mod bandwidth;
 #[path = "e2e/basic.rs"]
 mod basic;
+#[path = "e2e/chain_interop.rs"]
+mod chain_interop;
 #[path = "e2e/cniconf.rs"]
 mod cniconf;
 #[path = "e2e/ctx.rs"]
@@ -95,6 +97,7 @@ const SUBNETS: &[&str] = &[
     runtimes::RUNTIME_SUBNETS[4],
     flannel::UNDERLAY_NET,
     bandwidth::BANDWIDTH_SUBNET,
+    chain_interop::CHAIN_SUBNET,
 ];
 
 /// Every bridge name the scenarios give with `-o bridge=`; a dead earlier run's copies are swept at start.
@@ -118,6 +121,7 @@ const BRIDGES: &[&str] = &[
     "cnbthx",
     ports::PORTS_BRIDGE,
     bandwidth::BANDWIDTH_BRIDGE,
+    chain_interop::CHAIN_BRIDGE,
     cniconf::CONF_BRIDGES[0],
     cniconf::CONF_BRIDGES[1],
     cniconf::CONF_BRIDGES[2],
@@ -195,6 +199,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("i_runtime_k3s_flannel", runtimes::i_runtime_k3s_flannel),
     ("i_flannel_two_hosts", flannel::i_flannel_two_hosts),
     ("i_bandwidth", bandwidth::i_bandwidth),
+    ("i_cni_chain_interop", chain_interop::i_cni_chain_interop),
 ];
 
 /// Issue 5 e: the firewall scenarios (of [`SCENARIOS`]) again, with `--firewall nftables` beside a dockerd

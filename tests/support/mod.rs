@@ -8,6 +8,7 @@
 
 pub mod cleanup;
 pub mod cni;
+pub mod cni_chain;
 pub mod daemon;
 pub mod dockerd;
 pub mod host;
