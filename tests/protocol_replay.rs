@@ -549,3 +549,51 @@ async fn malformed_requests_get_readable_errors() {
     assert_eq!(s, 200);
     assert_eq!(v["SkipIPv4"], false);
 }
+
+/// What a client sends, byte for byte, and the status line and body it gets back.
+async fn raw_exchange(socket: &Path, request: &[u8]) -> (String, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::UnixStream::connect(socket).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        stream.read_to_end(&mut answer),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text.lines().next().unwrap_or_default().to_string();
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+    // A chunked answer: the JSON sits between the chunk sizes.
+    let json = body
+        .find('{')
+        .and_then(|a| body.rfind('}').map(|b| &body[a..=b]))
+        .unwrap_or("null");
+    (status, serde_json::from_str(json).unwrap_or(Value::Null))
+}
+
+/// A chunked body that breaks off is answered as what it is, not as "too large"; a GET is 405.
+#[tokio::test]
+async fn broken_bodies_and_other_verbs_get_readable_errors() {
+    let p = Plugin::start("10.210.0.0/16:24").await;
+    let (status, v) = raw_exchange(
+        &p.socket(),
+        b"POST /NetworkDriver.CreateNetwork HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+    )
+    .await;
+    let e = v["Err"].as_str().unwrap_or_default();
+    assert!(status.contains(" 500 "), "status {status}");
+    assert!(e.contains("could not be read"), "{v}");
+    assert!(p.dp.bridges().is_empty());
+    let body = r#"{"NetworkID":"abc"}"#;
+    let get = format!(
+        "GET /NetworkDriver.CreateNetwork HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let (status, v) = raw_exchange(&p.socket(), get.as_bytes()).await;
+    assert!(status.contains(" 405 "), "status {status}");
+    assert!(
+        v["Err"].as_str().unwrap_or_default().contains("POST only"),
+        "{v}"
+    );
+}

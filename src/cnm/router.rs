@@ -1,6 +1,7 @@
 //! One POST route per protocol method. Success is HTTP 200 with a JSON body (at least `{}`,
 //! since an empty 200 body makes Docker's decoder fail); failure is HTTP 500 with
-//! `{"Err": "…"}`; an unknown path is 404, also with `{"Err"}` so Docker prints something useful.
+//! `{"Err": "…"}`; an unknown path is 404 and any verb but POST 405, also with `{"Err"}` so
+//! whatever asked learns what went wrong.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use std::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{header, StatusCode, Uri};
+use axum::http::{header, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use serde::de::DeserializeOwned;
@@ -58,17 +59,37 @@ pub fn router<D: Dataplane, F: Firewall>(driver: App<D, F>) -> Router {
 
 async fn dispatch<D: Dataplane, F: Firewall>(
     State(app): State<App<D, F>>,
+    verb: Method,
     uri: Uri,
     body: Body,
 ) -> Response {
     let method = uri.path().trim_start_matches('/').to_string();
+    // The plugin protocol is POST only; a GET with a body must not create a network.
+    if verb != Method::POST {
+        let mut r = reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            json!({"Err": format!("{method}: the plugin protocol is POST only, not {verb}")}),
+        );
+        r.headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
+        return r;
+    }
     let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(b) => b,
-        Err(_) => {
+        Err(e) => {
+            let too_long =
+                std::iter::successors(Some(&e as &(dyn std::error::Error + 'static)), |e| {
+                    e.source()
+                })
+                .any(|e| e.to_string().contains("length limit exceeded"));
+            let why = match too_long {
+                true => format!("request body larger than {MAX_BODY} bytes refused"),
+                false => format!("the request body could not be read: {e}"),
+            };
             return reply(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                json!({"Err": format!("{method}: request body larger than {MAX_BODY} bytes refused")}),
-            )
+                json!({"Err": format!("{method}: {why}")}),
+            );
         }
     };
     // Ids for the span come from the raw JSON, so even a request that fails to decode is logged

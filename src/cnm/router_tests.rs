@@ -71,3 +71,47 @@ async fn a_dropped_request_still_completes_its_operation() {
             > 0
     );
 }
+
+/// Only POST is the protocol: a GET carrying a CreateNetwork body is refused with an `{"Err"}`
+/// and creates nothing.
+#[tokio::test]
+async fn any_verb_but_post_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::open(dir.path().join("state")).unwrap();
+    let ipam = Ipam::open(IpamConfig {
+        state: state.clone(),
+        data_dir: dir.path().join("data"),
+        default_pools: vec!["10.210.0.0/16:24".parse().unwrap()],
+        cni_conf_dir: dir.path().join("confs"),
+    })
+    .unwrap();
+    let (dp, fw) = (RecordingDataplane::new(), RecordingFirewall::new());
+    let driver = Arc::new(
+        Driver::open(dp.clone(), fw.clone(), ipam, state)
+            .await
+            .unwrap(),
+    );
+    let body = json!({
+        "NetworkID": NET,
+        "Options": {"com.docker.network.generic": {"bridge": "cnbt0"}},
+        "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": "10.15.40.0/24", "Gateway": "10.15.40.1/24"}],
+        "IPv6Data": []
+    });
+    for verb in ["GET", "PUT", "DELETE"] {
+        let request = Request::builder()
+            .method(verb)
+            .uri("/NetworkDriver.CreateNetwork")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let r = router(driver.clone()).oneshot(request).await.unwrap();
+        assert_eq!(r.status(), 405, "{verb}");
+        assert_eq!(r.headers()["allow"], "POST", "{verb}");
+        let bytes = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        let e = v["Err"].as_str().unwrap_or_else(|| panic!("{verb}: {v}"));
+        assert!(e.contains("POST only"), "{verb}: {e}");
+    }
+    assert!(driver.network_ids().is_empty());
+    assert!(dp.bridges().is_empty());
+    assert!(!fw.has_network(NET));
+}
