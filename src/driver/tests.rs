@@ -327,6 +327,40 @@ async fn a_veth_whose_endpoint_was_forgotten_is_collected_at_start() {
     assert_eq!(r.dp.ifbs(), vec![names::ifb(EP)]);
 }
 
+/// A power loss left an endpoint's record empty: the daemon starts, keeps the file aside, and
+/// collects the veth the record described, as for a forgotten endpoint.
+#[tokio::test]
+async fn an_empty_endpoint_record_is_set_aside_and_its_veth_collected() {
+    let r = rig().await;
+    r.driver
+        .create_network(&net_req(NET, json!({"bridge": "cnbt0"}), false))
+        .await
+        .unwrap();
+    for ep in [EP, EP2] {
+        r.joined(NET, ep, "").await;
+    }
+    let record = r.dir.path().join(format!("state/endpoints/{EP2}.json"));
+    std::fs::write(&record, b"").unwrap();
+    let Rig {
+        dir,
+        dp,
+        fw,
+        driver,
+    } = r;
+    drop(driver);
+    let r = rig_in(dir, dp, fw).await;
+    assert_eq!(r.dp.veths(), vec![names::host_veth(EP)]);
+    assert!(!record.exists());
+    assert!(r
+        .dir
+        .path()
+        .join(format!("state/corrupt/endpoints/{EP2}.json"))
+        .is_file());
+    // The network serves on: EP leaves and goes as usual.
+    r.driver.leave(NET, EP).await.unwrap();
+    r.driver.delete_endpoint(NET, EP).await.unwrap();
+}
+
 #[tokio::test]
 async fn delete_network_waits_for_veth_teardown() {
     let r = rig().await;

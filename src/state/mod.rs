@@ -27,8 +27,8 @@ pub enum StateError {
         #[source]
         source: std::io::Error,
     },
-    /// A record on disk is not valid JSON of the expected shape.
-    #[error("state file {path} is corrupt: {reason}; move it away to let cnibridge start")]
+    /// A record could not be encoded.
+    #[error("state file {path}: cannot encode the record: {reason}")]
     Corrupt { path: PathBuf, reason: String },
 }
 
@@ -40,6 +40,9 @@ pub enum Durability {
     /// Survives a power loss (fsync of file and directory).
     PowerLoss,
 }
+
+/// Where corrupt records are kept, under the state root.
+const CORRUPT: &str = "corrupt";
 
 /// The state directory: `<root>/<kind>/<escaped id>.json`.
 #[derive(Debug, Clone)]
@@ -208,13 +211,46 @@ impl StateDir {
                 continue;
             }
             let body = fs::read(&path).map_err(io_err(&path))?;
-            let value = serde_json::from_slice(&body).map_err(|e| StateError::Corrupt {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-            out.push(value);
+            match serde_json::from_slice(&body) {
+                Ok(value) => out.push(value),
+                Err(e) => self.set_aside(kind, &path, &e.to_string()),
+            }
         }
         Ok(out)
+    }
+
+    /// The folder corrupt records are moved to, by kind.
+    pub fn corrupt_dir(&self) -> PathBuf {
+        self.root.join(CORRUPT)
+    }
+
+    /// A record that does not parse (a 0-byte file after a power loss, a truncated write) is
+    /// moved to `corrupt/<kind>/` and left out: cnibridge must start whatever one file holds,
+    /// and the callers rebuild what they can from the kernel and the address store (an
+    /// endpoint's veth becomes an orphan and is collected). Kept, not deleted, so an operator
+    /// can see what was lost.
+    fn set_aside(&self, kind: &str, path: &Path, reason: &str) {
+        let dir = self.corrupt_dir().join(kind);
+        let name = path
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_default();
+        let to = dir.join(&name);
+        let moved = fs::create_dir_all(&dir).and_then(|()| fs::rename(path, &to));
+        match moved {
+            Ok(()) => tracing::error!(
+                file = %path.display(),
+                kept = %to.display(),
+                reason,
+                "corrupt state record set aside; what it described is rebuilt or collected"
+            ),
+            Err(e) => tracing::error!(
+                file = %path.display(),
+                reason,
+                error = %e,
+                "corrupt state record ignored (it could not be moved aside)"
+            ),
+        }
     }
 }
 
@@ -342,13 +378,32 @@ mod tests {
     }
 
     #[test]
-    fn a_corrupt_record_is_named() {
+    fn a_corrupt_record_is_set_aside_and_the_rest_load() {
         let tmp = tempfile::tempdir().unwrap();
         let st = StateDir::open(tmp.path()).unwrap();
-        fs::create_dir_all(tmp.path().join("networks")).unwrap();
-        fs::write(tmp.path().join("networks/x.json"), b"{not json").unwrap();
-        let err = st.load_all::<Rec>("networks").unwrap_err().to_string();
-        assert!(err.contains("networks/x.json"), "{err}");
+        let good = Rec {
+            id: "a".into(),
+            n: 1,
+        };
+        st.write("endpoints", "a", &good, Durability::Process)
+            .unwrap();
+        // A power loss before the data reached the disk, and a torn write.
+        fs::write(tmp.path().join("endpoints/x.json"), b"").unwrap();
+        fs::write(
+            tmp.path().join("endpoints/y.json"),
+            b"{\"id\": \"y\", \"n\"",
+        )
+        .unwrap();
+        assert_eq!(st.load_all::<Rec>("endpoints").unwrap(), vec![good]);
+        for f in ["x.json", "y.json"] {
+            assert!(!tmp.path().join("endpoints").join(f).exists(), "{f}");
+            assert!(
+                tmp.path().join("corrupt/endpoints").join(f).is_file(),
+                "{f}"
+            );
+        }
+        // The kept copies are not records any more.
+        assert_eq!(st.load_all::<Rec>("endpoints").unwrap().len(), 1);
     }
 
     #[tokio::test]
