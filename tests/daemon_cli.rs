@@ -187,3 +187,50 @@ fn sighup_reloads_and_the_daemon_keeps_serving() {
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     }
 }
+
+/// Under the usual soft limit of 1024 open files, 1,500 idle connections do not starve a new
+/// request: the daemon raises its soft limit to the hard one at start.
+#[test]
+fn many_idle_connections_under_a_low_soft_limit_leave_it_answering() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    use std::os::unix::process::CommandExt;
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    // This test's own 1,500 client ends need room too.
+    assert!(
+        hard >= 4096,
+        "hard open-files limit {hard} is too low for this test"
+    );
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+    let (dir, socket) = dirs();
+    let mut cmd = Serve::under(dir.path(), &socket).command(&daemon::bin());
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            setrlimit(Resource::RLIMIT_NOFILE, 1024, hard).map_err(std::io::Error::from)
+        });
+    }
+    let d = Daemon {
+        child: cmd.spawn().expect("start cnibridge"),
+    };
+    wait_serving(&socket);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", d.child.id())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .to_string();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        fields[3], fields[4],
+        "soft limit not raised to the hard one: {line}"
+    );
+    let idle: Vec<UnixStream> = (0..1500)
+        .map(|i| UnixStream::connect(&socket).unwrap_or_else(|e| panic!("connection {i}: {e}")))
+        .collect();
+    let answer = post(&socket, "/Plugin.Activate", "");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    drop(idle);
+    drop(d);
+    setrlimit(Resource::RLIMIT_NOFILE, soft, hard).unwrap();
+}

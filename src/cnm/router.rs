@@ -15,6 +15,7 @@ use axum::Router;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
+use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use super::convert;
@@ -52,13 +53,44 @@ fn reply(status: StatusCode, body: Value) -> Response {
         .into_response()
 }
 
+/// Requests handled at once; beyond it a request is refused at once with an `{"Err"}` rather
+/// than queued, so a flood cannot pile up descriptors and memory behind a slow kernel. dockerd
+/// sends one request per container operation; this is far above what it sends together.
+pub const MAX_IN_FLIGHT: usize = 256;
+
+struct Served<D: Dataplane, F: Firewall> {
+    driver: App<D, F>,
+    in_flight: Arc<Semaphore>,
+    max_in_flight: usize,
+}
+
+impl<D: Dataplane, F: Firewall> Clone for Served<D, F> {
+    fn clone(&self) -> Self {
+        Served {
+            driver: self.driver.clone(),
+            in_flight: self.in_flight.clone(),
+            max_in_flight: self.max_in_flight,
+        }
+    }
+}
+
 /// The router serving every NetworkDriver and IpamDriver method.
 pub fn router<D: Dataplane, F: Firewall>(driver: App<D, F>) -> Router {
-    Router::new().fallback(dispatch::<D, F>).with_state(driver)
+    router_with(driver, MAX_IN_FLIGHT)
+}
+
+/// [`router`] with another in-flight bound (tests).
+pub fn router_with<D: Dataplane, F: Firewall>(driver: App<D, F>, max_in_flight: usize) -> Router {
+    let served = Served {
+        driver,
+        in_flight: Arc::new(Semaphore::new(max_in_flight)),
+        max_in_flight,
+    };
+    Router::new().fallback(dispatch::<D, F>).with_state(served)
 }
 
 async fn dispatch<D: Dataplane, F: Firewall>(
-    State(app): State<App<D, F>>,
+    State(served): State<Served<D, F>>,
     verb: Method,
     uri: Uri,
     body: Body,
@@ -74,6 +106,15 @@ async fn dispatch<D: Dataplane, F: Firewall>(
             .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
         return r;
     }
+    // Held by the handling task, so a request whose client hung up still counts until it ends.
+    let Ok(permit) = served.in_flight.clone().try_acquire_owned() else {
+        tracing::warn!(method = %method, "refused: too many requests in flight");
+        return reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"Err": format!("{method}: cnibridge is already handling {} requests; try again when they are answered", served.max_in_flight)}),
+        );
+    };
+    let app = served.driver;
     let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(b) => b,
         Err(e) => {
@@ -110,8 +151,11 @@ async fn dispatch<D: Dataplane, F: Firewall>(
         let work = {
             let method = method.clone();
             tokio::spawn(
-                async move { handle(&app, &method, &bytes).await }
-                    .instrument(tracing::Span::current()),
+                async move {
+                    let _permit = permit;
+                    handle(&app, &method, &bytes).await
+                }
+                .instrument(tracing::Span::current()),
             )
         };
         let result = match work.await {

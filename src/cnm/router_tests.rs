@@ -115,3 +115,57 @@ async fn any_verb_but_post_is_refused_and_changes_nothing() {
     assert!(dp.bridges().is_empty());
     assert!(!fw.has_network(NET));
 }
+
+/// Beyond the in-flight bound a request is refused at once with an `{"Err"}`, not queued; the
+/// held one completes and the next is served again.
+#[tokio::test]
+async fn requests_beyond_the_in_flight_bound_are_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::open(dir.path().join("state")).unwrap();
+    let ipam = Ipam::open(IpamConfig {
+        state: state.clone(),
+        data_dir: dir.path().join("data"),
+        default_pools: vec!["10.210.0.0/16:24".parse().unwrap()],
+        cni_conf_dir: dir.path().join("confs"),
+    })
+    .unwrap();
+    let (dp, fw) = (RecordingDataplane::new(), RecordingFirewall::new());
+    let driver = Arc::new(
+        Driver::open(dp.clone(), fw.clone(), ipam, state)
+            .await
+            .unwrap(),
+    );
+    let app = super::router_with(driver.clone(), 1);
+    let gate = dp.gate_next_bridge();
+    let body = json!({
+        "NetworkID": NET,
+        "Options": {"com.docker.network.generic": {"bridge": "cnbt0"}},
+        "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": "10.15.40.0/24", "Gateway": "10.15.40.1/24"}],
+        "IPv6Data": []
+    });
+    let create = Request::post("/NetworkDriver.CreateNetwork")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let held = tokio::spawn(app.clone().oneshot(create));
+    gate.entered().await;
+    let activate = Request::post("/Plugin.Activate")
+        .body(Body::empty())
+        .unwrap();
+    let r = app.clone().oneshot(activate).await.unwrap();
+    assert_eq!(r.status(), 503);
+    let bytes = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert!(
+        v["Err"]
+            .as_str()
+            .unwrap()
+            .contains("already handling 1 requests"),
+        "{v}"
+    );
+    gate.release();
+    assert_eq!(held.await.unwrap().unwrap().status(), 200);
+    let activate = Request::post("/Plugin.Activate")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(app.oneshot(activate).await.unwrap().status(), 200);
+}

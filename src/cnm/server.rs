@@ -3,8 +3,13 @@
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::UnixListener;
 
 /// Socket failures.
@@ -45,6 +50,19 @@ pub async fn bind(path: &Path) -> Result<UnixListener, ServerError> {
     Ok(listener)
 }
 
+/// How long a client has to send a request's headers, counted from the connection's start and,
+/// on a kept-alive connection, from the end of the previous answer: a client that connects and
+/// sends nothing (or stalls mid-header) cannot hold a descriptor forever. dockerd opens a new
+/// connection when an idle one was closed.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long in-flight requests get to finish after the shutdown signal.
+const DRAIN: Duration = Duration::from_secs(30);
+
+/// How long to wait before accepting again after an accept error (EMFILE, ENFILE): the
+/// descriptor pressure passes as connections close; spinning on it would not help.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
 /// Serve until `shutdown` resolves, then remove the socket.
 pub async fn serve(
     listener: UnixListener,
@@ -52,10 +70,70 @@ pub async fn serve(
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let result = axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(io(path));
-    let _ = std::fs::remove_file(path);
-    result
+    serve_with(listener, path, router, shutdown, HEADER_READ_TIMEOUT).await
 }
+
+/// [`serve`] with another header-read timeout (tests).
+pub async fn serve_with(
+    listener: UnixListener,
+    path: &Path,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    header_read_timeout: Duration,
+) -> Result<(), ServerError> {
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .keep_alive(true);
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot accept a connection; retrying shortly");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        let service = TowerToHyperService::new(router.clone());
+        let conn = http.serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended");
+            }
+        });
+    }
+    drop(listener);
+    let _ = std::fs::remove_file(path);
+    if tokio::time::timeout(DRAIN, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("requests still running after {DRAIN:?}; stopping anyway");
+    }
+    Ok(())
+}
+
+/// Raise the soft open-files limit to the hard one: every connection, netlink socket and
+/// state file takes a descriptor, and the usual soft limit of 1024 is reached by a few
+/// hundred containers' worth of idle connections. Returns the limit now in force.
+pub fn raise_nofile_limit() -> Option<u64> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    if soft < hard {
+        if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            tracing::warn!(soft, hard, error = %e, "cannot raise the open-files limit");
+            return Some(soft);
+        }
+    }
+    Some(hard)
+}
+
+#[cfg(test)]
+#[path = "server_tests.rs"]
+mod tests;

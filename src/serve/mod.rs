@@ -75,6 +75,9 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if let Some(limit) = server::raise_nofile_limit() {
+        tracing::debug!(limit, "open-files limit");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
