@@ -518,7 +518,7 @@ impl Dataplane for NetlinkDataplane {
         ifb: &str,
         shaping: &Shaping,
     ) -> Result<(), DataplaneError> {
-        super::shaping::apply(&self.rtnl, host_veth, ifb, shaping).await
+        super::shaping::apply(&self.rtnl, &self.teardown, host_veth, ifb, shaping).await
     }
 
     async fn set_sysctls(

@@ -182,9 +182,12 @@ fn index_i32(index: u32) -> i32 {
     i32::try_from(index).unwrap_or(i32::MAX)
 }
 
-/// Make the shaping of `host_veth` exactly `shaping` (see `Dataplane::set_shaping`).
+/// Make the shaping of `host_veth` exactly `shaping` (see `Dataplane::set_shaping`). An ifb
+/// no longer needed is deleted over `teardown`, the connection whose thread may wait out the
+/// kernel's slow link deletion.
 pub(crate) async fn apply(
     rtnl: &Rtnl,
+    teardown: &Rtnl,
     host_veth: &str,
     ifb: &str,
     shaping: &Shaping,
@@ -215,7 +218,7 @@ pub(crate) async fn apply(
         delete(rtnl, qdisc_at(host.index, TcHandle::INGRESS))
             .await
             .map_err(|e| nl_err(op("remove the egress redirect (ingress qdisc)"), e))?;
-        return match rtnl.del_link_by_name(ifb).await {
+        return match teardown.del_link_by_name(ifb).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind == NlKind::NotFound => Ok(()),
             Err(e) => Err(nl_err(format!("delete ifb {ifb}"), e)),
