@@ -198,6 +198,14 @@ pub(crate) async fn apply(
         .await
         .map_err(|e| nl_err(op("look up for shaping"), e))?
         .ok_or_else(|| DataplaneError::NotFound(host_veth.to_string()))?;
+    for (direction, bucket) in [("ingress", &shaping.ingress), ("egress", &shaping.egress)] {
+        if let (Some(b), Some(mtu)) = (bucket, host.mtu) {
+            // TBF drops any packet larger than its bucket that it cannot segment.
+            if b.burst / 8 < u64::from(mtu) {
+                tracing::warn!(veth = host_veth, direction, burst_bits = b.burst, mtu, "bandwidth burst is smaller than one full-size packet; such packets are dropped: raise the burst to at least 8 x MTU bits");
+            }
+        }
+    }
 
     match &shaping.ingress {
         Some(bucket) => {
