@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 pub mod netlink;
 mod plan;
 mod rtnl;
+mod shaping;
+pub mod sysctl;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
@@ -106,6 +108,9 @@ pub enum DataplaneError {
         existing: IpNet,
         wanted: IpNet,
     },
+    /// A tuning sysctl could not be written in the sandbox.
+    #[error(transparent)]
+    Sysctl(#[from] sysctl::SysctlError),
     /// Any other netlink failure, with what was being done.
     #[error("{op}: {reason}")]
     Netlink { op: String, reason: String },

@@ -444,6 +444,14 @@ impl Dataplane for NetlinkDataplane {
         if spec.hairpin || !created {
             self.set_hairpin(&spec.host_name, spec.hairpin).await?;
         }
+        if !created && spec.peer_tuning != Default::default() {
+            // A kept pair may come from a Join with other tuning; the peer is still ours, in
+            // the host namespace.
+            self.rtnl
+                .set_link(peer_settings(LinkUnspec::new_with_name(&spec.peer_name), spec).build())
+                .await
+                .map_err(|e| op_err(format!("tune veth peer {}", spec.peer_name), e))?;
+        }
         Ok(())
     }
 
@@ -507,24 +515,23 @@ impl Dataplane for NetlinkDataplane {
     async fn set_shaping(
         &self,
         host_veth: &str,
-        _ifb: &str,
-        _shaping: &Shaping,
+        ifb: &str,
+        shaping: &Shaping,
     ) -> Result<(), DataplaneError> {
-        Err(DataplaneError::Netlink {
-            op: format!("shape {host_veth}"),
-            reason: "not implemented yet".into(),
-        })
+        super::shaping::apply(&self.rtnl, &self.teardown, host_veth, ifb, shaping).await
     }
 
     async fn set_sysctls(
         &self,
         netns: &Path,
-        _sysctls: &[(String, String)],
+        sysctls: &[(String, String)],
     ) -> Result<(), DataplaneError> {
-        Err(DataplaneError::Netlink {
-            op: format!("set sysctls in {}", netns.display()),
-            reason: "not implemented yet".into(),
-        })
+        if sysctls.is_empty() {
+            return Ok(());
+        }
+        super::sysctl::write_in_netns(netns, &self.proc_sys, sysctls)
+            .await
+            .map_err(DataplaneError::from)
     }
 }
 
@@ -532,13 +539,10 @@ impl Dataplane for NetlinkDataplane {
 /// peer (nested `VETH_INFO_PEER`, which the kernel reads as its own link message) with MTU and
 /// MAC, left down.
 fn veth_message(spec: &VethSpec, bridge_index: u32) -> netlink_packet_route::link::LinkMessage {
-    let mut peer = LinkMessageBuilder::<LinkUnspec>::new().name(spec.peer_name.clone());
-    if let Some(mtu) = spec.mtu {
-        peer = peer.mtu(mtu);
-    }
-    if let Some(mac) = spec.peer_mac {
-        peer = peer.address(mac.to_vec());
-    }
+    let peer = peer_settings(
+        LinkMessageBuilder::<LinkUnspec>::new().name(spec.peer_name.clone()),
+        spec,
+    );
     let mut host = LinkVeth::new(&spec.host_name, &spec.peer_name)
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
         .controller(bridge_index)
@@ -547,6 +551,31 @@ fn veth_message(spec: &VethSpec, bridge_index: u32) -> netlink_packet_route::lin
         host = host.mtu(mtu);
     }
     host.build()
+}
+
+/// The container end's MTU, MAC and CNI `tuning` (whose `mtu` wins over the network's), on a
+/// link message for it.
+fn peer_settings(
+    mut peer: LinkMessageBuilder<LinkUnspec>,
+    spec: &VethSpec,
+) -> LinkMessageBuilder<LinkUnspec> {
+    let t = &spec.peer_tuning;
+    if let Some(mtu) = t.mtu.or(spec.mtu) {
+        peer = peer.mtu(mtu);
+    }
+    if let Some(mac) = spec.peer_mac {
+        peer = peer.address(mac.to_vec());
+    }
+    if let Some(on) = t.promisc {
+        peer = peer.promiscuous(on);
+    }
+    if let Some(on) = t.allmulti {
+        peer = peer.allmulticast(on);
+    }
+    if let Some(len) = t.tx_qlen {
+        peer = peer.txqueuelen(len);
+    }
+    peer
 }
 
 /// Write 1 to a forwarding sysctl unless it already holds 1. Failures only warn: in Docker's

@@ -18,7 +18,8 @@ use netlink_packet_route::link::{
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use nix::errno::Errno;
 use rtnetlink::packet_core::{
-    DefaultNla, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST,
+    DefaultNla, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR,
+    NLM_F_REQUEST,
 };
 use rtnetlink::{Handle, LinkUnspec};
 
@@ -110,6 +111,7 @@ pub(crate) struct Link {
     pub(crate) up: bool,
     pub(crate) promisc: bool,
     pub(crate) mac: Option<Vec<u8>>,
+    pub(crate) mtu: Option<u32>,
     /// For a veth: the peer's index (`IFLA_LINK`).
     pub(crate) peer_index: Option<u32>,
     /// For a veth: set when the peer lives in another namespace.
@@ -126,6 +128,7 @@ impl Link {
             up: msg.header.flags.contains(LinkFlags::Up),
             promisc: msg.header.flags.contains(LinkFlags::Promisc),
             mac: None,
+            mtu: None,
             peer_index: None,
             peer_in_other_netns: false,
         };
@@ -134,6 +137,7 @@ impl Link {
                 LinkAttribute::IfName(name) => link.name = name,
                 LinkAttribute::Controller(index) if index != 0 => link.controller = Some(index),
                 LinkAttribute::Address(mac) => link.mac = Some(mac),
+                LinkAttribute::Mtu(mtu) => link.mtu = Some(mtu),
                 LinkAttribute::Link(index) if index != 0 => link.peer_index = Some(index),
                 LinkAttribute::LinkNetNsId(_) => link.peer_in_other_netns = true,
                 LinkAttribute::LinkInfo(infos) => {
@@ -340,6 +344,23 @@ impl Rtnl {
             LinkProtoInfoBridge::Other(DefaultNla::new(IFLA_BRPORT_MODE, vec![u8::from(on)])),
         ]));
         self.set_link(msg).await
+    }
+
+    /// A traffic-control request (qdisc or filter, new or delete) with `flags` added to
+    /// `NLM_F_REQUEST | NLM_F_ACK`; rtnetlink's tc builders cannot name a filter's handle.
+    pub(crate) async fn tc(&self, msg: RouteNetlinkMessage, flags: u16) -> Result<(), NlError> {
+        let mut req = NetlinkMessage::from(msg);
+        req.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
+        let mut handle = self.handle.clone();
+        let mut responses = handle.request(req).map_err(NlError::from)?;
+        while let Some(msg) = responses.next().await {
+            if let NetlinkPayload::Error(err) = msg.payload {
+                if err.code.is_some() {
+                    return Err(NlError::from_errno(err.raw_code()));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Run a dump, retrying when the kernel flags it `NLM_F_DUMP_INTR` (the object list changed
