@@ -28,6 +28,7 @@ fn round_trip(c: &NetConf) {
         file,
         conflist: true,
         legacy_range: false,
+        flannel: None,
     };
     want.ipam
         .data_dir
