@@ -69,7 +69,7 @@ pub enum CniError {
     },
     /// A key a chained plugin of a known type does not have (or cnibridge does not know);
     /// `value` is rendered as JSON.
-    #[error("{file}: {key} {value} is not a {plugin} key cnibridge knows (known: {}); remove it", known.join(", "))]
+    #[error("{file}: {key} {value} is not a {plugin} key cnibridge knows ({}); remove it", describe_known(plugin, known))]
     UnknownKey {
         file: String,
         key: String,
@@ -161,6 +161,14 @@ pub enum CniError {
     /// Serialising the export failed (cannot happen with the types used; reported, not panicked).
     #[error("cannot render the export of network {name:?}: {detail}")]
     Render { name: String, detail: String },
+}
+
+fn describe_known(plugin: &str, known: &[&str]) -> String {
+    if known.is_empty() {
+        format!("{plugin} takes only type, name, capabilities, cniVersion, runtimeConfig and args")
+    } else {
+        format!("known: {}", known.join(", "))
+    }
 }
 
 fn describe_available(available: &[String]) -> String {

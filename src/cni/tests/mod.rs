@@ -5,6 +5,7 @@ use std::path::Path;
 
 use super::{CniError, NetConf};
 
+mod chain;
 mod dir;
 mod docker;
 mod export;
