@@ -69,7 +69,10 @@ pub enum CniError {
     },
     /// A key a chained plugin of a known type does not have (or cnibridge does not know);
     /// `value` is rendered as JSON.
-    #[error("{file}: {key} {value} is not a {plugin} key cnibridge knows ({}); remove it", describe_known(plugin, known))]
+    #[error(
+        "{file}: {key} {value} is not a {plugin} key cnibridge knows ({}); remove it",
+        describe_known(plugin, known)
+    )]
     UnknownKey {
         file: String,
         key: String,

@@ -9,6 +9,7 @@ mod chain;
 mod dir;
 mod docker;
 mod export;
+mod flannel;
 mod invalid;
 mod names;
 mod valid;
