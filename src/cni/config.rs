@@ -2,8 +2,9 @@
 //! the CNI defaults filled in, and its `host-local` IPAM section canonicalised as host-local
 //! does it (legacy single range prepended as range set 0, gateway/rangeStart/rangeEnd
 //! defaults). Parsed from a `.conf`/`.json` file (one plugin object, upconverted to a list
-//! as libcni's `ConfListFromConf` does) or a `.conflist` (first plugin `bridge`).
-//! Pure: bytes in, model out; the files are read by `dir.rs`.
+//! as libcni's `ConfListFromConf` does) or a `.conflist` (first plugin `bridge` or `flannel`,
+//! then the chain of `chain.rs`). Pure but for flannel's subnet file: bytes in, model out;
+//! the config files are read by `dir.rs`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -14,6 +15,8 @@ use ipnet::IpNet;
 use serde_json::{Map, Value};
 
 use super::bridge::{capabilities, dns, masq_backend, mtu, valid_ifname, vlan, vlan_trunk};
+use super::chain::{self, Chain};
+use super::flannel::{self, FlannelSource};
 use super::ipam;
 use super::json::{wrong_type, Obj};
 use super::{is_valid_name, CniError};
@@ -146,15 +149,19 @@ pub struct Origin {
     pub conflist: bool,
     /// Whether range set 0 came from the legacy `ipam.subnet`/`rangeStart`/… keys.
     pub legacy_range: bool,
+    /// Set when the first plugin is `flannel`: the bridge keys are its `delegate`'s.
+    pub flannel: Option<FlannelSource>,
 }
 
 impl Origin {
-    /// The key prefix of the bridge plugin object (`"plugins[0]."` or `""`).
+    /// The key prefix of the bridge plugin object as the file spells it (`"plugins[0]."`,
+    /// `""`, or flannel's `"plugins[0].delegate."`).
     pub fn prefix(&self) -> &'static str {
-        if self.conflist {
-            "plugins[0]."
-        } else {
-            ""
+        match (self.conflist, self.flannel.is_some()) {
+            (true, false) => "plugins[0].",
+            (false, false) => "",
+            (true, true) => "plugins[0].delegate.",
+            (false, true) => "delegate.",
         }
     }
 
@@ -206,8 +213,8 @@ pub struct NetConf {
     pub dns: Option<Dns>,
     pub capabilities: BTreeMap<String, bool>,
     pub ipam: IpamConf,
-    /// Types of the plugins after `bridge` in a conflist, in order; see [`NetConf::load`].
-    pub chained: Vec<String>,
+    /// The plugins after `bridge` (or `flannel`) in a conflist.
+    pub chain: Chain,
     pub origin: Origin,
 }
 
@@ -224,8 +231,7 @@ pub fn is_conflist(path: &Path) -> bool {
 }
 
 impl NetConf {
-    /// Parse and validate a config: [`NetConf::parse`], then refuse what cnibridge does not
-    /// implement (chained plugins).
+    /// Parse and validate a config: [`NetConf::parse`], then [`NetConf::check_supported`].
     pub fn load(path: &Path, bytes: &[u8]) -> Result<Self, CniError> {
         let conf = Self::parse(path, bytes)?;
         conf.check_supported()?;
@@ -233,8 +239,9 @@ impl NetConf {
     }
 
     /// Parse a config file's bytes (`path` decides the format and names the file in errors)
-    /// and apply the bridge plugin's and host-local's own validation. Chained plugins are
-    /// recorded in [`NetConf::chained`], not refused.
+    /// and apply the bridge plugin's and host-local's own validation, and the chained
+    /// plugins' (refusing those cnibridge does not implement, naming the key). A `flannel`
+    /// first plugin is expanded as flannel does, reading its subnet file.
     pub fn parse(path: &Path, bytes: &[u8]) -> Result<Self, CniError> {
         let file = display_name(path);
         let root: Value = serde_json::from_slice(bytes).map_err(|e| CniError::Json {
@@ -255,14 +262,14 @@ impl NetConf {
             map: top,
         };
         let conflist = is_conflist(path);
-        let (cni_version, plugin, chained) = if conflist {
+        let (cni_version, plugin, chain) = if conflist {
             let l = list_parts(top)?;
-            (l.version, l.bridge, l.chained)
+            (l.version, l.first, chain::parse(&file, &l.rest)?)
         } else {
             if top.get("type").is_none() && top.get("plugins").is_some() {
                 return Err(top.missing("type", "; a file with plugins must be named .conflist"));
             }
-            (version(top, "cniVersion")?, top.map, Vec::new())
+            (version(top, "cniVersion")?, top.map, Chain::default())
         };
         // The list's name wins: the runtime injects it into every plugin of a conflist.
         let name = top.string("name")?.ok_or_else(|| top.missing("name", ""))?;
@@ -273,17 +280,31 @@ impl NetConf {
                 value: name.to_string(),
             });
         }
-        let origin = Origin {
+        let mut origin = Origin {
             file: file.clone(),
             conflist,
             legacy_range: false,
+            flannel: None,
+        };
+        let first = Obj {
+            file: &file,
+            prefix: origin.prefix(),
+            map: plugin,
+        };
+        let expanded;
+        let plugin = if plugin_type(first)? == FirstPlugin::Flannel {
+            let (delegate, source) = flannel::delegate(first)?;
+            origin.flannel = Some(source);
+            expanded = delegate;
+            &expanded
+        } else {
+            plugin
         };
         let b = Obj {
             file: &file,
             prefix: origin.prefix(),
             map: plugin,
         };
-        plugin_type(b)?;
         let bridge = b.string("bridge")?.unwrap_or("cni0");
         if !valid_ifname(bridge) {
             return Err(b.invalid(
@@ -337,7 +358,7 @@ impl NetConf {
             dns: dns(b)?,
             capabilities: capabilities(b)?,
             ipam: IpamConf::default(),
-            chained,
+            chain,
             origin,
         };
         // Last, so that errors come in the order a file usually reads: bridge keys, then ipam.
@@ -347,16 +368,11 @@ impl NetConf {
         Ok(conf)
     }
 
-    /// Refuse what parses but cnibridge does not implement: any plugin chained after bridge.
+    /// Refuse what parses but cnibridge does not implement. Nothing is left here: chained
+    /// plugins and keys cnibridge does not implement are refused while parsing, where the
+    /// key path is at hand; the bridge keys the driver cannot honour are its business.
     pub fn check_supported(&self) -> Result<(), CniError> {
-        match self.chained.first() {
-            Some(t) => Err(CniError::UnsupportedPlugin {
-                file: self.origin.file.clone(),
-                key: "plugins[1].type".into(),
-                value: t.clone(),
-            }),
-            None => Ok(()),
-        }
+        Ok(())
     }
 
     /// The bridge keys whose value differs from the CNI default, by their CNI names, so the
@@ -388,15 +404,17 @@ impl NetConf {
     }
 }
 
-/// What a `.conflist` contributes beyond the bridge plugin's own keys.
+/// What a `.conflist` contributes beyond the bridge plugin's own keys. Other list-level keys
+/// (`nerdctlID`, `nerdctlLabels`, `args`, …) are the runtimes' and not looked at, as libcni.
 struct ListParts<'a> {
     version: CniVersion,
-    bridge: &'a Map<String, Value>,
-    /// Types of the plugins after the first.
-    chained: Vec<String>,
+    /// The first plugin object (`bridge` or `flannel`).
+    first: &'a Map<String, Value>,
+    /// The plugin objects after it.
+    rest: Vec<&'a Map<String, Value>>,
 }
 
-/// A `.conflist`: its version, the bridge plugin object and the types of the plugins after it.
+/// A `.conflist`: its version, the first plugin object and the ones after it.
 fn list_parts<'a>(top: Obj<'a>) -> Result<ListParts<'a>, CniError> {
     let mut v = version(top, "cniVersion")?;
     if let Some(list) = top.array("cniVersions")? {
@@ -427,37 +445,33 @@ fn list_parts<'a>(top: Obj<'a>) -> Result<ListParts<'a>, CniError> {
             "must list the bridge plugin",
         ));
     };
-    let mut chained = Vec::with_capacity(rest.len());
-    for (i, m) in rest.iter().enumerate() {
-        let prefix = format!("plugins[{}].", i + 1);
-        let o = Obj {
-            file: top.file,
-            prefix: &prefix,
-            map: m,
-        };
-        let t = o.string("type")?.ok_or_else(|| o.missing("type", ""))?;
-        chained.push(t.to_string());
-    }
     Ok(ListParts {
         version: v,
-        bridge: first,
-        chained,
+        first,
+        rest: rest.to_vec(),
     })
 }
 
-/// The plugin object's `type`, which must be `bridge`.
-fn plugin_type(b: Obj<'_>) -> Result<(), CniError> {
+#[derive(PartialEq, Eq)]
+enum FirstPlugin {
+    Bridge,
+    Flannel,
+}
+
+/// The first plugin object's `type`: `bridge`, or `flannel` delegating to one.
+fn plugin_type(b: Obj<'_>) -> Result<FirstPlugin, CniError> {
     let t = b
         .string("type")?
         .ok_or_else(|| b.missing("type", "; use bridge"))?;
-    if t != "bridge" {
-        return Err(CniError::UnsupportedPlugin {
+    match t {
+        "bridge" => Ok(FirstPlugin::Bridge),
+        "flannel" => Ok(FirstPlugin::Flannel),
+        _ => Err(CniError::UnsupportedPlugin {
             file: b.file.to_string(),
             key: b.key("type"),
             value: t.to_string(),
-        });
+        }),
     }
-    Ok(())
 }
 
 /// `cniVersion`; absent means 0.1.0, as the CNI library's config decoder reads it.

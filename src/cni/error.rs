@@ -43,12 +43,67 @@ pub enum CniError {
         key: String,
         value: String,
     },
-    /// A plugin type other than `bridge`, first or chained.
-    #[error("{file}: {key} {value:?} is not implemented by cnibridge (supported: bridge)")]
+    /// A first plugin (or flannel delegate) type other than `bridge` or `flannel`.
+    #[error(
+        "{file}: {key} {value:?} is not implemented by cnibridge (supported: bridge, flannel)"
+    )]
     UnsupportedPlugin {
         file: String,
         key: String,
         value: String,
+    },
+    /// A plugin after the first whose type cnibridge does not implement.
+    #[error("{file}: {key} {value:?} is not implemented by cnibridge, which chains only portmap, firewall, tuning, bandwidth and loopback after the bridge; remove the plugin from the list")]
+    UnsupportedChained {
+        file: String,
+        key: String,
+        value: String,
+    },
+    /// A second chained plugin of one type.
+    #[error("{file}: {key} {value:?} is listed twice (also plugins[{first}]); cnibridge runs each chained plugin once: merge their keys into one")]
+    DuplicatePlugin {
+        file: String,
+        key: String,
+        value: String,
+        first: usize,
+    },
+    /// A key a chained plugin of a known type does not have (or cnibridge does not know);
+    /// `value` is rendered as JSON.
+    #[error(
+        "{file}: {key} {value} is not a {plugin} key cnibridge knows ({}); remove it",
+        describe_known(plugin, known)
+    )]
+    UnknownKey {
+        file: String,
+        key: String,
+        value: String,
+        plugin: &'static str,
+        known: &'static [&'static str],
+    },
+    /// A tuning sysctl of one interface (`net.ipv4.conf.eth0.*`, `sysctl` in dotted form):
+    /// the sandbox's interface names are Docker's, not known to the driver.
+    #[error("{file}: {key} {sysctl:?} is scoped to interface {:?}, and cnibridge applies tuning sysctls to the whole container namespace without knowing the interface name Docker gives the container; set it per container with `docker run --sysctl {}={value}` or, with Docker 27+, per endpoint with `--network name=NETWORK,driver-opt=com.docker.network.endpoint.sysctls={}={value}`, and remove it from the config", sysctl_iface(sysctl, None), sysctl_iface(sysctl, Some("eth0")), sysctl_iface(sysctl, Some("IFNAME")))]
+    InterfaceSysctl {
+        file: String,
+        key: String,
+        sysctl: String,
+        value: String,
+    },
+    /// flannel's subnet file cannot be read.
+    #[error("{file}: cannot read flannel's subnet file {}: {detail}; is flanneld running on this host? If it writes the file elsewhere, set {key} to that path", path.display())]
+    FlannelSubnetFile {
+        file: String,
+        /// The `subnetFile` key as written (`plugins[0].subnetFile`).
+        key: String,
+        path: PathBuf,
+        detail: String,
+    },
+    /// flannel's subnet file is there but unusable; `reason` completes the sentence.
+    #[error("{file}: flannel's subnet file {} {reason}", path.display())]
+    FlannelSubnetEnv {
+        file: String,
+        path: PathBuf,
+        reason: String,
     },
     /// An IPAM type other than `host-local`.
     #[error("{file}: {key} {value:?} is not supported; use host-local")]
@@ -111,10 +166,33 @@ pub enum CniError {
     Render { name: String, detail: String },
 }
 
+fn describe_known(plugin: &str, known: &[&str]) -> String {
+    if known.is_empty() {
+        format!("{plugin} takes only type, name, capabilities, cniVersion, runtimeConfig and args")
+    } else {
+        format!("known: {}", known.join(", "))
+    }
+}
+
 fn describe_available(available: &[String]) -> String {
     if available.is_empty() {
         "; it holds no readable .conflist, .conf or .json file".to_string()
     } else {
         format!("; available: {}", available.join(", "))
+    }
+}
+
+/// The interface part (the 4th) of a dotted per-interface sysctl, or the sysctl with that
+/// part replaced (`eth0` is Docker's first interface name; `IFNAME` is replaced by Docker
+/// with the endpoint's interface).
+fn sysctl_iface(sysctl: &str, replace: Option<&str>) -> String {
+    let mut parts: Vec<&str> = sysctl.split('.').collect();
+    match (parts.get_mut(3), replace) {
+        (Some(p), None) => p.to_string(),
+        (Some(p), Some(r)) => {
+            *p = r;
+            parts.join(".")
+        }
+        (None, _) => sysctl.to_string(),
     }
 }

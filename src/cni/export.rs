@@ -1,7 +1,9 @@
 //! The effective config of a network as a CNI 1.0.0 conflist (`bridge` + `host-local`, same
-//! name, bridge and dataDir), so that a CNI runtime pointed at the export dir attaches to the
-//! very same network and shares its address store. Every bridge key is written out, because
-//! the CNI defaults (ipMasq, isGateway, hairpinMode false; bridge `cni0`) are not Docker's.
+//! name, bridge and dataDir, then the network's chained plugins as recorded), so that a CNI
+//! runtime pointed at the export dir attaches to the very same network, shares its address
+//! store and runs the same portmap/firewall/tuning/bandwidth plugins. Every bridge key is
+//! written out, because the CNI defaults (ipMasq, isGateway, hairpinMode false; bridge
+//! `cni0`) are not Docker's. A network from flannel exports the bridge flannel expanded to.
 
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
@@ -11,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
+use serde_json::Value;
 
 use super::config::{NetConf, VlanTrunk};
 use super::{is_valid_name, CniError};
@@ -31,7 +34,16 @@ pub fn file_name(name: &str) -> String {
 struct List<'a> {
     cni_version: &'static str,
     name: &'a str,
-    plugins: [Bridge<'a>; 1],
+    /// The bridge plugin, then the chain's objects as the config had them.
+    plugins: Vec<Plugin<'a>>,
+}
+
+/// Untagged, so the bridge keeps its field order (a `Value` would sort its keys).
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Plugin<'a> {
+    Bridge(Box<Bridge<'a>>),
+    Chained(&'a Value),
 }
 
 #[derive(Serialize)]
@@ -132,71 +144,75 @@ fn trunk(t: &VlanTrunk) -> Trunk {
 
 /// The conflist text of `conf` (pretty JSON, trailing newline). `default_data_dir` is the
 /// data dir the network really uses when the config names none (`--cni-data-dir`), written
-/// out so a runtime shares the same address store. Chained plugins are not exported: a
-/// network never has any (`NetConf::load` refuses them).
+/// out so a runtime shares the same address store. The chained plugins follow the bridge
+/// as the config spelled them (`conf.chain.raw`), keys cnibridge only accepts included.
 pub fn render(conf: &NetConf, default_data_dir: &Path) -> Result<String, CniError> {
     let ipam = &conf.ipam;
+    let bridge = Bridge {
+        kind: "bridge",
+        bridge: &conf.bridge,
+        is_gateway: conf.is_gateway,
+        is_default_gateway: conf.is_default_gateway,
+        force_address: conf.force_address,
+        ip_masq: conf.ip_masq,
+        ip_masq_backend: conf.ip_masq_backend.map(|b| b.as_str()),
+        mtu: conf.mtu,
+        hairpin_mode: conf.hairpin_mode,
+        promisc_mode: conf.promisc_mode,
+        vlan: conf.vlan,
+        vlan_trunk: conf.vlan_trunk.iter().map(trunk).collect(),
+        preserve_default_vlan: conf.preserve_default_vlan,
+        enabledad: conf.enable_dad,
+        macspoofchk: conf.macspoofchk,
+        disable_container_interface: conf.disable_container_interface,
+        port_isolation: conf.port_isolation,
+        dns: conf.dns.as_ref().map(|d| Dns {
+            nameservers: &d.nameservers,
+            domain: d.domain.as_deref(),
+            search: &d.search,
+            options: &d.options,
+        }),
+        capabilities: &conf.capabilities,
+        ipam: Ipam {
+            kind: "host-local",
+            ranges: ipam
+                .range_sets
+                .iter()
+                .map(|set| {
+                    set.iter()
+                        .map(|r| RangeOut {
+                            subnet: r.subnet.to_string(),
+                            range_start: r.range_start.to_string(),
+                            range_end: r.range_end.to_string(),
+                            gateway: r.gateway.to_string(),
+                        })
+                        .collect()
+                })
+                .collect(),
+            routes: ipam
+                .routes
+                .iter()
+                .map(|r| RouteOut {
+                    dst: r.dst.to_string(),
+                    gw: r.gw.map(|g| g.to_string()),
+                })
+                .collect(),
+            data_dir: ipam
+                .data_dir
+                .as_deref()
+                .unwrap_or(default_data_dir)
+                .display()
+                .to_string(),
+            resolv_conf: ipam.resolv_conf.as_ref().map(|p| p.display().to_string()),
+        },
+    };
+    let mut plugins = Vec::with_capacity(1 + conf.chain.raw.len());
+    plugins.push(Plugin::Bridge(Box::new(bridge)));
+    plugins.extend(conf.chain.raw.iter().map(Plugin::Chained));
     let list = List {
         cni_version: EXPORT_VERSION,
         name: &conf.name,
-        plugins: [Bridge {
-            kind: "bridge",
-            bridge: &conf.bridge,
-            is_gateway: conf.is_gateway,
-            is_default_gateway: conf.is_default_gateway,
-            force_address: conf.force_address,
-            ip_masq: conf.ip_masq,
-            ip_masq_backend: conf.ip_masq_backend.map(|b| b.as_str()),
-            mtu: conf.mtu,
-            hairpin_mode: conf.hairpin_mode,
-            promisc_mode: conf.promisc_mode,
-            vlan: conf.vlan,
-            vlan_trunk: conf.vlan_trunk.iter().map(trunk).collect(),
-            preserve_default_vlan: conf.preserve_default_vlan,
-            enabledad: conf.enable_dad,
-            macspoofchk: conf.macspoofchk,
-            disable_container_interface: conf.disable_container_interface,
-            port_isolation: conf.port_isolation,
-            dns: conf.dns.as_ref().map(|d| Dns {
-                nameservers: &d.nameservers,
-                domain: d.domain.as_deref(),
-                search: &d.search,
-                options: &d.options,
-            }),
-            capabilities: &conf.capabilities,
-            ipam: Ipam {
-                kind: "host-local",
-                ranges: ipam
-                    .range_sets
-                    .iter()
-                    .map(|set| {
-                        set.iter()
-                            .map(|r| RangeOut {
-                                subnet: r.subnet.to_string(),
-                                range_start: r.range_start.to_string(),
-                                range_end: r.range_end.to_string(),
-                                gateway: r.gateway.to_string(),
-                            })
-                            .collect()
-                    })
-                    .collect(),
-                routes: ipam
-                    .routes
-                    .iter()
-                    .map(|r| RouteOut {
-                        dst: r.dst.to_string(),
-                        gw: r.gw.map(|g| g.to_string()),
-                    })
-                    .collect(),
-                data_dir: ipam
-                    .data_dir
-                    .as_deref()
-                    .unwrap_or(default_data_dir)
-                    .display()
-                    .to_string(),
-                resolv_conf: ipam.resolv_conf.as_ref().map(|p| p.display().to_string()),
-            },
-        }],
+        plugins,
     };
     let mut text = serde_json::to_string_pretty(&list).map_err(|e| CniError::Render {
         name: conf.name.clone(),

@@ -10,6 +10,7 @@ pub mod dir;
 mod docker;
 mod error;
 pub mod export;
+pub mod flannel;
 mod ipam;
 mod json;
 #[cfg(test)]

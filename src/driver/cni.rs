@@ -302,7 +302,7 @@ pub(crate) fn from_conf(sel: &Selected, default_data_dir: &Path, internal: bool)
             .data_dir
             .clone()
             .unwrap_or_else(|| default_data_dir.to_path_buf()),
-        chain: crate::cni::chain::Chain::docker_default(), // MERGE: conf.chain.clone()
+        chain: conf.chain.clone(),
     }
 }
 
@@ -467,11 +467,12 @@ pub(crate) fn to_netconf(cni: &CniRecord, bridge: &str, mtu: Option<u32>) -> Net
             data_dir: Some(cni.data_dir.clone()),
             resolv_conf: None,
         },
-        chained: Vec::new(),
+        chain: cni.chain.clone(),
         origin: Origin {
             file: export::file_name(&cni.name),
             conflist: true,
             legacy_range: false,
+            flannel: None,
         },
     }
 }

@@ -427,6 +427,8 @@ async fn networks_from_flags_are_exported_with_dockers_defaults() {
     assert_eq!(subnets, ["10.60.0.0/24", "fd60::/64"]);
     let dsts: Vec<String> = e.ipam.routes.iter().map(|r| r.dst.to_string()).collect();
     assert_eq!(dsts, ["0.0.0.0/0", "::/0"]);
+    // Docker publishes ports: the export chains portmap after the bridge.
+    assert_eq!(e.chain, crate::cni::chain::Chain::docker_default());
     let join = r.join(NET, "10.60.0.0/24").await;
     assert_eq!(join.gateway, Some(ip("10.60.0.1")));
     assert!(join.static_routes.is_empty());
@@ -486,4 +488,59 @@ async fn an_export_goes_to_the_other_network_of_the_same_name_and_comes_back_at_
     assert_eq!(subnet(&r), "10.35.0.0/24");
     again.delete_network(NET).await.unwrap();
     assert!(!r.export_path("same").exists());
+}
+
+#[tokio::test]
+async fn a_configs_chain_is_recorded_exported_and_kept_across_a_restart() {
+    let nerdctl = fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("cni-confs/runtimes/nerdctl-bridge.conflist"),
+    )
+    .unwrap();
+    let r = Rig::new(&[("nerdctl-bridge.conflist", &nerdctl)]).await;
+    let want = NetConf::load(Path::new("nerdctl-bridge.conflist"), nerdctl.as_bytes())
+        .unwrap()
+        .chain;
+    assert!(want.firewall.is_some() && want.tuning.is_some() && want.portmap.is_some());
+    let v4 = r.pool(Some("nerdctl-bridge"), None, false);
+    r.driver
+        .create_network(&req(NET, json!({}), vec![v4], vec![]))
+        .await
+        .unwrap();
+    assert_eq!(r.export("bridge").chain, want);
+    fs::remove_file(r.export_path("bridge")).unwrap();
+    let again = Rig::open(r.dir.path(), &r.dp, &r.fw).await;
+    assert_eq!(r.export("bridge").chain, want, "rewritten from the record");
+    again.delete_network(NET).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_chained_plugin_cnibridge_does_not_run_is_refused_at_create() {
+    let dn = r#"{"cniVersion":"0.4.0","name":"dn","plugins":[{"type":"bridge","ipam":{"type":"host-local","subnet":"10.72.0.0/24"}},{"type":"portmap"},{"type":"dnsname","domainName":"dns.podman"}]}"#;
+    let fw = r#"{"cniVersion":"0.4.0","name":"fwd","plugins":[{"type":"bridge","ipam":{"type":"host-local","subnet":"10.73.0.0/24"}},{"type":"firewall","backend":"firewalld"}]}"#;
+    let r = Rig::new(&[("dn.conflist", dn), ("fwd.conflist", fw)]).await;
+    for (sel, pool, want) in [
+        (
+            "dn",
+            "10.72.0.0/24",
+            r#"dn.conflist: plugins[2].type "dnsname" is not implemented by cnibridge, which chains only portmap, firewall, tuning, bandwidth and loopback after the bridge; remove the plugin from the list"#,
+        ),
+        (
+            "fwd",
+            "10.73.0.0/24",
+            r#"fwd.conflist: plugins[1].backend "firewalld" is not implemented: cnibridge implements the firewall plugin's iptables backend; remove the key or set "iptables""#,
+        ),
+    ] {
+        let gw = pool.replace("0/24", "1/24");
+        let err = create_err(
+            &r,
+            req(
+                NET,
+                json!({"cni.conf": sel}),
+                vec![docker_ipam(pool, &gw)],
+                vec![],
+            ),
+        )
+        .await;
+        assert_eq!(err, want);
+    }
 }

@@ -272,7 +272,7 @@ pub fn b_conf_dual_stack(ctx: &mut Ctx) {
     compare(ctx, "dual-stack", "dual-stack.conflist", true, "cnbtr3");
 }
 
-/// A conflist with a `portmap` plugin chained after the bridge, which cnibridge refuses.
+/// A conflist with a `dnsname` plugin chained after the bridge, which cnibridge refuses.
 const PORTMAP_CONF: &str = r#"{
   "cniVersion": "1.0.0",
   "name": "cnbt-portmap",
@@ -283,7 +283,7 @@ const PORTMAP_CONF: &str = r#"{
       "isGateway": true,
       "ipam": { "type": "host-local", "subnet": "10.241.7.0/24" }
     },
-    { "type": "portmap", "capabilities": { "portMappings": true } }
+    { "type": "dnsname", "domainName": "dns.podman" }
   ]
 }
 "#;
@@ -352,7 +352,7 @@ pub fn e_conf_errors(ctx: &mut Ctx) {
         ctx,
         "unsupported plugin type",
         &["--ipam-opt", "cni.conf=cnbt-portmap"],
-        "plugins[1].type \"portmap\" is not implemented by cnibridge",
+        "plugins[1].type \"dnsname\" is not implemented by cnibridge",
     );
     // Nothing was made by any of them.
     for b in ["cnbtr1", "cni-v4routes"] {

@@ -136,7 +136,7 @@ fn broken_neighbours_do_not_stop_selection() {
     put(
         p,
         "ad-chained.conflist",
-        &named_list("chained", 2).replace("}]}", r#"},{"type":"portmap"}]}"#),
+        &named_list("chained", 2).replace("}]}", r#"},{"type":"dnsname"}]}"#),
     );
     put(p, "good.conf", &named("good", 3));
     assert_eq!(pick(p, "good"), ("good.conf".into(), "10.1.3.0/24".into()));
@@ -156,7 +156,7 @@ fn broken_neighbours_do_not_stop_selection() {
     );
     assert_eq!(
         err("chained"),
-        r#"ad-chained.conflist: plugins[1].type "portmap" is not implemented by cnibridge (supported: bridge)"#
+        r#"ad-chained.conflist: plugins[1].type "dnsname" is not implemented by cnibridge, which chains only portmap, firewall, tuning, bandwidth and loopback after the bridge; remove the plugin from the list"#
     );
     // load_all keeps every file's own result, in order.
     let all = load_all(p).unwrap();

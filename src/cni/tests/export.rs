@@ -17,7 +17,7 @@ const DATA_DIR: &str = "/var/lib/cni/networks";
 
 /// Export `c`, parse the export back, and check that only what an export must change did:
 /// the version (1.0.0), the origin (a conflist without legacy keys) and a written-out dataDir.
-fn round_trip(c: &NetConf) {
+pub(super) fn round_trip(c: &NetConf) {
     let text = render(c, Path::new(DATA_DIR)).unwrap();
     let file = file_name(&c.name);
     let back = NetConf::load(Path::new(&file), text.as_bytes())
@@ -28,6 +28,7 @@ fn round_trip(c: &NetConf) {
         file,
         conflist: true,
         legacy_range: false,
+        flannel: None,
     };
     want.ipam
         .data_dir

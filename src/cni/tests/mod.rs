@@ -5,9 +5,11 @@ use std::path::Path;
 
 use super::{CniError, NetConf};
 
+mod chain;
 mod dir;
 mod docker;
 mod export;
+mod flannel;
 mod invalid;
 mod names;
 mod valid;

@@ -52,7 +52,7 @@ pub(super) fn cases() -> Vec<(&'static str, String, Check)> {
             assert!(c.ipam.routes.is_empty());
             assert_eq!(c.ipam.data_dir, None);
             assert!(c.origin.legacy_range && !c.origin.conflist);
-            assert!(c.chained.is_empty());
+            assert_eq!(c.chain, crate::cni::chain::Chain::default());
         }),
         // Every bridge key set.
         (
@@ -333,15 +333,17 @@ fn several_sets_per_family_need_0_3_0() {
 }
 
 #[test]
-fn chained_plugins_are_recorded_by_parse_and_refused_by_load() {
+fn chained_plugins_load_and_unknown_types_are_refused() {
     let json = r#"{"cniVersion":"1.0.0","name":"t","plugins":[
         {"type":"bridge","ipam":{"type":"host-local","subnet":"10.1.0.0/24"}},
         {"type":"portmap","capabilities":{"portMappings":true}},{"type":"tuning"}]}"#;
-    let path = std::path::Path::new("t.conflist");
-    let c = NetConf::parse(path, json.as_bytes()).unwrap();
-    assert_eq!(c.chained, ["portmap", "tuning"]);
+    let c = load("t.conflist", json).unwrap();
+    assert_eq!(c.chain.portmap, Some(crate::cni::chain::Portmap::default()));
+    assert_eq!(c.chain.tuning, Some(crate::cni::chain::Tuning::default()));
+    assert_eq!(c.chain.raw.len(), 2);
+    let dnsname = json.replace(r#"{"type":"tuning"}"#, r#"{"type":"dnsname"}"#);
     assert_eq!(
-        c.check_supported().unwrap_err().to_string(),
-        "t.conflist: plugins[1].type \"portmap\" is not implemented by cnibridge (supported: bridge)"
+        load("t.conflist", &dnsname).unwrap_err().to_string(),
+        "t.conflist: plugins[2].type \"dnsname\" is not implemented by cnibridge, which chains only portmap, firewall, tuning, bandwidth and loopback after the bridge; remove the plugin from the list"
     );
 }

@@ -150,7 +150,7 @@ fn a_config_that_does_not_fit_the_request_names_file_and_value() {
         .unwrap_err();
     assert_eq!(
         err.to_string(),
-        "bad.conf: type \"macvlan\" is not implemented by cnibridge (supported: bridge)"
+        "bad.conf: type \"macvlan\" is not implemented by cnibridge (supported: bridge, flannel)"
     );
 }
 
