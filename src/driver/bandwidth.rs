@@ -42,11 +42,13 @@ pub fn overlay<'a>(
             ))
         })?;
         let b = out.get_or_insert_with(Bandwidth::default);
-        match name {
-            "ingressRate" => b.ingress_rate = n,
-            "ingressBurst" => b.ingress_burst = n,
-            "egressRate" => b.egress_rate = n,
-            "egressBurst" => b.egress_burst = n,
+        // The docker CLI lowercases driver-opt keys (`--network name=N,driver-opt=…`), so the
+        // plugin's camelCase names are matched in any case.
+        match name.to_ascii_lowercase().as_str() {
+            "ingressrate" => b.ingress_rate = n,
+            "ingressburst" => b.ingress_burst = n,
+            "egressrate" => b.egress_rate = n,
+            "egressburst" => b.egress_burst = n,
             _ => {
                 return Err(DriverError::Invalid(format!(
                     "unknown {what} {key}; the bandwidth keys are {}",
@@ -181,6 +183,23 @@ mod tests {
             }
         );
         assert_eq!(overlay(None, opts(&[("x", "1")]), "-o").unwrap(), None);
+    }
+
+    /// What `docker run --network name=N,driver-opt=cni.bandwidth.egressRate=…` sends: the CLI
+    /// lowercases the key.
+    #[test]
+    fn keys_lowercased_by_the_docker_cli_are_the_same_keys() {
+        let got = overlay(
+            None,
+            opts(&[
+                ("cni.bandwidth.egressrate", "2000000"),
+                ("cni.bandwidth.egressburst", "40000"),
+            ]),
+            "driver-opt",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!((got.egress_rate, got.egress_burst), (2_000_000, 40_000));
     }
 
     #[test]
