@@ -16,6 +16,8 @@ mod support;
 mod bandwidth;
 #[path = "e2e/basic.rs"]
 mod basic;
+#[path = "e2e/chain_errors.rs"]
+mod chain_errors;
 #[path = "e2e/chain_interop.rs"]
 mod chain_interop;
 #[path = "e2e/cniconf.rs"]
@@ -200,6 +202,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("i_flannel_two_hosts", flannel::i_flannel_two_hosts),
     ("i_bandwidth", bandwidth::i_bandwidth),
     ("i_cni_chain_interop", chain_interop::i_cni_chain_interop),
+    ("e_chain_refusals", chain_errors::e_chain_refusals),
 ];
 
 /// Issue 5 e: the firewall scenarios (of [`SCENARIOS`]) again, with `--firewall nftables` beside a dockerd

@@ -289,7 +289,7 @@ const PORTMAP_CONF: &str = r#"{
 "#;
 
 /// `docker network create` that must fail with `expect` in its output.
-fn refused(ctx: &Ctx, what: &str, args: &[&str], expect: &str) {
+pub(crate) fn refused(ctx: &Ctx, what: &str, args: &[&str], expect: &str) {
     let mut all = vec![
         "network",
         "create",
