@@ -44,6 +44,8 @@ mod reload;
 mod runtimes;
 #[path = "e2e/share.rs"]
 mod share;
+#[path = "e2e/tuning.rs"]
+mod tuning;
 
 use std::any::Any;
 use std::io::Write;
@@ -100,6 +102,7 @@ const SUBNETS: &[&str] = &[
     flannel::UNDERLAY_NET,
     bandwidth::BANDWIDTH_SUBNET,
     chain_interop::CHAIN_SUBNET,
+    tuning::TUNING_SUBNET,
 ];
 
 /// Every bridge name the scenarios give with `-o bridge=`; a dead earlier run's copies are swept at start.
@@ -124,6 +127,7 @@ const BRIDGES: &[&str] = &[
     ports::PORTS_BRIDGE,
     bandwidth::BANDWIDTH_BRIDGE,
     chain_interop::CHAIN_BRIDGE,
+    tuning::TUNING_BRIDGE,
     cniconf::CONF_BRIDGES[0],
     cniconf::CONF_BRIDGES[1],
     cniconf::CONF_BRIDGES[2],
@@ -203,6 +207,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("i_bandwidth", bandwidth::i_bandwidth),
     ("i_cni_chain_interop", chain_interop::i_cni_chain_interop),
     ("e_chain_refusals", chain_errors::e_chain_refusals),
+    ("i_tuning", tuning::i_tuning),
 ];
 
 /// Issue 5 e: the firewall scenarios (of [`SCENARIOS`]) again, with `--firewall nftables` beside a dockerd
