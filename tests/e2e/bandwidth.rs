@@ -7,11 +7,16 @@
 //! (`bcb` + 12 characters of the EndpointID) whose root qdisc is a TBF. The delivered rate itself is
 //! measured in the netns tier (tests/netns_shaping.rs).
 
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
 use serde_json::Value;
 
-use crate::ctx::Ctx;
+use crate::ctx::{Ctx, SETTLE};
 use crate::support::host::link;
 use crate::support::process::run_ok;
+use crate::support::wait_for;
 
 pub const BANDWIDTH_SUBNET: &str = "10.229.1.0/24";
 pub const BANDWIDTH_BRIDGE: &str = "cnbtbw";
@@ -38,6 +43,66 @@ fn tbf_rate(dev: &str) -> Option<u64> {
         .into_iter()
         .find(|(kind, _, _)| kind == "tbf")
         .and_then(|(_, _, rate)| rate)
+}
+
+/// Bytes per second of `len` bytes sent from the host to a listener in the container, measured until
+/// the container's `nc` has read them all and closed.
+fn bytes_per_second_into(ctx: &Ctx, container: &str, ip: Ipv4Addr, len: usize) -> f64 {
+    let _listener = ctx.docker(&[
+        "exec",
+        "-d",
+        container,
+        "sh",
+        "-c",
+        "nc -l -p 5001 > /dev/null",
+    ]);
+    let addr = SocketAddr::from((ip, 5001));
+    let mut stream = wait_for("the container's listener", SETTLE, || {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let started = Instant::now();
+    stream.write_all(&vec![0u8; len]).unwrap();
+    stream.shutdown(Shutdown::Write).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let _ = stream.read_to_end(&mut Vec::new());
+    len as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Bytes per second of `len` bytes the container sends to a listener of the host at `host_ip`, from
+/// the first byte to the end.
+fn bytes_per_second_out_of(ctx: &Ctx, container: &str, host_ip: Ipv4Addr, len: usize) -> f64 {
+    let listener = TcpListener::bind((host_ip, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let blocks = len / 65536;
+    let script =
+        format!("dd if=/dev/zero bs=65536 count={blocks} 2>/dev/null | nc {host_ip} {port}");
+    let cli = ctx.cli();
+    let container = container.to_string();
+    let sender = std::thread::spawn(move || cli.run(&["exec", &container, "sh", "-c", &script]));
+    let (mut conn, _) = listener.accept().unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut buf = vec![0u8; 65536];
+    let first = conn.read(&mut buf).unwrap();
+    let started = Instant::now();
+    let mut total = first;
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => total += n,
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    drop(conn);
+    let _ = sender.join();
+    assert!(
+        total >= blocks * 65536,
+        "only {total} of {len} bytes arrived"
+    );
+    (total - first) as f64 / secs
 }
 
 fn ifb_of(endpoint_id: &str) -> String {
@@ -114,8 +179,23 @@ pub fn i_bandwidth(ctx: &mut Ctx) {
         qdiscs(&ifb)
     );
 
-    // Traffic still flows through both shapers.
+    // Traffic still flows through both shapers, at no more than 1.5 times their rates.
     ctx.ping("cnbt-bw2", plain.ip.unwrap());
+    let ip = shaped.ipv4();
+    let into = bytes_per_second_into(ctx, "cnbt-bw2", ip, 2_000_000);
+    assert!(
+        into <= 1.5 * 500_000.0,
+        "into cnbt-bw2 at {into:.0} B/s, over 1.5 x its 4 Mbit/s"
+    );
+    println!("note: i_bandwidth: into cnbt-bw2 {into:.0} B/s (TBF 500000 B/s)");
+    let gateway = shaped.gateway.unwrap();
+    let out = bytes_per_second_out_of(ctx, "cnbt-bw2", gateway, 1_000_000);
+    assert!(
+        out <= 1.5 * 250_000.0,
+        "out of cnbt-bw2 at {out:.0} B/s, over 1.5 x its 2 Mbit/s"
+    );
+
+    println!("note: i_bandwidth: out of cnbt-bw2 {out:.0} B/s (TBF 250000 B/s)");
 
     // A bad value is refused before the container starts.
     let bad = format!("name={net},driver-opt=cni.bandwidth.egressRate=fast");
