@@ -528,3 +528,30 @@ fn create_veth_and_delete_link_timing() {
         assert!(create[25] < Duration::from_millis(100), "{:?}", create[25]);
     });
 }
+
+/// Issue 12 (1): twenty bridges set up at once through one dataplane (one rtnetlink socket, as
+/// twenty parallel CreateNetworks share it) all succeed with their addresses: concurrent dumps
+/// on one socket must not meet the kernel's EBUSY.
+#[test]
+fn twenty_bridges_set_up_at_once_all_succeed() {
+    in_netns("twenty_bridges_set_up_at_once_all_succeed", || async {
+        let dp = dataplane();
+        let specs: Vec<BridgeSpec> = (0..20)
+            .map(|i| BridgeSpec {
+                name: format!("cnbp{i}"),
+                mtu: None,
+                addresses: vec![format!("10.61.{i}.1/24").parse().unwrap()],
+                promisc: false,
+                force_address: false,
+            })
+            .collect();
+        let results = futures::future::join_all(specs.iter().map(|s| dp.ensure_bridge(s))).await;
+        for (spec, r) in specs.iter().zip(results) {
+            assert_eq!(
+                r.unwrap_or_else(|e| panic!("{}: {e}", spec.name)),
+                BridgeOutcome::Created
+            );
+            assert_eq!(addresses(&spec.name), [spec.addresses[0].to_string()]);
+        }
+    });
+}

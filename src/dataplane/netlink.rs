@@ -341,11 +341,14 @@ impl NetlinkDataplane {
             .await
             .map_err(|e| op_err(op(), e))
     }
-}
 
-impl Dataplane for NetlinkDataplane {
-    async fn ensure_bridge(&self, spec: &BridgeSpec) -> Result<BridgeOutcome, DataplaneError> {
-        let (bridge, outcome) = self.bridge_link(spec).await?;
+    /// Promiscuity and addresses of the bridge `ensure_bridge` found or made.
+    async fn configure_bridge(
+        &self,
+        spec: &BridgeSpec,
+        bridge: &Link,
+        outcome: BridgeOutcome,
+    ) -> Result<BridgeOutcome, DataplaneError> {
         if spec.promisc && !bridge.promisc {
             self.rtnl
                 .set_link(
@@ -374,6 +377,21 @@ impl Dataplane for NetlinkDataplane {
             enable_forwarding(&self.proc_sys.join("net/ipv6/conf/all/forwarding"));
         }
         Ok(outcome)
+    }
+}
+
+impl Dataplane for NetlinkDataplane {
+    async fn ensure_bridge(&self, spec: &BridgeSpec) -> Result<BridgeOutcome, DataplaneError> {
+        let (bridge, outcome) = self.bridge_link(spec).await?;
+        let result = self.configure_bridge(spec, &bridge, outcome).await;
+        // A bridge made by this call and then not set up is nobody's: the caller's plan has no
+        // step to undo yet, so it goes here.
+        if result.is_err() && outcome == BridgeOutcome::Created {
+            if let Err(e) = self.rtnl.del_link(bridge.index).await {
+                tracing::warn!(bridge = %bridge.name, error = %e, "cannot delete the half-made bridge");
+            }
+        }
+        result
     }
 
     async fn delete_bridge_if_unused(&self, name: &str) -> Result<bool, DataplaneError> {

@@ -162,11 +162,19 @@ impl Link {
 #[derive(Clone)]
 pub(crate) struct Rtnl {
     handle: Handle,
+    /// The kernel runs one dump at a time per netlink socket and answers a second one with
+    /// EBUSY; every request shares this socket (twenty parallel CreateNetworks list twenty
+    /// bridges' addresses at once), so dumps take turns. They are short: one link's addresses
+    /// or one bridge's ports.
+    dumps: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Rtnl {
     pub(crate) fn new(handle: Handle) -> Self {
-        Rtnl { handle }
+        Rtnl {
+            handle,
+            dumps: Default::default(),
+        }
     }
 
     /// Look a link up by name; a missing link is `Ok(None)`.
@@ -370,6 +378,7 @@ impl Rtnl {
         request: RouteNetlinkMessage,
         pick: impl Fn(RouteNetlinkMessage) -> Option<T>,
     ) -> Result<Vec<T>, NlError> {
+        let _turn = self.dumps.lock().await;
         for _ in 0..DUMP_ATTEMPTS {
             let mut req = NetlinkMessage::from(request.clone());
             req.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
