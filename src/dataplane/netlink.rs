@@ -363,12 +363,12 @@ impl NetlinkDataplane {
             return Ok(outcome);
         }
         if self
-            .ensure_addresses(&bridge, &spec.addresses, spec.force_address)
+            .ensure_addresses(bridge, &spec.addresses, spec.force_address)
             .await?
         {
             // As in CNI, pinning happens only when an address was added, so a bridge adopted
             // with its addresses in place costs no write.
-            self.pin_mac(&bridge).await?;
+            self.pin_mac(bridge).await?;
         }
         if spec.addresses.iter().any(|a| matches!(a, IpNet::V4(_))) {
             enable_forwarding(&self.proc_sys.join("net/ipv4/ip_forward"));
