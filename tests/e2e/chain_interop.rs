@@ -168,7 +168,7 @@ pub fn i_cni_chain_interop(ctx: &mut Ctx) {
     // Both reach each other.
     ctx.ping("cnbt-chain1", ns_ip);
     wait_for("the CNI namespace pings the container", SETTLE, || {
-        ns.exec_in(&["ping", "-c", "1", "-W", "1", &c1_ip.to_string()])
+        ns.exec_in(&["busybox", "ping", "-c", "1", "-W", "1", &c1_ip.to_string()])
             .map(|_| ())
     })
     .unwrap_or_else(|e| panic!("{e}"));

@@ -352,6 +352,7 @@ pub fn i_flannel_two_hosts(ctx: &mut Ctx) {
             "netns",
             "exec",
             &fabric.workload.name,
+            "busybox",
             "ping",
             "-c",
             "1",
