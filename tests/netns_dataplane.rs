@@ -555,3 +555,35 @@ fn twenty_bridges_set_up_at_once_all_succeed() {
         }
     });
 }
+
+/// Issue 12 (3), the kernel side: what a borrowed bridge had and what it gets back.
+#[test]
+fn a_borrowed_bridges_addresses_are_read_and_given_back() {
+    in_netns(
+        "a_borrowed_bridges_addresses_are_read_and_given_back",
+        || async {
+            let dp = dataplane();
+            assert_eq!(dp.bridge_addresses("cnbr0").await.unwrap(), None);
+            run(&["ip", "link", "add", "cnbr0", "type", "bridge"]);
+            run(&["ip", "addr", "add", "10.66.0.9/24", "dev", "cnbr0"]);
+            let own: ipnet::IpNet = "10.66.0.9/24".parse().unwrap();
+            assert_eq!(dp.bridge_addresses("cnbr0").await.unwrap(), Some(vec![own]));
+            let mut spec = bridge(&["10.67.0.1/24"]);
+            spec.force_address = true;
+            dp.ensure_bridge(&spec).await.unwrap();
+            assert_eq!(addresses("cnbr0"), ["10.67.0.1/24"]);
+            let gw: ipnet::IpNet = "10.67.0.1/24".parse().unwrap();
+            dp.restore_bridge_addresses("cnbr0", &[gw], &[own])
+                .await
+                .unwrap();
+            assert_eq!(addresses("cnbr0"), ["10.66.0.9/24"]);
+            // Again, and on a bridge that is gone: nothing to do.
+            dp.restore_bridge_addresses("cnbr0", &[gw], &[own])
+                .await
+                .unwrap();
+            dp.restore_bridge_addresses("cnbrx", &[gw], &[own])
+                .await
+                .unwrap();
+        },
+    );
+}

@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 pub mod netlink;
-mod plan;
+pub(crate) mod plan;
 mod rtnl;
 mod shaping;
 pub mod sysctl;
@@ -123,6 +123,22 @@ pub trait Dataplane: Send + Sync + 'static {
         &self,
         spec: &BridgeSpec,
     ) -> impl Future<Output = Result<BridgeOutcome, DataplaneError>> + Send;
+
+    /// The addresses on the bridge `name`; `None` when there is no bridge of that name.
+    fn bridge_addresses(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<Vec<IpNet>>, DataplaneError>> + Send;
+
+    /// Undo what a network did to a bridge it borrowed: take `remove` (the gateways it put
+    /// there) off and put `add` (what `forceAddress` removed) back. A missing bridge or
+    /// address is fine.
+    fn restore_bridge_addresses(
+        &self,
+        name: &str,
+        remove: &[IpNet],
+        add: &[IpNet],
+    ) -> impl Future<Output = Result<(), DataplaneError>> + Send;
 
     /// Delete the bridge if no port is attached; returns whether it was deleted. Missing is `Ok(false)`.
     fn delete_bridge_if_unused(

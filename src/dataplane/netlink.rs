@@ -16,7 +16,8 @@ use netlink_packet_route::link::{InfoBridge, InfoData, InfoVeth};
 use netlink_packet_route::RouteNetlinkMessage;
 use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth};
 
-use super::plan::plan_addresses;
+#[path = "bridge_addrs.rs"]
+mod bridge_addrs;
 use super::rtnl::{Link, LinkKind, NlError, NlKind, Rtnl};
 use super::{BridgeOutcome, BridgeSpec, Dataplane, DataplaneError, Shaping, VethSpec};
 
@@ -195,66 +196,6 @@ impl NetlinkDataplane {
         Ok(link)
     }
 
-    /// Put the wanted addresses on the bridge, first removing conflicting ones if `force`;
-    /// returns whether any was added.
-    async fn ensure_addresses(
-        &self,
-        bridge: &Link,
-        wanted: &[IpNet],
-        force: bool,
-    ) -> Result<bool, DataplaneError> {
-        let existing = self
-            .rtnl
-            .addresses(bridge.index)
-            .await
-            .map_err(|e| op_err(format!("list addresses of bridge {}", bridge.name), e))?;
-        let plan = plan_addresses(&bridge.name, &existing, wanted, force)?;
-        for addr in &plan.remove {
-            tracing::info!(bridge = %bridge.name, address = %addr, "forceAddress: removing the bridge's conflicting address");
-            match self.rtnl.del_address(bridge.index, *addr).await {
-                Ok(()) => {}
-                Err(e) if e.kind == NlKind::NotFound => {}
-                Err(e) => {
-                    return Err(op_err(
-                        format!("remove address {addr} from bridge {}", bridge.name),
-                        e,
-                    ))
-                }
-            }
-        }
-        let missing = plan.add;
-        for addr in &missing {
-            match self.rtnl.add_address(bridge.index, *addr).await {
-                Ok(()) => {}
-                Err(e) if e.kind == NlKind::Exists => {}
-                Err(e) => {
-                    return Err(op_err(
-                        format!("add address {addr} to bridge {}", bridge.name),
-                        e,
-                    ))
-                }
-            }
-        }
-        Ok(!missing.is_empty())
-    }
-
-    /// Set the bridge MAC to its current value. The kernel then marks it user-set
-    /// (`addr_assign_type` 3) and stops deriving it from the lowest port MAC, which otherwise
-    /// changes the gateway MAC whenever a container joins or leaves (CNI, kubernetes#30783).
-    async fn pin_mac(&self, bridge: &Link) -> Result<(), DataplaneError> {
-        let Some(mac) = bridge.mac.clone() else {
-            return Ok(());
-        };
-        self.rtnl
-            .set_link(
-                LinkUnspec::new_with_index(bridge.index)
-                    .address(mac)
-                    .build(),
-            )
-            .await
-            .map_err(|e| op_err(format!("pin MAC of bridge {}", bridge.name), e))
-    }
-
     /// Whether `host` is the complete, attached pair this spec asks for.
     async fn pair_matches(
         &self,
@@ -341,43 +282,6 @@ impl NetlinkDataplane {
             .await
             .map_err(|e| op_err(op(), e))
     }
-
-    /// Promiscuity and addresses of the bridge `ensure_bridge` found or made.
-    async fn configure_bridge(
-        &self,
-        spec: &BridgeSpec,
-        bridge: &Link,
-        outcome: BridgeOutcome,
-    ) -> Result<BridgeOutcome, DataplaneError> {
-        if spec.promisc && !bridge.promisc {
-            self.rtnl
-                .set_link(
-                    LinkUnspec::new_with_index(bridge.index)
-                        .promiscuous(true)
-                        .build(),
-                )
-                .await
-                .map_err(|e| op_err(format!("set bridge {} promiscuous", bridge.name), e))?;
-        }
-        if spec.addresses.is_empty() {
-            return Ok(outcome);
-        }
-        if self
-            .ensure_addresses(bridge, &spec.addresses, spec.force_address)
-            .await?
-        {
-            // As in CNI, pinning happens only when an address was added, so a bridge adopted
-            // with its addresses in place costs no write.
-            self.pin_mac(bridge).await?;
-        }
-        if spec.addresses.iter().any(|a| matches!(a, IpNet::V4(_))) {
-            enable_forwarding(&self.proc_sys.join("net/ipv4/ip_forward"));
-        }
-        if spec.addresses.iter().any(|a| matches!(a, IpNet::V6(_))) {
-            enable_forwarding(&self.proc_sys.join("net/ipv6/conf/all/forwarding"));
-        }
-        Ok(outcome)
-    }
 }
 
 impl Dataplane for NetlinkDataplane {
@@ -392,6 +296,19 @@ impl Dataplane for NetlinkDataplane {
             }
         }
         result
+    }
+
+    async fn bridge_addresses(&self, name: &str) -> Result<Option<Vec<IpNet>>, DataplaneError> {
+        self.addresses_of_bridge(name).await
+    }
+
+    async fn restore_bridge_addresses(
+        &self,
+        name: &str,
+        remove: &[IpNet],
+        add: &[IpNet],
+    ) -> Result<(), DataplaneError> {
+        self.give_back(name, remove, add).await
     }
 
     async fn delete_bridge_if_unused(&self, name: &str) -> Result<bool, DataplaneError> {

@@ -35,6 +35,8 @@ pub enum DataplaneCall {
     SetShaping(String, String, Shaping),
     /// `set_sysctls(netns, sysctls)`.
     SetSysctls(PathBuf, Vec<(String, String)>),
+    /// `restore_bridge_addresses(name, remove, add)`.
+    RestoreBridgeAddresses(String, Vec<IpNet>, Vec<IpNet>),
 }
 
 /// A bridge the fake holds.
@@ -270,6 +272,33 @@ impl Dataplane for RecordingDataplane {
         bridge.addresses.retain(|a| !plan.remove.contains(a));
         bridge.addresses.extend(plan.add);
         Ok(outcome)
+    }
+
+    async fn bridge_addresses(&self, name: &str) -> Result<Option<Vec<IpNet>>, DataplaneError> {
+        Ok(self.lock().bridges.get(name).map(|b| b.addresses.clone()))
+    }
+
+    async fn restore_bridge_addresses(
+        &self,
+        name: &str,
+        remove: &[IpNet],
+        add: &[IpNet],
+    ) -> Result<(), DataplaneError> {
+        let mut s = self.lock();
+        s.record(DataplaneCall::RestoreBridgeAddresses(
+            name.to_string(),
+            remove.to_vec(),
+            add.to_vec(),
+        ))?;
+        if let Some(b) = s.bridges.get_mut(name) {
+            b.addresses.retain(|a| !remove.contains(a));
+            for a in add {
+                if !b.addresses.contains(a) {
+                    b.addresses.push(*a);
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn delete_bridge_if_unused(&self, name: &str) -> Result<bool, DataplaneError> {

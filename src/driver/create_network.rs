@@ -5,6 +5,7 @@
 
 use super::plan::Plan;
 use super::*;
+use crate::state::records::BridgeChanges;
 
 /// What CreateNetwork's steps share: the record being created (the bridge step learns whether
 /// cnibridge made the bridge, which decides its undo) and the firewall intent derived from it.
@@ -26,25 +27,51 @@ fn create_network_plan<'d, D: Dataplane, F: Firewall>() -> Plan<NewNetwork<'d, D
             "ensure bridge",
             |c| {
                 Box::pin(async move {
+                    let spec = bridge_spec(&c.net);
+                    let setting_up = || dp_err(format!("setting up bridge {}", c.net.bridge));
+                    // What ensure_bridge will change on a bridge that is there already, by the
+                    // same rule it applies, so DeleteNetwork can give the bridge back as it was.
+                    let before = c
+                        .driver
+                        .dp
+                        .bridge_addresses(&spec.name)
+                        .await
+                        .map_err(setting_up())?;
                     let outcome = c
                         .driver
                         .dp
-                        .ensure_bridge(&bridge_spec(&c.net))
+                        .ensure_bridge(&spec)
                         .await
-                        .map_err(dp_err(format!("setting up bridge {}", c.net.bridge)))?;
+                        .map_err(setting_up())?;
                     c.net.bridge_created = outcome == crate::dataplane::BridgeOutcome::Created;
+                    if let (false, Some(before)) = (c.net.bridge_created, before) {
+                        if let Ok(plan) = crate::dataplane::plan::plan_addresses(
+                            &spec.name,
+                            &before,
+                            &spec.addresses,
+                            spec.force_address,
+                        ) {
+                            c.net.bridge_changes = BridgeChanges {
+                                added: plan.add,
+                                removed: plan.remove,
+                            };
+                        }
+                    }
                     Ok(())
                 })
             },
             |c| {
                 Box::pin(async move {
-                    // Only a bridge cnibridge made is its to delete.
+                    // Only a bridge cnibridge made is its to delete; a borrowed one gets back
+                    // what was changed on it.
                     if c.net.bridge_created {
                         c.driver
                             .dp
                             .delete_bridge_if_unused(&c.net.bridge)
                             .await
                             .map_err(dp_err(format!("deleting bridge {}", c.net.bridge)))?;
+                    } else {
+                        c.driver.restore_borrowed_bridge(&c.net).await?;
                     }
                     Ok(())
                 })
@@ -223,6 +250,7 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
             ipv6,
             options: opts.generic,
             cni: cni_rec,
+            bridge_changes: Default::default(),
         };
         let rules = firewall_rules(&net);
         let mut ctx = NewNetwork {

@@ -4,6 +4,27 @@
 use super::*;
 
 impl<D: Dataplane, F: Firewall> Driver<D, F> {
+    /// A bridge the network borrowed loses the gateways the network put on it and gets back
+    /// what `forceAddress` took off, as the operator had it.
+    pub(super) async fn restore_borrowed_bridge(
+        &self,
+        net: &NetworkRecord,
+    ) -> Result<(), DriverError> {
+        let changes = &net.bridge_changes;
+        if net.bridge_created || changes.is_empty() {
+            return Ok(());
+        }
+        self.dp
+            .restore_bridge_addresses(&net.bridge, &changes.added, &changes.removed)
+            .await
+            .map_err(dp_err(format!(
+                "giving bridge {} its addresses back",
+                net.bridge
+            )))?;
+        tracing::info!(bridge = %net.bridge, removed = ?changes.added, restored = ?changes.removed, "borrowed bridge given back as it was");
+        Ok(())
+    }
+
     /// DeleteNetwork: unknown is fine. Leftover endpoints (their DeleteEndpoint was lost) are
     /// removed too; the bridge goes last and only if cnibridge made it and nothing is attached.
     pub async fn delete_network(&self, network_id: &str) -> Result<(), DriverError> {
@@ -60,6 +81,8 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
                 }
                 Err(e) => errors.push(dp_err(format!("deleting bridge {}", ns.net.bridge))(e)),
             }
+        } else if let Err(e) = self.restore_borrowed_bridge(&ns.net).await {
+            errors.push(e);
         }
         for fam in ns.net.families() {
             // The pool is normally released already; only unbind if it still exists.

@@ -215,6 +215,41 @@ async fn an_adopted_bridge_is_never_deleted() {
         .unwrap();
     r.driver.delete_network(NET).await.unwrap();
     assert_eq!(r.dp.bridges(), vec!["cnbt0".to_string()]);
+    // Issue 12 (3): and it is given back without the network's gateway.
+    assert_eq!(r.dp.bridge("cnbt0").unwrap().addresses, vec![]);
+}
+
+/// Issue 12 (3): the address `forceAddress` took off a borrowed bridge is back after
+/// DeleteNetwork (also after a restart in between), and the gateway is gone.
+#[tokio::test]
+async fn a_borrowed_bridge_gets_back_what_force_address_removed() {
+    let dp = RecordingDataplane::new();
+    let own: ipnet::IpNet = "10.9.9.1/24".parse().unwrap();
+    dp.insert_bridge(
+        "cnbt0",
+        FakeBridge {
+            mtu: None,
+            addresses: vec![own],
+        },
+    );
+    let r = rig_in(tempfile::tempdir().unwrap(), dp, RecordingFirewall::new()).await;
+    let opts = json!({"bridge": "cnbt0", "forceAddress": "true"});
+    r.driver
+        .create_network(&net_req(NET, opts, false))
+        .await
+        .unwrap();
+    let gw: ipnet::IpNet = "10.15.40.1/24".parse().unwrap();
+    assert_eq!(r.dp.bridge("cnbt0").unwrap().addresses, vec![gw]);
+    let Rig {
+        dir,
+        dp,
+        fw,
+        driver,
+    } = r;
+    drop(driver);
+    let r = rig_in(dir, dp, fw).await;
+    r.driver.delete_network(NET).await.unwrap();
+    assert_eq!(r.dp.bridge("cnbt0").unwrap().addresses, vec![own]);
 }
 
 #[tokio::test]
@@ -443,6 +478,20 @@ impl Dataplane for GatedDataplane {
         spec: &crate::dataplane::BridgeSpec,
     ) -> Result<crate::dataplane::BridgeOutcome, DataplaneError> {
         self.inner.ensure_bridge(spec).await
+    }
+    async fn bridge_addresses(
+        &self,
+        name: &str,
+    ) -> Result<Option<Vec<ipnet::IpNet>>, DataplaneError> {
+        self.inner.bridge_addresses(name).await
+    }
+    async fn restore_bridge_addresses(
+        &self,
+        name: &str,
+        remove: &[ipnet::IpNet],
+        add: &[ipnet::IpNet],
+    ) -> Result<(), DataplaneError> {
+        self.inner.restore_bridge_addresses(name, remove, add).await
     }
     async fn delete_bridge_if_unused(&self, name: &str) -> Result<bool, DataplaneError> {
         self.inner.delete_bridge_if_unused(name).await

@@ -91,6 +91,26 @@ pub struct NetworkRecord {
     /// The effective CNI config; absent in records written before configs were supported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cni: Option<CniRecord>,
+    /// What the network changed on a bridge it borrowed (one that existed before), to undo
+    /// when it goes: the bridge is the operator's again as it was.
+    #[serde(default, skip_serializing_if = "BridgeChanges::is_empty")]
+    pub bridge_changes: BridgeChanges,
+}
+
+/// Addresses a network put on (`added`) or, with `forceAddress`, took off (`removed`) a bridge
+/// it did not create.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BridgeChanges {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub added: Vec<IpNet>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<IpNet>,
+}
+
+impl BridgeChanges {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty()
+    }
 }
 
 impl NetworkRecord {
