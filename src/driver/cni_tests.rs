@@ -14,6 +14,7 @@ use crate::dataplane::BridgeSpec;
 use crate::firewall::testing::RecordingFirewall;
 use crate::ipam::{IpamConfig, PoolRequest, GATEWAY_DATA, LOCAL_ADDRESS_SPACE};
 
+mod chain;
 mod join;
 
 const NET: &str = "791e17b650f762350d6d2a4f46730c611b40a62ed86ac2c0b93956bcbab6cd6e";
