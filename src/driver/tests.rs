@@ -15,6 +15,8 @@ use crate::ipam::{IpamConfig, PoolRequest};
 mod abandoned_tests;
 #[path = "blocking_tests.rs"]
 mod blocking_tests;
+#[path = "bridge_restart_tests.rs"]
+mod bridge_restart_tests;
 #[path = "create_tests.rs"]
 mod create_tests;
 #[path = "forget_tests.rs"]
@@ -199,60 +201,6 @@ async fn a_failed_firewall_step_leaves_nothing_behind() {
 }
 
 #[tokio::test]
-async fn an_adopted_bridge_is_never_deleted() {
-    let dp = RecordingDataplane::new();
-    dp.insert_bridge(
-        "cnbt0",
-        FakeBridge {
-            mtu: None,
-            addresses: vec![],
-        },
-    );
-    let r = rig_in(tempfile::tempdir().unwrap(), dp, RecordingFirewall::new()).await;
-    r.driver
-        .create_network(&net_req(NET, json!({"bridge": "cnbt0"}), false))
-        .await
-        .unwrap();
-    r.driver.delete_network(NET).await.unwrap();
-    assert_eq!(r.dp.bridges(), vec!["cnbt0".to_string()]);
-    // Issue 12 (3): and it is given back without the network's gateway.
-    assert_eq!(r.dp.bridge("cnbt0").unwrap().addresses, vec![]);
-}
-
-/// Issue 12 (3): the address `forceAddress` took off a borrowed bridge is back after
-/// DeleteNetwork (also after a restart in between), and the gateway is gone.
-#[tokio::test]
-async fn a_borrowed_bridge_gets_back_what_force_address_removed() {
-    let dp = RecordingDataplane::new();
-    let own: ipnet::IpNet = "10.9.9.1/24".parse().unwrap();
-    dp.insert_bridge(
-        "cnbt0",
-        FakeBridge {
-            mtu: None,
-            addresses: vec![own],
-        },
-    );
-    let r = rig_in(tempfile::tempdir().unwrap(), dp, RecordingFirewall::new()).await;
-    let opts = json!({"bridge": "cnbt0", "forceAddress": "true"});
-    r.driver
-        .create_network(&net_req(NET, opts, false))
-        .await
-        .unwrap();
-    let gw: ipnet::IpNet = "10.15.40.1/24".parse().unwrap();
-    assert_eq!(r.dp.bridge("cnbt0").unwrap().addresses, vec![gw]);
-    let Rig {
-        dir,
-        dp,
-        fw,
-        driver,
-    } = r;
-    drop(driver);
-    let r = rig_in(dir, dp, fw).await;
-    r.driver.delete_network(NET).await.unwrap();
-    assert_eq!(r.dp.bridge("cnbt0").unwrap().addresses, vec![own]);
-}
-
-#[tokio::test]
 async fn bad_options_and_shared_bridges_are_refused_before_any_change() {
     let r = rig().await;
     let err = r
@@ -332,68 +280,6 @@ async fn a_restarted_driver_serves_networks_of_its_earlier_life() {
     r.driver.delete_endpoint(NET, EP).await.unwrap();
     r.driver.settle().await;
     assert!(r.dp.veth(&names::host_veth(EP)).is_none());
-}
-
-#[tokio::test]
-async fn a_veth_whose_endpoint_was_forgotten_is_collected_at_start() {
-    let r = rig().await;
-    // Shaped, so each endpoint also has an ifb, which is no bridge port.
-    let shaped = json!({"bridge": "cnbt0", "cni.bandwidth.egressRate": "8000000",
-        "cni.bandwidth.egressBurst": "80000"});
-    r.driver
-        .create_network(&net_req(NET, shaped, false))
-        .await
-        .unwrap();
-    for ep in [EP, EP2] {
-        r.joined(NET, ep, "").await;
-    }
-    // A crash right after the record of EP2 was removed, before its veth was deleted.
-    std::fs::remove_file(r.dir.path().join(format!("state/endpoints/{EP2}.json"))).unwrap();
-    let Rig {
-        dir,
-        dp,
-        fw,
-        driver,
-    } = r;
-    drop(driver);
-    assert_eq!(dp.ifbs().len(), 2);
-    let r = rig_in(dir, dp, fw).await;
-    assert_eq!(r.dp.veths(), vec![names::host_veth(EP)]);
-    assert_eq!(r.dp.ifbs(), vec![names::ifb(EP)]);
-}
-
-/// A power loss left an endpoint's record empty: the daemon starts, keeps the file aside, and
-/// collects the veth the record described, as for a forgotten endpoint.
-#[tokio::test]
-async fn an_empty_endpoint_record_is_set_aside_and_its_veth_collected() {
-    let r = rig().await;
-    r.driver
-        .create_network(&net_req(NET, json!({"bridge": "cnbt0"}), false))
-        .await
-        .unwrap();
-    for ep in [EP, EP2] {
-        r.joined(NET, ep, "").await;
-    }
-    let record = r.dir.path().join(format!("state/endpoints/{EP2}.json"));
-    std::fs::write(&record, b"").unwrap();
-    let Rig {
-        dir,
-        dp,
-        fw,
-        driver,
-    } = r;
-    drop(driver);
-    let r = rig_in(dir, dp, fw).await;
-    assert_eq!(r.dp.veths(), vec![names::host_veth(EP)]);
-    assert!(!record.exists());
-    assert!(r
-        .dir
-        .path()
-        .join(format!("state/corrupt/endpoints/{EP2}.json"))
-        .is_file());
-    // The network serves on: EP leaves and goes as usual.
-    r.driver.leave(NET, EP).await.unwrap();
-    r.driver.delete_endpoint(NET, EP).await.unwrap();
 }
 
 #[tokio::test]
