@@ -11,7 +11,8 @@
 //!   3. per network, in the order the networks were added (a network's rules in their order):
 //!        -i br -o br            ACCEPT | DROP (icc off)
 //!        internal:   -i br ! -o br DROP;  -o br ! -i br DROP
-//!        otherwise:  -o br ctstate RELATED,ESTABLISHED ACCEPT;  -i br ! -o br ACCEPT
+//!        otherwise:  -o br ctstate RELATED,ESTABLISHED ACCEPT;  -o br ctstate DNAT ACCEPT;
+//!                    -i br ! -o br ACCEPT
 //! CNIBRIDGE-ISOLATION-1: per network  -i br ! -o br -j CNIBRIDGE-ISOLATION-2
 //! CNIBRIDGE-ISOLATION-2: per network  -o br -j DROP
 //! filter INPUT ──(appended)──▶ CNIBRIDGE-INPUT
@@ -244,6 +245,16 @@ fn filter_rules(family: Family, net: &NetworkRules) -> Vec<Rule> {
         rules.push(rule(
             FORWARD_CHAIN,
             format!("-o {br} -m conntrack --ctstate RELATED,ESTABLISHED"),
+            "ACCEPT",
+        ));
+        // Connections some rule deliberately DNATed into this bridge, ours or anyone's: a CNI
+        // runtime sharing the network through the exported conflist runs the real `portmap`,
+        // whose DNAT'd connections would otherwise die in Docker's FORWARD DROP (the firewall
+        // plugin only accepts RELATED,ESTABLISHED to its container). Nothing unpublished
+        // opens: only a DNAT rule can put a connection in this state.
+        rules.push(rule(
+            FORWARD_CHAIN,
+            format!("-o {br} -m conntrack --ctstate DNAT"),
             "ACCEPT",
         ));
         rules.push(rule(FORWARD_CHAIN, format!("-i {br} ! -o {br}"), "ACCEPT"));

@@ -112,6 +112,7 @@ fn one_masquerading_network() {
             "{FILTER_HEAD}\
              -A CNIBRIDGE-FORWARD -i cni0 -o cni0 {c} -j ACCEPT\n\
              -A CNIBRIDGE-FORWARD -o cni0 -m conntrack --ctstate RELATED,ESTABLISHED {c} -j ACCEPT\n\
+             -A CNIBRIDGE-FORWARD -o cni0 -m conntrack --ctstate DNAT {c} -j ACCEPT\n\
              -A CNIBRIDGE-FORWARD -i cni0 ! -o cni0 {c} -j ACCEPT\n\
              -A CNIBRIDGE-ISOLATION-1 -i cni0 ! -o cni0 {c} -j CNIBRIDGE-ISOLATION-2\n\
              -A CNIBRIDGE-ISOLATION-2 -o cni0 {c} -j DROP\n\
@@ -278,6 +279,7 @@ fn one_network_is_appended_and_deleted_alone_with_the_same_rules_as_the_full_scr
              -A CNIBRIDGE-ISOLATION-2 -o br0 {c} -j DROP\n\
              -A CNIBRIDGE-FORWARD -i br0 -o br0 {c} -j ACCEPT\n\
              -A CNIBRIDGE-FORWARD -o br0 -m conntrack --ctstate RELATED,ESTABLISHED {c} -j ACCEPT\n\
+             -A CNIBRIDGE-FORWARD -o br0 -m conntrack --ctstate DNAT {c} -j ACCEPT\n\
              -A CNIBRIDGE-FORWARD -i br0 ! -o br0 {c} -j ACCEPT\n\
              -A CNIBRIDGE-INPUT -i br0 -d 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED {c} -j DROP\n\
              COMMIT\n\
@@ -303,8 +305,8 @@ fn one_network_is_appended_and_deleted_alone_with_the_same_rules_as_the_full_scr
         again.starts_with("*filter\n-D CNIBRIDGE-ISOLATION-1 "),
         "{again}"
     );
-    assert_eq!(again.matches("-A ").count(), 8);
-    assert_eq!(again.matches("-D ").count(), 8);
+    assert_eq!(again.matches("-A ").count(), 9);
+    assert_eq!(again.matches("-D ").count(), 9);
     // IPv6 without IPv6 masquerade: only the filter rules that hold for every family.
     let v6 = render_network_update(Family::V6, None, Some(&a)).unwrap();
     assert!(!v6.contains("*nat") && !v6.contains("127.0.0.0/8"), "{v6}");

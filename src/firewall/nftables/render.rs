@@ -17,7 +17,7 @@
 //!                     iif br oif br  accept | drop (icc off)
 //!                     internal:  iif br drop;  oif br drop
 //!                     otherwise: oif br ct state established,related accept;  iif br accept;
-//!                                oif br drop
+//!                                oif br ct status dnat accept;  oif br drop
 //! chain in-<h>      non-internal: iif br ip daddr 127.0.0.0/8 ct state != established,related drop
 //!                   internal: iif br daddr <subnet> return; iif br local daddr new drop
 //! chain nat-<h>     per masquerading subnet: saddr net daddr != net daddr != multicast
@@ -254,6 +254,10 @@ pub fn network_rules(net: &NetworkRules) -> [(String, Vec<Rule>); 3] {
             "oifname {br} ct state established,related accept {c}"
         )));
         forward.push(f(format!("iifname {br} accept {c}")));
+        // Connections anyone DNATed into the bridge (e.g. the real `portmap` of a CNI runtime
+        // sharing the network through the exported conflist); only a DNAT rule can put a
+        // connection in this state, so nothing unpublished opens.
+        forward.push(f(format!("oifname {br} ct status dnat accept {c}")));
         // Without Docker's FORWARD DROP, this is what keeps the outside out.
         forward.push(f(format!("oifname {br} drop {c}")));
         // Internal networks publish nothing, so their bridge never gets route_localnet.

@@ -99,6 +99,7 @@ fn forward_isolates_first_then_published_then_each_network() {
             format!("iifname \"br0\" oifname \"br0\" accept {c0}"),
             format!("oifname \"br0\" ct state established,related accept {c0}"),
             format!("iifname \"br0\" accept {c0}"),
+            format!("oifname \"br0\" ct status dnat accept {c0}"),
             format!("oifname \"br0\" drop {c0}"),
         ]
     );
