@@ -11,7 +11,9 @@
 
 use super::plan::Plan;
 use super::ports::{self, Families, PortRequest};
-use super::{fw_err, options, short, Driver, DriverError, GenericOptions, NetState};
+use super::{
+    firewall_rules, fw_err, options, short, Driver, DriverError, GenericOptions, NetState,
+};
 use crate::dataplane::Dataplane;
 use crate::firewall::{EndpointPorts, Firewall};
 use crate::state::records::{EndpointRecord, NetworkRecord, ENDPOINTS};
@@ -223,6 +225,7 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
                     ipnet::IpNet::V4(_) => None,
                 }),
                 mappings: Vec::new(),
+                options: firewall_rules(&ns.net).port_options,
             },
             record: ep,
         };

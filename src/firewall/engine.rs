@@ -52,6 +52,11 @@ pub trait Backend: Send + Sync + 'static {
         stale: &Stale,
     ) -> impl Future<Output = Result<(), FirewallError>> + Send;
 
+    /// Refuse what this backend cannot express, before anything is installed.
+    fn check_network(&self, _rules: &NetworkRules) -> Result<(), FirewallError> {
+        Ok(())
+    }
+
     /// Install `new`'s rules, replacing `old` (what this process installed for the same
     /// network, if anything). The base is in place. Fails if `old` is not installed as
     /// described.
@@ -242,6 +247,7 @@ impl<B: Backend + Default> Default for Engine<B> {
 impl<B: Backend> Firewall for Engine<B> {
     async fn add_network(&self, rules: &NetworkRules) -> Result<(), FirewallError> {
         validate_rules(rules)?;
+        self.backend.check_network(rules)?;
         let _network = self.lock_network(&rules.network_id).await;
         let change = |set: &Intent| set.with_network(rules);
         let failed = {

@@ -97,6 +97,7 @@ fn ports(i: usize, endpoint: &str) -> EndpointPorts {
         container_ipv4: Some(format!("10.{i}.0.2/24").parse().unwrap()),
         container_ipv6: None,
         mappings: vec![PortMapping::single(Proto::Tcp, None, 8080, 80)],
+        options: Default::default(),
     }
 }
 

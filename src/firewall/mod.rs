@@ -113,6 +113,9 @@ pub enum FirewallError {
         /// What the value must look like.
         reason: &'static str,
     },
+    /// A portmap or firewall key the running backend cannot express; the text says what to do.
+    #[error("{0}")]
+    Unsupported(String),
     /// Ports of an endpoint whose network has no rules installed (the order is network first,
     /// then its endpoints' ports).
     #[error("network {0} has no firewall rules installed; its ports cannot be published")]
@@ -181,6 +184,16 @@ pub fn validate_rules(rules: &NetworkRules) -> Result<(), FirewallError> {
             value: rules.bridge.clone(),
             reason: "must be an interface name of 1-15 letters, digits, '_', '.', '-', not starting with '-'",
         });
+    }
+    ports::validate_port_options(&rules.port_options)?;
+    if let Some(chain) = &rules.admin_chain {
+        if !safe(chain) || chain.len() > 28 {
+            return Err(FirewallError::Invalid {
+                field: "iptablesAdminChainName",
+                value: chain.clone(),
+                reason: "must be an iptables chain name of 1-28 letters, digits, '_', '.', '-'",
+            });
+        }
     }
     if rules.internal && (rules.masquerade || rules.masquerade_ipv6) {
         return Err(FirewallError::Invalid {

@@ -75,12 +75,15 @@ pub struct PortOptions {
     pub conditions_v6: Vec<String>,
 }
 
+/// CNI portmap's default `markMasqBit` (the mark 0x2000).
+pub const DEFAULT_MASQ_BIT: u8 = 13;
+
 impl Default for PortOptions {
     fn default() -> Self {
         PortOptions {
             snat: true,
             masq_all: false,
-            mark_masq_bit: 13,
+            mark_masq_bit: DEFAULT_MASQ_BIT,
             external_set_mark_chain: None,
             conditions_v4: Vec::new(),
             conditions_v6: Vec::new(),
@@ -223,6 +226,10 @@ pub struct EndpointPorts {
     pub container_ipv6: Option<Ipv6Net>,
     /// The mappings, resolved.
     pub mappings: Vec<PortMapping>,
+    /// The network's portmap keys, carried with the ports so they are installed (and replayed
+    /// from the endpoint record) without looking at the network.
+    #[serde(default)]
+    pub options: PortOptions,
 }
 
 impl EndpointPorts {
@@ -240,9 +247,46 @@ fn invalid(field: &'static str, value: String, reason: &'static str) -> Firewall
     }
 }
 
+/// Check that portmap's keys can go into rules: a chain name that is one, a mark bit of 32,
+/// and conditions on one line without quotes (each is pasted into a restore script).
+pub fn validate_port_options(o: &PortOptions) -> Result<(), FirewallError> {
+    if let Some(chain) = &o.external_set_mark_chain {
+        if !safe_name(chain) || chain.len() > 28 {
+            return Err(invalid(
+                "externalSetMarkChain",
+                chain.clone(),
+                "must be an iptables chain name of 1-28 letters, digits, '_', '.', '-'",
+            ));
+        }
+    }
+    if o.mark_masq_bit > 31 {
+        return Err(invalid(
+            "markMasqBit",
+            o.mark_masq_bit.to_string(),
+            "must be a bit number from 0 to 31",
+        ));
+    }
+    for c in o.conditions_v4.iter().chain(&o.conditions_v6) {
+        if c.trim().is_empty()
+            || c.contains(['\n', '\r', '"', '\'', '#'])
+            || c.contains(" -j ")
+            || c.starts_with("-j ")
+            || c.contains(" -g ")
+        {
+            return Err(invalid(
+                "conditionsV4/conditionsV6",
+                c.clone(),
+                "must be iptables match arguments on one line, without quotes, '#' or a -j/-g target",
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Check that an endpoint's ports can go into rules: safe names, real ports, runs that stay
 /// within 1–65535, and a container address for every family a mapping is bound to.
 pub fn validate_ports(p: &EndpointPorts) -> Result<(), FirewallError> {
+    validate_port_options(&p.options)?;
     for (field, value) in [
         ("network_id", &p.network_id),
         ("endpoint_id", &p.endpoint_id),
@@ -382,6 +426,7 @@ mod tests {
             container_ipv4: Some("10.1.0.2/24".parse().unwrap()),
             container_ipv6: None,
             mappings: vec![m(None, 8080, 8080)],
+            options: Default::default(),
         };
         assert!(validate_ports(&base).is_ok());
         for (mapping, needle) in [

@@ -243,6 +243,7 @@ mod tests {
                 8080,
                 80,
             )],
+            options: Default::default(),
         }
     }
 

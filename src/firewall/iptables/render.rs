@@ -53,8 +53,8 @@
 use ipnet::IpNet;
 
 use super::render_ports::{
-    endpoint_rules, table_of_endpoint_chain, HOSTPORTS_CHAIN, MASQ_CHAIN, MASQ_MARK,
-    PUBLISHED_CHAIN, SETMARK_CHAIN,
+    endpoint_rules, masq_mark, table_of_endpoint_chain, DEFAULT_MASQ_BIT, HOSTPORTS_CHAIN,
+    MASQ_CHAIN, MASQ_MARK, PUBLISHED_CHAIN, SETMARK_CHAIN,
 };
 use crate::firewall::{EndpointPorts, NetworkRules};
 
@@ -229,15 +229,17 @@ fn filter_rules(family: Family, net: &NetworkRules) -> Vec<Rule> {
         matches,
         target,
     };
-    let mut rules = vec![
-        rule(ISOLATION_1, format!("-i {br} ! -o {br}"), ISOLATION_2),
-        rule(ISOLATION_2, format!("-o {br}"), "DROP"),
-        rule(
-            FORWARD_CHAIN,
-            format!("-i {br} -o {br}"),
-            if net.icc { "ACCEPT" } else { "DROP" },
-        ),
-    ];
+    let mut rules = Vec::new();
+    // `ingressPolicy: open` takes no part in isolation, as with the CNI firewall plugin.
+    if net.isolate {
+        rules.push(rule(ISOLATION_1, format!("-i {br} ! -o {br}"), ISOLATION_2));
+        rules.push(rule(ISOLATION_2, format!("-o {br}"), "DROP"));
+    }
+    rules.push(rule(
+        FORWARD_CHAIN,
+        format!("-i {br} -o {br}"),
+        if net.icc { "ACCEPT" } else { "DROP" },
+    ));
     if net.internal {
         rules.push(rule(FORWARD_CHAIN, format!("-i {br} ! -o {br}"), "DROP"));
         rules.push(rule(FORWARD_CHAIN, format!("! -i {br} -o {br}"), "DROP"));
@@ -290,10 +292,20 @@ fn filter_rules(family: Family, net: &NetworkRules) -> Vec<Rule> {
 
 /// The nat rules of one network for `family`: none unless it masquerades that family.
 fn nat_rules(family: Family, net: &NetworkRules) -> Vec<Rule> {
-    if !family.masquerades(net) {
-        return Vec::new();
-    }
     let mut rules = Vec::new();
+    let o = &net.port_options;
+    // A markMasqBit of its own needs its own masquerade; an externalSetMarkChain's owner
+    // masquerades what it marks (portmap creates neither then).
+    if o.snat && o.external_set_mark_chain.is_none() && o.mark_masq_bit != DEFAULT_MASQ_BIT {
+        rules.push(Rule {
+            chain: MASQ_CHAIN,
+            matches: format!("-m mark --mark {}", masq_mark(o.mark_masq_bit)),
+            target: "MASQUERADE",
+        });
+    }
+    if !family.masquerades(net) {
+        return rules;
+    }
     for subnet in net.subnets.iter().filter(|s| family.has(s)) {
         let subnet = subnet.trunc();
         rules.push(Rule {

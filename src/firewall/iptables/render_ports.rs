@@ -29,7 +29,8 @@
 use std::net::IpAddr;
 
 use super::render::Family;
-use crate::firewall::ports::{endpoint_hash, IpFamily, PortMapping};
+pub use crate::firewall::ports::DEFAULT_MASQ_BIT;
+use crate::firewall::ports::{endpoint_hash, IpFamily, PortMapping, PortOptions};
 use crate::firewall::EndpointPorts;
 
 /// nat chain jumped to for local destinations; holds one jump per published mapping.
@@ -104,6 +105,26 @@ impl EndpointRules {
     }
 }
 
+/// Where an endpoint's connections that need masquerade are sent: our mark chain, a `MARK` of
+/// the network's own `markMasqBit`, or the operator's `externalSetMarkChain`; `None` without
+/// `snat` (portmap then leaves hairpin and localhost connections alone).
+fn set_mark_target(o: &PortOptions) -> Option<String> {
+    if !o.snat {
+        return None;
+    }
+    Some(match (&o.external_set_mark_chain, o.mark_masq_bit) {
+        (Some(chain), _) => chain.clone(),
+        (None, bit) if bit == DEFAULT_MASQ_BIT => SETMARK_CHAIN.to_string(),
+        (None, bit) => format!("MARK --set-xmark {}", masq_mark(bit)),
+    })
+}
+
+/// The masquerade mark of `bit` as `value/mask`.
+pub fn masq_mark(bit: u8) -> String {
+    let v = 1u32 << (bit & 31);
+    format!("{v:#x}/{v:#x}")
+}
+
 fn ports_match(m: &PortMapping, from: u16, to: u16) -> String {
     let p = m.proto.name();
     if to > from {
@@ -151,24 +172,38 @@ pub fn endpoint_rules(family: Family, p: &EndpointPorts) -> Option<EndpointRules
         accept_jumps: Vec::new(),
         accept_rules: Vec::new(),
     };
+    let o = &p.options;
+    let conditions = match family {
+        Family::V4 => &o.conditions_v4,
+        Family::V6 => &o.conditions_v6,
+    };
+    let conditions: String = conditions.iter().map(|c| format!(" {c}")).collect();
+    let set_mark = set_mark_target(&p.options);
     for m in mappings {
         let dst = m
             .specific_host_ip()
             .map(|ip| format!("-d {} ", host(ip)))
             .unwrap_or_default();
         let on_host = format!("{dst}{}", ports_match(m, m.host_port, m.host_port_end));
-        r.dnat_jumps
-            .push(format!("{on_host} {comment} -j {}", r.dnat_chain));
-        if !m.on_loopback() {
-            r.dnat_rules.push(format!(
-                "-s {subnet} {on_host} {comment} -j {SETMARK_CHAIN}"
-            ));
-        }
-        let localhost = family == Family::V4 && m.reachable_via_localhost();
-        if localhost {
-            r.dnat_rules.push(format!(
-                "-s 127.0.0.0/8 {on_host} {comment} -j {SETMARK_CHAIN}"
-            ));
+        r.dnat_jumps.push(format!(
+            "{on_host}{conditions} {comment} -j {}",
+            r.dnat_chain
+        ));
+        if let Some(set_mark) = &set_mark {
+            if o.masq_all {
+                // portmap's masqAll: every connection, so replies always come back through us.
+                r.dnat_rules
+                    .push(format!("{on_host} {comment} -j {set_mark}"));
+            } else {
+                if !m.on_loopback() {
+                    r.dnat_rules
+                        .push(format!("-s {subnet} {on_host} {comment} -j {set_mark}"));
+                }
+                if family == Family::V4 && m.reachable_via_localhost() {
+                    r.dnat_rules
+                        .push(format!("-s 127.0.0.0/8 {on_host} {comment} -j {set_mark}"));
+                }
+            }
         }
         let to = match (addr, m.host_port_end > m.host_port) {
             (IpAddr::V4(a), false) => format!("{a}:{}", m.container_port),

@@ -15,6 +15,7 @@ fn ports(mappings: Vec<PortMapping>) -> EndpointPorts {
         container_ipv4: Some("10.77.0.2/24".parse().unwrap()),
         container_ipv6: Some("fd77::2/64".parse().unwrap()),
         mappings,
+        options: Default::default(),
     }
 }
 
@@ -208,4 +209,77 @@ fn the_full_script_holds_endpoint_chains_and_deletes_stale_ones() {
     let nat = &s[s.find("*nat").unwrap()..];
     assert!(nat.contains("-X CNIB-DN-0") && !nat.contains("-X CNIB-FW-0"));
     assert!(nat.find(":CNIB-DN-0").unwrap() < nat.find("-X CNIB-DN-0").unwrap());
+}
+
+#[test]
+fn portmap_keys_shape_the_endpoint_rules() {
+    use crate::firewall::PortOptions;
+    let with = |options| EndpointPorts {
+        options,
+        ..ports(vec![tcp(None, 8080, 80)])
+    };
+    let d = PortOptions::default;
+    // markMasqBit: the endpoint marks with its own bit (the network masquerades it).
+    let r = endpoint_rules(
+        Family::V4,
+        &with(PortOptions {
+            mark_masq_bit: 14,
+            ..d()
+        }),
+    )
+    .unwrap();
+    assert!(
+        r.dnat_rules[0].ends_with("-j MARK --set-xmark 0x4000/0x4000"),
+        "{:?}",
+        r.dnat_rules
+    );
+    // externalSetMarkChain: the operator's chain marks.
+    let ext = PortOptions {
+        external_set_mark_chain: Some("KUBE-MARK-MASQ".into()),
+        ..d()
+    };
+    let r = endpoint_rules(Family::V4, &with(ext)).unwrap();
+    assert!(
+        r.dnat_rules
+            .iter()
+            .take(2)
+            .all(|x| x.ends_with("-j KUBE-MARK-MASQ")),
+        "{:?}",
+        r.dnat_rules
+    );
+    // conditionsV4/V6 narrow the jumps into the endpoint's chain, per family.
+    let cond = PortOptions {
+        conditions_v4: vec!["-s 10.0.0.0/8".into(), "! -i eth9".into()],
+        conditions_v6: vec!["-s fd00::/8".into()],
+        ..d()
+    };
+    let r = endpoint_rules(Family::V4, &with(cond.clone())).unwrap();
+    assert!(
+        r.dnat_jumps[0]
+            .starts_with("-p tcp -m tcp --dport 8080 -s 10.0.0.0/8 ! -i eth9 -m comment"),
+        "{:?}",
+        r.dnat_jumps
+    );
+    let r = endpoint_rules(Family::V6, &with(cond)).unwrap();
+    assert!(
+        r.dnat_jumps[0].starts_with("-p tcp -m tcp --dport 8080 -s fd00::/8 -m comment"),
+        "{:?}",
+        r.dnat_jumps
+    );
+    // Conditions that could end the rule or the script are refused.
+    for bad in [
+        "-s 10.0.0.0/8\n-A INPUT",
+        "-j ACCEPT",
+        "-m comment --comment \"x\"",
+        " ",
+    ] {
+        let o = PortOptions {
+            conditions_v4: vec![bad.into()],
+            ..d()
+        };
+        assert!(
+            crate::firewall::ports::validate_ports(&with(o)).is_err(),
+            "{bad:?}"
+        );
+    }
 }

@@ -312,3 +312,33 @@ fn one_network_is_appended_and_deleted_alone_with_the_same_rules_as_the_full_scr
     assert!(!v6.contains("*nat") && !v6.contains("127.0.0.0/8"), "{v6}");
     assert_eq!(render_network_update(Family::V4, None, None), None);
 }
+
+#[test]
+fn a_markmasqbit_of_its_own_is_masqueraded_by_the_network() {
+    use crate::firewall::PortOptions;
+    let net = |port_options| NetworkRules {
+        port_options,
+        ..NetworkRules::new("net1", "br0")
+    };
+    let own = net(PortOptions {
+        mark_masq_bit: 14,
+        ..PortOptions::default()
+    });
+    let s = render_restore(Family::V4, &[own], &[], &[], &[]);
+    assert!(
+        s.contains("-A CNIBRIDGE-HOSTPORT-MASQ -m mark --mark 0x4000/0x4000 -m comment --comment \"cnibridge net net1\" -j MASQUERADE"),
+        "{s}"
+    );
+    // The default bit shares the static rule; an external mark chain's owner masquerades.
+    for o in [
+        PortOptions::default(),
+        PortOptions {
+            mark_masq_bit: 14,
+            external_set_mark_chain: Some("KUBE-MARK-MASQ".into()),
+            ..PortOptions::default()
+        },
+    ] {
+        let s = render_restore(Family::V4, &[net(o)], &[], &[], &[]);
+        assert_eq!(s.matches("MASQUERADE").count(), 1, "{s}");
+    }
+}

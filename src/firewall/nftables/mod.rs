@@ -17,6 +17,7 @@
 use super::engine::{Backend, Engine, Stale};
 use super::exec::run_tool;
 use super::intent::Intent;
+use super::ports::DEFAULT_MASQ_BIT;
 use super::{EndpointPorts, FirewallError, NetworkRules};
 
 pub mod render;
@@ -66,6 +67,27 @@ impl NftablesBackend {
 }
 
 impl Backend for NftablesBackend {
+    fn check_network(&self, rules: &NetworkRules) -> Result<(), FirewallError> {
+        let o = &rules.port_options;
+        let refused = if !o.conditions_v4.is_empty() {
+            Some(("conditionsV4", "is an iptables match"))
+        } else if !o.conditions_v6.is_empty() {
+            Some(("conditionsV6", "is an ip6tables match"))
+        } else if o.external_set_mark_chain.is_some() {
+            Some(("externalSetMarkChain", "names an iptables chain"))
+        } else if o.mark_masq_bit != DEFAULT_MASQ_BIT {
+            Some(("markMasqBit", "marks for iptables' masquerade"))
+        } else {
+            None
+        };
+        match refused {
+            Some((key, what)) => Err(FirewallError::Unsupported(format!(
+                "{key} {what} and cnibridge runs the nftables backend: remove {key} from the portmap plugin or run cnibridge with --firewall iptables"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     // `hostports` and `published` hold every endpoint's dispatch rules.
     const SHARED_PORT_CHAINS: bool = true;
 
@@ -180,6 +202,63 @@ mod tests {
     }
 
     #[test]
+    fn iptables_only_portmap_keys_are_refused_with_what_to_do_before_any_process() {
+        use crate::firewall::PortOptions;
+        let fw = NftablesFirewall::new("/nonexistent/nft");
+        let rt = rt();
+        let with = |port_options| NetworkRules {
+            port_options,
+            ..NetworkRules::new("net1", "br0")
+        };
+        let d = PortOptions::default;
+        for (key, o) in [
+            (
+                "conditionsV4",
+                PortOptions {
+                    conditions_v4: vec!["-s 10.0.0.0/8".into()],
+                    ..d()
+                },
+            ),
+            (
+                "conditionsV6",
+                PortOptions {
+                    conditions_v6: vec!["-s fd00::/8".into()],
+                    ..d()
+                },
+            ),
+            (
+                "externalSetMarkChain",
+                PortOptions {
+                    external_set_mark_chain: Some("KUBE-MARK-MASQ".into()),
+                    ..d()
+                },
+            ),
+            (
+                "markMasqBit",
+                PortOptions {
+                    mark_masq_bit: 14,
+                    ..d()
+                },
+            ),
+        ] {
+            let err = rt
+                .block_on(fw.add_network(&with(o)))
+                .unwrap_err()
+                .to_string();
+            assert_eq!(
+                err,
+                format!("{key} {} and cnibridge runs the nftables backend: remove {key} from the portmap plugin or run cnibridge with --firewall iptables",
+                    match key {
+                        "conditionsV4" => "is an iptables match",
+                        "conditionsV6" => "is an ip6tables match",
+                        "externalSetMarkChain" => "names an iptables chain",
+                        _ => "marks for iptables' masquerade",
+                    })
+            );
+        }
+    }
+
+    #[test]
     fn missing_tool_is_a_backend_error_naming_it() {
         let fw = NftablesFirewall::new("/nonexistent/nft");
         let rt = rt();
@@ -237,6 +316,7 @@ mod tests {
                 port,
                 80,
             )],
+            options: Default::default(),
         }
     }
 
@@ -323,6 +403,7 @@ mod tests {
             container_ipv4: Some("10.1.0.2/24".parse().unwrap()),
             container_ipv6: None,
             mappings: vec![],
+            options: Default::default(),
         };
         let err = rt.block_on(fw.add_ports(&p)).unwrap_err();
         assert!(matches!(err, FirewallError::UnknownNetwork(_)), "{err}");

@@ -297,12 +297,14 @@ fn masqueraded(net: &NetworkRules) -> Vec<(Family, IpNet)> {
 pub fn network_elements(net: &NetworkRules) -> Vec<(&'static str, String)> {
     let [fwd, input, nat] = network_chains(&net.network_id);
     let br = format!("\"{}\"", net.bridge);
-    let mut out = vec![
-        (BRIDGES_SET, br.clone()),
-        (SAME_BRIDGE_SET, format!("{br} . {br}")),
-        (FORWARD_MAP, format!("{br} : jump {fwd}")),
-        (INPUT_MAP, format!("{br} : jump {input}")),
-    ];
+    let mut out = Vec::new();
+    // `ingressPolicy: open` takes no part in isolation, as with the CNI firewall plugin.
+    if net.isolate {
+        out.push((BRIDGES_SET, br.clone()));
+        out.push((SAME_BRIDGE_SET, format!("{br} . {br}")));
+    }
+    out.push((FORWARD_MAP, format!("{br} : jump {fwd}")));
+    out.push((INPUT_MAP, format!("{br} : jump {input}")));
     for (family, subnet) in masqueraded(net) {
         out.push((masq_map(family), format!("{subnet} : jump {nat}")));
     }

@@ -142,13 +142,22 @@ pub fn endpoint_rules(p: &EndpointPorts) -> EndpointRules {
                 ),
             ));
             let mark = format!("meta mark set meta mark | {MASQ_MARK}");
-            if !m.on_loopback() {
+            // portmap's snat off: hairpin and localhost connections are left alone; masqAll:
+            // every connection is marked.
+            if p.options.snat && p.options.masq_all {
+                r.dnat_rules.push(rule(format!(
+                    "{} {on_host} {mark} {c}",
+                    addresses(family, None, dst)
+                )));
+            }
+            let by_source = p.options.snat && !p.options.masq_all;
+            if by_source && !m.on_loopback() {
                 r.dnat_rules.push(rule(format!(
                     "{} {on_host} {mark} {c}",
                     addresses(family, Some(&subnet), dst)
                 )));
             }
-            if family == Family::V4 && m.reachable_via_localhost() {
+            if by_source && family == Family::V4 && m.reachable_via_localhost() {
                 r.dnat_rules.push(rule(format!(
                     "{} {on_host} {mark} {c}",
                     addresses(family, Some("127.0.0.0/8"), dst)

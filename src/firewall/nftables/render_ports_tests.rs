@@ -12,6 +12,7 @@ fn ep(id: &str, mappings: Vec<PortMapping>) -> EndpointPorts {
         container_ipv4: Some("10.1.0.2/24".parse().unwrap()),
         container_ipv6: None,
         mappings,
+        options: Default::default(),
     }
 }
 

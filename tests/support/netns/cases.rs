@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use cnibridge::firewall::{EndpointPorts, NetworkRules, PortMapping, Proto};
+use cnibridge::firewall::{EndpointPorts, NetworkRules, PortMapping, PortOptions, Proto};
 
 pub const NET_A: &str = "aaaaaaaaaaaa1111111111111111111111111111111111111111111111111111";
 pub const NET_B: &str = "bbbbbbbbbbbb2222222222222222222222222222222222222222222222222222";
@@ -72,6 +72,17 @@ pub fn network_cases() -> Vec<(&'static str, Vec<NetworkRules>)> {
             }],
         ),
         ("two_networks", vec![net_a(), net_b()]),
+        // The firewall plugin's ingressPolicy open: A takes no part in isolation, B does.
+        (
+            "ingress_open",
+            vec![
+                NetworkRules {
+                    isolate: false,
+                    ..net_a()
+                },
+                net_b(),
+            ],
+        ),
     ]
 }
 
@@ -100,6 +111,7 @@ pub fn endpoint(
         container_ipv4: Some(addr.parse().unwrap()),
         container_ipv6: addr6.map(|a| a.parse().unwrap()),
         mappings,
+        options: Default::default(),
     }
 }
 
@@ -115,6 +127,28 @@ pub fn port_cases() -> Vec<(&'static str, EndpointPorts)> {
         (
             "ports_udp_range",
             ep(vec![run_of(Proto::Udp, 5000, 5002, 6000)]),
+        ),
+        // portmap's snat off: nothing marked for masquerade.
+        (
+            "ports_no_snat",
+            EndpointPorts {
+                options: PortOptions {
+                    snat: false,
+                    ..PortOptions::default()
+                },
+                ..ep(vec![tcp(None, 8080, 80)])
+            },
+        ),
+        // portmap's masqAll: every connection marked, whatever its source.
+        (
+            "ports_masq_all",
+            EndpointPorts {
+                options: PortOptions {
+                    masq_all: true,
+                    ..PortOptions::default()
+                },
+                ..ep(vec![tcp(None, 8080, 80)])
+            },
         ),
         (
             "ports_mixed",
