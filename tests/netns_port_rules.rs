@@ -188,3 +188,64 @@ fn a_stopped_service_leaves_its_port_free_despite_time_wait() {
         },
     );
 }
+
+/// The portmap keys only the iptables backend has: a `markMasqBit` of the network's own (its
+/// own `MASQUERADE`), `conditionsV4`/`V6` on the jumps, and an operator's
+/// `externalSetMarkChain` (jumped to, never created or removed by cnibridge).
+#[test]
+fn iptables_only_portmap_keys_in_the_kernel() {
+    use cnibridge::firewall::{NetworkRules, PortOptions};
+    let cases = [
+        (
+            "ports_mark_bit_conditions",
+            PortOptions {
+                mark_masq_bit: 14,
+                conditions_v4: vec!["! -i eth9".into()],
+                conditions_v6: vec!["! -s fd99::/64".into()],
+                ..PortOptions::default()
+            },
+        ),
+        (
+            "ports_external_mark_chain",
+            PortOptions {
+                external_set_mark_chain: Some("CNBT-MARK-MASQ".into()),
+                ..PortOptions::default()
+            },
+        ),
+    ];
+    for (name, options) in cases {
+        in_netns(&format!("kernel golden {name}"), move || async move {
+            for tool in ["iptables", "ip6tables"] {
+                run(&[tool, "-t", "nat", "-N", "CNBT-MARK-MASQ"]);
+            }
+            let net = NetworkRules {
+                port_options: options.clone(),
+                ..net_a()
+            };
+            let p = EndpointPorts {
+                options,
+                ..endpoint(
+                    EP_1,
+                    "10.77.0.2/24",
+                    Some("fd77::2/64"),
+                    vec![tcp(None, 8080, 80)],
+                )
+            };
+            let fw = IptablesFirewall::default();
+            fw.add_network(&net).await.unwrap();
+            fw.add_ports(&p).await.unwrap();
+            assert_golden(&format!("iptables/{name}"), &kernel_rules());
+            let restarted = IptablesFirewall::default();
+            restarted
+                .reconcile(std::slice::from_ref(&net), std::slice::from_ref(&p))
+                .await
+                .unwrap();
+            assert_golden(&format!("iptables/{name}"), &kernel_rules());
+            fw.del_ports(NET_A, EP_1).await.unwrap();
+            fw.del_network(&net).await.unwrap();
+            assert_golden("iptables/cleaned", &kernel_rules());
+            // The operator's chain is theirs: still there.
+            run(&["iptables", "-t", "nat", "-S", "CNBT-MARK-MASQ"]);
+        });
+    }
+}

@@ -269,7 +269,15 @@ impl NetConf {
             if top.get("type").is_none() && top.get("plugins").is_some() {
                 return Err(top.missing("type", "; a file with plugins must be named .conflist"));
             }
-            (version(top, "cniVersion")?, top.map, Chain::default())
+            // A single `.conf` chains nothing, so it states no wish about ports: its networks
+            // publish as cnibridge always did, as a network from Docker's flags does (and the
+            // export says so with a portmap plugin). Only a conflist that leaves portmap out
+            // refuses `-p`.
+            (
+                version(top, "cniVersion")?,
+                top.map,
+                Chain::docker_default(),
+            )
         };
         // The list's name wins: the runtime injects it into every plugin of a conflist.
         let name = top.string("name")?.ok_or_else(|| top.missing("name", ""))?;

@@ -91,6 +91,12 @@ fn export_is_the_golden_conflist() {
         ],
         "dataDir": "/var/lib/cni/networks"
       }
+    },
+    {
+      "capabilities": {
+        "portMappings": true
+      },
+      "type": "portmap"
     }
   ]
 }

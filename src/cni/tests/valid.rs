@@ -52,7 +52,8 @@ pub(super) fn cases() -> Vec<(&'static str, String, Check)> {
             assert!(c.ipam.routes.is_empty());
             assert_eq!(c.ipam.data_dir, None);
             assert!(c.origin.legacy_range && !c.origin.conflist);
-            assert_eq!(c.chain, crate::cni::chain::Chain::default());
+            // A single .conf publishes as a network from Docker's flags does.
+            assert_eq!(c.chain, crate::cni::chain::Chain::docker_default());
         }),
         // Every bridge key set.
         (
