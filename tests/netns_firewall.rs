@@ -19,7 +19,7 @@ use cnibridge::firewall::iptables::{
     jumps, render_restore, Family, IptablesFirewall, IptablesTools,
 };
 use cnibridge::firewall::{Firewall, NetworkRules};
-use netns::cases::{net_a, network_cases, NET_A, NET_B};
+use netns::cases::{net_a, net_b, network_cases, NET_A, NET_B};
 use netns::{assert_golden, in_netns, our_rules, run, tcp_reaches, NamedNetns};
 
 fn net(id: &str, bridge: &str) -> NetworkRules {
@@ -314,4 +314,62 @@ fn same_bridge_traffic_needs_the_rule_under_forward_drop() {
             }
         },
     );
+}
+
+/// `iptablesAdminChainName`: created when missing, jumped to right behind the isolation jump
+/// (before every accept of ours) after an incremental add and after a full rewrite, and never
+/// flushed or deleted: the operator's rule in it outlives the network.
+#[test]
+fn the_admin_chain_is_jumped_to_first_and_left_to_the_operator() {
+    in_netns("admin chain", || async {
+        let admin = NetworkRules {
+            admin_chain: Some("CNBT-ADMIN".into()),
+            ..net_a()
+        };
+        run(&["iptables", "-w", "-N", "CNBT-ADMIN"]);
+        run(&[
+            "iptables",
+            "-w",
+            "-A",
+            "CNBT-ADMIN",
+            "-s",
+            "10.77.0.9/32",
+            "-j",
+            "DROP",
+        ]);
+        let second_and_third = || -> Vec<String> {
+            run(&["iptables", "-w", "-S", "CNIBRIDGE-FORWARD"])
+                .lines()
+                .skip(2)
+                .take(2)
+                .map(str::to_string)
+                .collect()
+        };
+        let want = |dir: &str| {
+            format!("-A CNIBRIDGE-FORWARD {dir} cnb-a -m comment --comment \"cnibridge net aaaaaaaaaaaa\" -j CNBT-ADMIN")
+        };
+        let fw = IptablesFirewall::default();
+        fw.add_network(&net_b()).await.unwrap();
+        fw.add_network(&admin).await.unwrap();
+        assert_eq!(second_and_third(), vec![want("-i"), want("-o")]);
+        let restarted = IptablesFirewall::default();
+        restarted
+            .reconcile(&[net_b(), admin.clone()], &[])
+            .await
+            .unwrap();
+        assert_eq!(second_and_third(), vec![want("-i"), want("-o")]);
+        fw.del_network(&admin).await.unwrap();
+        fw.del_network(&net_b()).await.unwrap();
+        assert_golden("iptables/cleaned", &kernel_rules());
+        assert!(
+            run(&["iptables", "-w", "-S", "CNBT-ADMIN"]).contains("-s 10.77.0.9/32 -j DROP"),
+            "the operator's rule is gone"
+        );
+        // Missing at the start: created.
+        run(&["iptables", "-w", "-F", "CNBT-ADMIN"]);
+        run(&["iptables", "-w", "-X", "CNBT-ADMIN"]);
+        fw.add_network(&admin).await.unwrap();
+        run(&["iptables", "-w", "-S", "CNBT-ADMIN"]);
+        fw.del_network(&admin).await.unwrap();
+    });
 }

@@ -76,6 +76,11 @@ pub struct Chain {
     /// cnibridge only accepts (`capabilities`, a plugin's `name`, …) and the file's order.
     #[serde(default)]
     pub raw: Vec<Value>,
+    /// The conflist's own keys that are the runtimes' (`nerdctlID`, `nerdctlLabels`,
+    /// `disableCheck`, …), not looked at but written back into the export, so a runtime that
+    /// shares the network finds what it wrote.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub list_keys: Map<String, Value>,
 }
 
 impl Chain {

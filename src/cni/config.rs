@@ -264,7 +264,9 @@ impl NetConf {
         let conflist = is_conflist(path);
         let (cni_version, plugin, chain) = if conflist {
             let l = list_parts(top)?;
-            (l.version, l.first, chain::parse(&file, &l.rest)?)
+            let mut chain = chain::parse(&file, &l.rest)?;
+            chain.list_keys = l.list_keys;
+            (l.version, l.first, chain)
         } else {
             if top.get("type").is_none() && top.get("plugins").is_some() {
                 return Err(top.missing("type", "; a file with plugins must be named .conflist"));
@@ -412,10 +414,12 @@ impl NetConf {
     }
 }
 
-/// What a `.conflist` contributes beyond the bridge plugin's own keys. Other list-level keys
-/// (`nerdctlID`, `nerdctlLabels`, `args`, …) are the runtimes' and not looked at, as libcni.
+/// What a `.conflist` contributes beyond the bridge plugin's own keys.
 struct ListParts<'a> {
     version: CniVersion,
+    /// The list-level keys that are the runtimes' (`nerdctlID`, `nerdctlLabels`, `args`, …):
+    /// not looked at, as by libcni, but kept for the export.
+    list_keys: Map<String, Value>,
     /// The first plugin object (`bridge` or `flannel`).
     first: &'a Map<String, Value>,
     /// The plugin objects after it.
@@ -453,8 +457,21 @@ fn list_parts<'a>(top: Obj<'a>) -> Result<ListParts<'a>, CniError> {
             "must list the bridge plugin",
         ));
     };
+    // cniVersions is left out: the export speaks one version of its own.
+    let list_keys = top
+        .map
+        .iter()
+        .filter(|(k, _)| {
+            !matches!(
+                k.as_str(),
+                "cniVersion" | "cniVersions" | "name" | "plugins"
+            )
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     Ok(ListParts {
         version: v,
+        list_keys,
         first,
         rest: rest.to_vec(),
     })

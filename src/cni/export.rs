@@ -36,6 +36,9 @@ struct List<'a> {
     name: &'a str,
     /// The bridge plugin, then the chain's objects as the config had them.
     plugins: Vec<Plugin<'a>>,
+    /// The source conflist's runtime keys (`nerdctlID`, `disableCheck`, …), as it had them.
+    #[serde(flatten)]
+    list_keys: &'a serde_json::Map<String, Value>,
 }
 
 /// Untagged, so the bridge keeps its field order (a `Value` would sort its keys).
@@ -213,6 +216,7 @@ pub fn render(conf: &NetConf, default_data_dir: &Path) -> Result<String, CniErro
         cni_version: EXPORT_VERSION,
         name: &conf.name,
         plugins,
+        list_keys: &conf.chain.list_keys,
     };
     let mut text = serde_json::to_string_pretty(&list).map_err(|e| CniError::Render {
         name: conf.name.clone(),

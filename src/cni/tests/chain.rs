@@ -54,7 +54,8 @@ fn containerd_default_chains_portmap() {
 
 #[test]
 fn nerdctl_default_chains_portmap_firewall_same_bridge_and_tuning() {
-    // nerdctlID and nerdctlLabels are nerdctl's list-level keys: accepted, not looked at.
+    // nerdctlID and nerdctlLabels are nerdctl's list-level keys: not looked at, but kept for
+    // the export (the round trip below reads them back), where nerdctl finds them again.
     let c = runtime("nerdctl-bridge.conflist");
     assert_eq!((c.name.as_str(), c.bridge.as_str()), ("bridge", "nerdctl0"));
     assert!(c.hairpin_mode && c.ip_masq && c.is_gateway);
@@ -68,6 +69,13 @@ fn nerdctl_default_chains_portmap_firewall_same_bridge_and_tuning() {
         bandwidth: None,
         loopback: false,
         raw: c.chain.raw.clone(),
+        list_keys: serde_json::json!({
+            "nerdctlID": "17f29b073143d8cd97b5bbe492bdeffec1c5fee55cc1fe2112c8b9335f8b6121",
+            "nerdctlLabels": {"nerdctl/default-network": "true"}
+        })
+        .as_object()
+        .cloned()
+        .unwrap(),
     };
     assert_eq!(c.chain, want);
     let types: Vec<&str> = c

@@ -181,6 +181,9 @@ impl Backend for IptablesBackend {
         old: Option<&NetworkRules>,
         new: &NetworkRules,
     ) -> Result<(), FirewallError> {
+        for (tools, _) in self.families() {
+            ensure_admin_chains(tools, std::slice::from_ref(new)).await?;
+        }
         self.each_family(|family| render_network_update(family, old, Some(new)))
             .await
     }
@@ -234,8 +237,38 @@ async fn apply_family(
         StaleChains::Known(chains) => chains.clone(),
         StaleChains::FromKernel => endpoint_chains_in_kernel(tools).await?,
     };
+    ensure_admin_chains(tools, networks).await?;
     let script = render_restore(family, networks, ports, &missing, &stale);
     restore(tools, &script).await
+}
+
+/// Create the networks' `iptablesAdminChainName` chains that do not exist yet. Outside the
+/// restore, because declaring a chain there flushes it (iptables-nft 1.8.9 with --noflush), and
+/// the admin chain is the operator's: cnibridge never flushes or deletes it.
+async fn ensure_admin_chains(
+    tools: &IptablesTools,
+    networks: &[NetworkRules],
+) -> Result<(), FirewallError> {
+    let mut done: Vec<&str> = Vec::new();
+    for chain in networks.iter().filter_map(|n| n.admin_chain.as_deref()) {
+        if done.contains(&chain) {
+            continue;
+        }
+        done.push(chain);
+        let out = run(&tools.iptables, &["-w", "-t", "filter", "-N", chain], None).await?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() && !stderr.contains("exists") {
+            return Err(FirewallError::Backend {
+                tool: tools.iptables.clone(),
+                reason: format!(
+                    "creating the admin chain {chain} failed ({}): {}",
+                    out.status,
+                    stderr.trim()
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Run one `iptables-restore -w --noflush` with `script`.

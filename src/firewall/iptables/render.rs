@@ -290,6 +290,22 @@ fn filter_rules(family: Family, net: &NetworkRules) -> Vec<Rule> {
     rules
 }
 
+/// The jumps of one network into its `iptablesAdminChainName` (after `-A CNIBRIDGE-FORWARD `),
+/// both directions through its bridge. They sit between the isolation jump and every accept of
+/// ours, where the firewall plugin puts its admin jump: the operator's rules decide first
+/// (isolation between networks excepted, which the plugin also runs before).
+pub fn admin_jumps(net: &NetworkRules) -> Vec<String> {
+    let Some(admin) = &net.admin_chain else {
+        return Vec::new();
+    };
+    let br = &net.bridge;
+    let comment = rule_comment(&net.network_id);
+    [format!("-i {br}"), format!("-o {br}")]
+        .into_iter()
+        .map(|m| format!("{m} -m comment --comment \"{comment}\" -j {admin}"))
+        .collect()
+}
+
 /// The nat rules of one network for `family`: none unless it masquerades that family.
 fn nat_rules(family: Family, net: &NetworkRules) -> Vec<Rule> {
     let mut rules = Vec::new();
@@ -381,6 +397,11 @@ pub fn render_restore(
         }
         for (_, chain, rule) in static_rules().iter().filter(|(t, _, _)| *t == table) {
             out.push_str(&format!("-A {chain} {rule}\n"));
+            if *rule == format!("-j {ISOLATION_1}") {
+                for j in networks.iter().flat_map(admin_jumps) {
+                    out.push_str(&format!("-A {FORWARD_CHAIN} {j}\n"));
+                }
+            }
         }
         // Grouped by chain, in the order the kernel dump shows them.
         for chain in fixed {
@@ -451,14 +472,27 @@ pub fn render_network_update(
                 })
                 .collect::<Vec<_>>()
         };
+        let admin = |net: &NetworkRules| match table {
+            "filter" => admin_jumps(net),
+            _ => Vec::new(),
+        };
         let gone = old.map(rules).unwrap_or_default();
         let added = new.map(rules).unwrap_or_default();
-        if gone.is_empty() && added.is_empty() {
+        let admin_gone = old.map(admin).unwrap_or_default();
+        let admin_added = new.map(admin).unwrap_or_default();
+        if gone.is_empty() && added.is_empty() && admin_gone.is_empty() && admin_added.is_empty() {
             continue;
         }
         out.push_str(&format!("*{table}\n"));
+        for r in admin_gone {
+            out.push_str(&format!("-D {FORWARD_CHAIN} {r}\n"));
+        }
         for r in gone {
             out.push_str(&format!("-D {r}\n"));
+        }
+        // Right behind the isolation jump, the first rule of the chain.
+        for r in admin_added.iter().rev() {
+            out.push_str(&format!("-I {FORWARD_CHAIN} 2 {r}\n"));
         }
         for r in added {
             out.push_str(&format!("-A {r}\n"));

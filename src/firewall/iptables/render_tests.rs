@@ -342,3 +342,44 @@ fn a_markmasqbit_of_its_own_is_masqueraded_by_the_network() {
         assert_eq!(s.matches("MASQUERADE").count(), 1, "{s}");
     }
 }
+
+#[test]
+fn the_admin_chain_is_jumped_to_behind_the_isolation_jump_and_only_its_jumps_removed() {
+    let net = NetworkRules {
+        admin_chain: Some("CNI-ADMIN".into()),
+        ..NetworkRules::new("net1", "br0")
+    };
+    let c = "-m comment --comment \"cnibridge net net1\"";
+    let add = render_network_update(Family::V4, None, Some(&net)).unwrap();
+    assert!(
+        add.contains(&format!(
+            "-I CNIBRIDGE-FORWARD 2 -o br0 {c} -j CNI-ADMIN\n-I CNIBRIDGE-FORWARD 2 -i br0 {c} -j CNI-ADMIN\n"
+        )),
+        "{add}"
+    );
+    let del = render_network_update(Family::V4, Some(&net), None).unwrap();
+    assert!(
+        del.contains(&format!("-D CNIBRIDGE-FORWARD -i br0 {c} -j CNI-ADMIN\n")),
+        "{del}"
+    );
+    // Never declared, flushed or deleted: it is the operator's.
+    for s in [
+        &add,
+        &del,
+        &render_restore(Family::V4, std::slice::from_ref(&net), &[], &[], &[]),
+    ] {
+        assert!(
+            !s.contains(":CNI-ADMIN") && !s.contains("-F CNI-ADMIN") && !s.contains("-X CNI-ADMIN"),
+            "{s}"
+        );
+    }
+    let full = render_restore(Family::V4, &[net], &[], &[], &[]);
+    let isolation = full
+        .find("-A CNIBRIDGE-FORWARD -j CNIBRIDGE-ISOLATION-1\n")
+        .unwrap();
+    let admin = full.find("-j CNI-ADMIN").unwrap();
+    let published = full
+        .find("-A CNIBRIDGE-FORWARD -j CNIBRIDGE-PUBLISHED\n")
+        .unwrap();
+    assert!(isolation < admin && admin < published, "{full}");
+}

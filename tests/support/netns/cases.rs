@@ -72,6 +72,14 @@ pub fn network_cases() -> Vec<(&'static str, Vec<NetworkRules>)> {
             }],
         ),
         ("two_networks", vec![net_a(), net_b()]),
+        // The firewall plugin's iptablesAdminChainName: jumped to first (iptables only).
+        (
+            "admin_chain",
+            vec![NetworkRules {
+                admin_chain: Some("CNBT-ADMIN".into()),
+                ..net_a()
+            }],
+        ),
         // The firewall plugin's ingressPolicy open: A takes no part in isolation, B does.
         (
             "ingress_open",
