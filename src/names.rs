@@ -19,6 +19,39 @@ pub fn host_veth(endpoint_id: &str) -> String {
     format!("{HOST_VETH_PREFIX}{}", id_part(endpoint_id, 12))
 }
 
+/// How many host veth names an endpoint may take: [`host_veth`] and, when another live
+/// endpoint holds that one (their EndpointIDs share 12 characters), hashed ones of the whole
+/// id. Few and derived from the id, so an allocation file's owner is still recognised from
+/// its content alone.
+pub const HOST_VETH_CHOICES: u8 = 4;
+
+/// The host veth names `endpoint_id` may take, in order of preference.
+pub fn host_veth_choices(endpoint_id: &str) -> impl Iterator<Item = String> + '_ {
+    (0..HOST_VETH_CHOICES).map(move |n| match n {
+        0 => host_veth(endpoint_id),
+        _ => {
+            let mut salted = endpoint_id.as_bytes().to_vec();
+            salted.push(n);
+            format!(
+                "{HOST_VETH_PREFIX}{}",
+                &format!("{:016x}", fnv1a(&salted))[..12]
+            )
+        }
+    })
+}
+
+/// Whether `name` is one of the host veth names `endpoint_id` may take.
+pub fn is_host_veth_of(endpoint_id: &str, name: &str) -> bool {
+    host_veth_choices(endpoint_id).any(|c| c == name)
+}
+
+/// The container end of the pair whose host end is `host_veth`: the same 12 characters.
+pub fn peer_of_host_veth(host_veth: &str) -> Option<String> {
+    host_veth
+        .strip_prefix(HOST_VETH_PREFIX)
+        .map(|id| format!("ccb{id}"))
+}
+
 /// The ifb device carrying an endpoint's egress shaping (CNI `bandwidth`): `bcb` + 12
 /// characters of the EndpointID.
 pub fn ifb(endpoint_id: &str) -> String {
@@ -113,6 +146,27 @@ mod tests {
                 "{n}"
             );
         }
+    }
+
+    #[test]
+    fn endpoint_ids_sharing_12_characters_have_other_veth_choices() {
+        let a = "9dbfb9b7a99ca164c089738d00b0c39a59379e11defbd6a755856f28c0a9fbcc";
+        let b = "9dbfb9b7a99cffffc089738d00b0c39a59379e11defbd6a755856f28c0a9fbcc";
+        let (ca, cb): (Vec<_>, Vec<_>) = (
+            host_veth_choices(a).collect(),
+            host_veth_choices(b).collect(),
+        );
+        assert_eq!(ca[0], cb[0]);
+        assert!(ca[1..].iter().all(|n| !cb.contains(n)), "{ca:?} {cb:?}");
+        for n in &ca {
+            assert!(n.len() <= 15 && is_host_veth_of(a, n), "{n}");
+            assert_eq!(peer_of_host_veth(n).map(|p| p.len()), Some(n.len()));
+        }
+        assert_eq!(
+            peer_of_host_veth(&ca[0]).as_deref(),
+            Some(peer_veth(a).as_str())
+        );
+        assert!(!is_host_veth_of(a, "vcbffffffffffff"));
     }
 
     #[test]

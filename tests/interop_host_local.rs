@@ -231,7 +231,7 @@ fn each_side_releases_only_its_own() {
     f.ipam.release_address(&f.pool, b).unwrap();
     assert_eq!(f.content(b).unwrap(), "ctrB\r\neth0");
     // Our relabelled file is exactly what host-local writes: its DEL finds it by id + ifname.
-    let owner = Owner::endpoint("ep1");
+    let owner = Owner::endpoint("ep1", &cnibridge::names::host_veth("ep1"));
     f.ipam.set_owner(&f.pool, y, &owner).unwrap();
     let z = f.ours();
     f.del("ep1", owner.ifname());

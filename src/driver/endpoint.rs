@@ -117,14 +117,17 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
             "driver-opt",
         )?
         .filter(|b| b.shapes());
+        let host_veth = self.veth_names.claim(&req.endpoint_id)?;
+        let peer_veth = names::peer_of_host_veth(&host_veth)
+            .unwrap_or_else(|| names::peer_veth(&req.endpoint_id));
         let ep = EndpointRecord {
             id: req.endpoint_id.clone(),
             network_id: req.network_id.clone(),
             address,
             address_ipv6,
             mac: names::format_mac(&mac),
-            host_veth: names::host_veth(&req.endpoint_id),
-            peer_veth: names::peer_veth(&req.endpoint_id),
+            host_veth,
+            peer_veth,
             ports: None,
             bandwidth: shaped,
         };
@@ -134,7 +137,10 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
             ep,
             claims,
         };
-        create_endpoint_plan().run(&mut ctx).await?;
+        if let Err(e) = create_endpoint_plan().run(&mut ctx).await {
+            self.veth_names.release(&ctx.ep.host_veth, &ctx.ep.id);
+            return Err(e);
+        }
         let ep = ctx.ep;
         let resp = answer(&ep.mac);
         ns.endpoints.insert(ep.id.clone(), ep);
@@ -147,7 +153,7 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
     async fn claim_addresses(&self, ep: &EndpointRecord, claims: &[(String, IpAddr)]) {
         for (pool_id, addr) in claims.iter().cloned() {
             let ipam = self.ipam.clone();
-            let owner = Owner::endpoint(&ep.id);
+            let owner = Owner::endpoint(&ep.id, &ep.host_veth);
             if let Err(e) = blocking(move || ipam.set_owner(&pool_id, addr, &owner)).await {
                 tracing::warn!(endpoint = short(&ep.id), address = %addr, error = %e, "cannot name allocation file after endpoint");
             }
@@ -169,8 +175,8 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
     /// DeleteEndpoint: forget the endpoint and delete its veth. Unknown is fine.
     ///
     /// The kernel needs 15–20 ms to unregister a veth (RCU grace periods), ten times the rest
-    /// of an endpoint's life, so the deletion runs in the background: the name is never reused
-    /// (it derives from the EndpointID), DeleteNetwork and shutdown wait for it, and a crash
+    /// of an endpoint's life, so the deletion runs in the background: the name stays held
+    /// until it is done (no new endpoint takes it), DeleteNetwork and shutdown wait for it, and a crash
     /// before it finishes leaves a port that the next start collects.
     pub async fn delete_endpoint(
         &self,
@@ -205,8 +211,10 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
         ns.endpoints.remove(endpoint_id);
         ns.teardowns.retain(|t| !t.is_finished());
         let dp = self.dp.clone();
+        let veth_names = self.veth_names.clone();
         ns.teardowns.push(tokio::spawn(async move {
             delete_endpoint_links(dp.as_ref(), &ep).await;
+            veth_names.release(&ep.host_veth, &ep.id);
         }));
         unpublished
     }
@@ -219,7 +227,7 @@ pub(super) async fn delete_endpoint_links<D: Dataplane>(dp: &D, ep: &EndpointRec
         tracing::warn!(veth = %ep.host_veth, error = %e, "cannot delete veth");
     }
     if ep.bandwidth.is_some_and(|b| b.egress_rate > 0) {
-        let ifb = names::ifb(&ep.id);
+        let ifb = names::ifb_of_host_veth(&ep.host_veth).unwrap_or_else(|| names::ifb(&ep.id));
         if let Err(e) = dp.delete_link(&ifb).await {
             tracing::warn!(ifb = %ifb, error = %e, "cannot delete ifb device");
         }

@@ -205,24 +205,25 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
         let Some(entry) = self.entry(network_id) else {
             return Ok(false);
         };
-        let held: Vec<(String, std::net::IpAddr)> = {
+        let (held, host_veth): (Vec<(String, std::net::IpAddr)>, String) = {
             let ns = entry.lock().await;
             let Some(ep) = ns.endpoints.get(endpoint_id) else {
                 return Ok(false);
             };
-            [
+            let held = [
                 (ns.net.ipv4.as_ref(), ep.address),
                 (ns.net.ipv6.as_ref(), ep.address_ipv6),
             ]
             .into_iter()
             .filter_map(|(fam, addr)| Some((fam?.pool_id.clone()?, addr?.addr())))
-            .collect()
+            .collect();
+            (held, ep.host_veth.clone())
         };
         self.leave(network_id, endpoint_id).await?;
         self.delete_endpoint(network_id, endpoint_id).await?;
         for (pool, addr) in held {
             let ipam = self.ipam.clone();
-            let owner = Owner::endpoint(endpoint_id);
+            let owner = Owner::endpoint(endpoint_id, &host_veth);
             blocking(move || ipam.release_owned(&pool, addr, &owner)).await?;
         }
         Ok(true)

@@ -229,8 +229,12 @@ async fn an_address_handed_on_is_not_released_for_its_old_endpoint() {
     let again = ipam
         .request_address(&pool, Some(addr.addr()), false)
         .unwrap();
-    ipam.set_owner(&pool, again.addr(), &crate::ipam::Owner::endpoint(EP2))
-        .unwrap();
+    ipam.set_owner(
+        &pool,
+        again.addr(),
+        &crate::ipam::Owner::endpoint(EP2, &crate::names::host_veth(EP2)),
+    )
+    .unwrap();
     let dockerd = FakeDockerd {
         answers: HashMap::from([(NET, present(&[EP2]))]),
         ..Default::default()

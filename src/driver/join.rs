@@ -155,9 +155,11 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
                     .collect()
             })
             .unwrap_or_default();
-        let shaping = ep
-            .bandwidth
-            .map(|b| (bandwidth::shaping(&b), names::ifb(endpoint_id)));
+        let shaping = ep.bandwidth.map(|b| {
+            let ifb =
+                names::ifb_of_host_veth(&ep.host_veth).unwrap_or_else(|| names::ifb(endpoint_id));
+            (bandwidth::shaping(&b), ifb)
+        });
         let mut ctx = Joining {
             driver: self,
             ns: &mut ns,

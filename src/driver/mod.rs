@@ -39,6 +39,7 @@ pub mod options;
 pub(crate) mod plan;
 mod pools;
 mod spec;
+mod veth_names;
 pub use spec::{
     EndpointAnswer, EndpointSpec, GenericOptions, IpamFamily, JoinAnswer, NetworkSpec, StaticRoute,
 };
@@ -173,6 +174,8 @@ pub struct Driver<D, F> {
     activations: forget::Activations,
     /// CreateNetworks in flight: one per NetworkID, bridge names reserved.
     creations: creating::Creations,
+    /// The host veth name each live endpoint holds.
+    veth_names: veth_names::VethNames,
 }
 
 /// Short ids for logs and names.
@@ -342,6 +345,10 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
                 }
             }
         }
+        let veth_names = veth_names::VethNames::default();
+        for ep in map.values().flat_map(|ns| ns.endpoints.values()) {
+            veth_names.known(&ep.host_veth, &ep.id);
+        }
         let rules: Vec<NetworkRules> = map.values().map(|ns| firewall_rules(&ns.net)).collect();
         let published: Vec<EndpointPorts> = map
             .values()
@@ -392,6 +399,7 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
             host_ports: Box::new(SystemHostPorts),
             activations: forget::Activations::default(),
             creations: creating::Creations::default(),
+            veth_names,
         })
     }
 

@@ -54,12 +54,14 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
             match self.dp.delete_link(&ep.host_veth).await {
                 Ok(()) => {
                     if ep.bandwidth.is_some_and(|b| b.egress_rate > 0) {
-                        let ifb = crate::names::ifb(&ep.id);
+                        let ifb = crate::names::ifb_of_host_veth(&ep.host_veth)
+                            .unwrap_or_else(|| crate::names::ifb(&ep.id));
                         if let Err(e) = self.dp.delete_link(&ifb).await {
                             errors.push(dp_err(format!("deleting ifb {ifb}"))(e));
                         }
                     }
                     ns.endpoints.remove(&ep.id);
+                    self.veth_names.release(&ep.host_veth, &ep.id);
                     if let Err(e) = self.state.remove_async(ENDPOINTS, &ep.id).await {
                         errors.push(e.into());
                     }

@@ -23,6 +23,8 @@ mod create_tests;
 mod forget_tests;
 #[path = "plan_ops_tests.rs"]
 mod plan_ops_tests;
+#[path = "veth_name_tests.rs"]
+mod veth_name_tests;
 
 const NET: &str = "791e17b650f762350d6d2a4f46730c611b40a62ed86ac2c0b93956bcbab6cd6e";
 const NET2: &str = "43d84917b6f05e49005b00f0f3fec8d7e0d748efa3afc36318a422d774edf169";

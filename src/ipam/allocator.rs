@@ -341,7 +341,7 @@ mod tests {
 
     #[test]
     fn release_and_relabel_touch_only_our_content() {
-        let ep = Owner::endpoint("ep1").render();
+        let ep = Owner::endpoint("ep1", &crate::names::host_veth("ep1")).render();
         let mut store = FakeStore::default();
         store
             .files

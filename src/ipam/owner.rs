@@ -5,7 +5,7 @@
 //! the directory after a crash. So every content cnibridge writes certifies itself:
 //! `cnibridge-gateway\r\ngateway`, `cnibridge-aux\r\naux`, `cnibridge-pending-<hex>\r\npending`,
 //! and `<EndpointID>\r\n<host veth>` where the veth name is derived from the EndpointID
-//! (`vcb` + 12 characters, [`crate::names::host_veth`]). A CNI runtime writes
+//! (`vcb` + 12 characters, or one of a few hashed choices: [`crate::names::host_veth_choices`]). A CNI runtime writes
 //! `<containerID>\r\n<ifname in the container>` (`eth0`…), which never has that shape.
 
 use std::fs::File;
@@ -22,12 +22,12 @@ const AUX_ID: &str = "cnibridge-aux";
 const PENDING_PREFIX: &str = "cnibridge-pending-";
 
 impl Owner {
-    /// An endpoint's claim: its EndpointID and the host veth name the driver derives from it,
-    /// which is what makes the file recognisably ours.
-    pub fn endpoint(endpoint_id: &str) -> Owner {
+    /// An endpoint's claim: its EndpointID and its host veth name, one of the few the driver
+    /// derives from the id, which is what makes the file recognisably ours.
+    pub fn endpoint(endpoint_id: &str, host_veth: &str) -> Owner {
         Owner::Endpoint {
             endpoint_id: endpoint_id.to_string(),
-            ifname: names::host_veth(endpoint_id),
+            ifname: host_veth.to_string(),
         }
     }
 
@@ -83,8 +83,8 @@ impl Owner {
         if !is_ours(self.render().as_bytes()) {
             return Err(IpamError::Invalid(match self {
                 Owner::Endpoint { endpoint_id, .. } => format!(
-                    "owner interface name {ifname:?} is not the host veth name {:?} of endpoint \
-                     {endpoint_id:?}; build the owner with Owner::endpoint",
+                    "owner interface name {ifname:?} is not a host veth name of endpoint \
+                     {endpoint_id:?} (such as {:?})",
                     names::host_veth(endpoint_id)
                 ),
                 _ => format!("pending token in {id:?} must be hexadecimal"),
@@ -111,7 +111,7 @@ pub fn is_ours(content: &[u8]) -> bool {
     match (id, ifname) {
         (GATEWAY_ID, "gateway") | (AUX_ID, "aux") => true,
         (id, "pending") => id.strip_prefix(PENDING_PREFIX).is_some_and(is_hex_token),
-        (id, ifname) => crate::names::is_valid_name(id) && ifname == names::host_veth(id),
+        (id, ifname) => crate::names::is_valid_name(id) && names::is_host_veth_of(id, ifname),
     }
 }
 
@@ -208,23 +208,37 @@ mod tests {
             Owner::Gateway,
             Owner::Aux,
             Owner::Pending(token()),
-            Owner::endpoint("3f5a0c1d9e2b4a6c8d0e"),
-            Owner::endpoint("ep1"),
+            Owner::endpoint(
+                "3f5a0c1d9e2b4a6c8d0e",
+                &names::host_veth("3f5a0c1d9e2b4a6c8d0e"),
+            ),
+            Owner::endpoint("ep1", &names::host_veth("ep1")),
         ];
         for o in &owners {
             o.validate().unwrap();
             assert!(is_ours(o.render().as_bytes()), "{o:?}");
         }
         assert_eq!(
-            Owner::endpoint("3f5a0c1d9e2b4a6c8d0e").render(),
+            Owner::endpoint(
+                "3f5a0c1d9e2b4a6c8d0e",
+                &names::host_veth("3f5a0c1d9e2b4a6c8d0e")
+            )
+            .render(),
             "3f5a0c1d9e2b4a6c8d0e\r\nvcb3f5a0c1d9e2b"
         );
+        // The other names an endpoint may take when its first is held are ours too.
+        for n in names::host_veth_choices("3f5a0c1d9e2b4a6c8d0e") {
+            assert!(
+                is_ours(format!("3f5a0c1d9e2b4a6c8d0e\r\n{n}").as_bytes()),
+                "{n}"
+            );
+        }
         let foreign = Owner::Endpoint {
             endpoint_id: "ep1".into(),
             ifname: "veth1".into(),
         };
         let err = foreign.validate().unwrap_err().to_string();
-        assert!(err.contains("Owner::endpoint"), "{err}");
+        assert!(err.contains("not a host veth name"), "{err}");
         assert!(Owner::Pending("xyz".into()).validate().is_err());
     }
 

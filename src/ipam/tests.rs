@@ -357,7 +357,11 @@ fn disk_format_through_the_facade() {
     e.addr(p, None, false).unwrap();
     e.addr(p, Some("10.60.0.9"), false).unwrap();
     e.ipam
-        .set_owner(p, ip("10.60.0.2"), &Owner::endpoint("ep1"))
+        .set_owner(
+            p,
+            ip("10.60.0.2"),
+            &Owner::endpoint("ep1", &crate::names::host_veth("ep1")),
+        )
         .unwrap();
     assert_eq!(
         e.tree(p),

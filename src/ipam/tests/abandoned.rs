@@ -20,7 +20,14 @@ fn pending_files_of_an_earlier_life_are_found_and_collected() {
     e.addr(p, None, true).unwrap();
     let claimed = host(e.addr(p, None, false).unwrap());
     e.ipam
-        .set_owner(p, claimed, &Owner::endpoint("3f5a0c1d9e2b4a6c"))
+        .set_owner(
+            p,
+            claimed,
+            &Owner::endpoint(
+                "3f5a0c1d9e2b4a6c",
+                &crate::names::host_veth("3f5a0c1d9e2b4a6c"),
+            ),
+        )
         .unwrap();
     // dockerd died between RequestAddress and CreateEndpoint, twice.
     let lost = [
@@ -77,7 +84,14 @@ fn only_files_still_pending_with_the_same_token_are_collected() {
     // During the grace period: CreateEndpoint came for one, ReleaseAddress for another, and the
     // third was released and requested again (a new token).
     e.ipam
-        .set_owner(p, relabeled, &Owner::endpoint("3f5a0c1d9e2b4a6c"))
+        .set_owner(
+            p,
+            relabeled,
+            &Owner::endpoint(
+                "3f5a0c1d9e2b4a6c",
+                &crate::names::host_veth("3f5a0c1d9e2b4a6c"),
+            ),
+        )
         .unwrap();
     e.ipam.release_address(p, released).unwrap();
     e.ipam.release_address(p, rerequested).unwrap();
@@ -124,14 +138,24 @@ fn a_claim_after_the_file_went_takes_the_address_again_if_free() {
     let b = host(e.addr(p, None, false).unwrap());
     e.ipam.collect_abandoned(&e.ipam.pending_addresses());
     // A CreateEndpoint later than any grace: the address is still free, so it is taken again.
-    let owner = Owner::endpoint("3f5a0c1d9e2b4a6c");
+    let owner = Owner::endpoint(
+        "3f5a0c1d9e2b4a6c",
+        &crate::names::host_veth("3f5a0c1d9e2b4a6c"),
+    );
     e.ipam.set_owner(p, a, &owner).unwrap();
     assert_eq!(e.file(p, &a.to_string()).unwrap(), owner.render());
     // Taken by a CNI runtime meanwhile: refused, naming the holder; its file stays.
     fs::write(e.dir(p).join(b.to_string()), "ctrX\r\neth0").unwrap();
     let err = e
         .ipam
-        .set_owner(p, b, &Owner::endpoint("4e6b1d2eaf3c5b7d"))
+        .set_owner(
+            p,
+            b,
+            &Owner::endpoint(
+                "4e6b1d2eaf3c5b7d",
+                &crate::names::host_veth("4e6b1d2eaf3c5b7d"),
+            ),
+        )
         .unwrap_err();
     assert!(matches!(err, IpamError::AddressInUse { .. }), "{err}");
     assert!(err.to_string().contains("ctrX"), "{err}");

@@ -66,7 +66,10 @@ fn set_owner_rewrites_the_file_byte_exact() {
     assert!(token.chars().all(|c| c.is_ascii_hexdigit()));
     let owners = [
         (
-            Owner::endpoint("3f5a0c1d9e2b4a6c"),
+            Owner::endpoint(
+                "3f5a0c1d9e2b4a6c",
+                &crate::names::host_veth("3f5a0c1d9e2b4a6c"),
+            ),
             "3f5a0c1d9e2b4a6c\r\nvcb3f5a0c1d9e2b",
         ),
         (Owner::Aux, "cnibridge-aux\r\naux"),
@@ -100,7 +103,7 @@ fn set_owner_rewrites_the_file_byte_exact() {
         ifname: "veth1".into(),
     };
     let err = e.ipam.set_owner(p, ip("10.50.0.2"), &bad).unwrap_err();
-    assert!(err.to_string().contains("Owner::endpoint"), "{err}");
+    assert!(err.to_string().contains("not a host veth name"), "{err}");
     assert_eq!(
         e.file(p, "10.50.0.2").unwrap(),
         "cnibridge-pending-ab12\r\npending"
@@ -159,7 +162,11 @@ fn a_file_written_just_before_a_kill_is_adopted() {
     fs::write(e.dir(p).join("10.80.0.9"), "").unwrap();
     let again = e.reopen();
     again
-        .set_owner(p, ip("10.80.0.7"), &Owner::endpoint("ep7"))
+        .set_owner(
+            p,
+            ip("10.80.0.7"),
+            &Owner::endpoint("ep7", &crate::names::host_veth("ep7")),
+        )
         .unwrap();
     again.release_address(p, ip("10.80.0.7")).unwrap();
     again.release_address(p, ip("10.80.0.8")).unwrap();
@@ -185,7 +192,13 @@ fn release_pool_removes_only_our_files_of_its_subnet() {
     e.pool(p, None).unwrap();
     e.addr(p, None, true).unwrap();
     let a = ip(e.addr(p, None, false).unwrap().split('/').next().unwrap());
-    e.ipam.set_owner(p, a, &Owner::endpoint("epA")).unwrap();
+    e.ipam
+        .set_owner(
+            p,
+            a,
+            &Owner::endpoint("epA", &crate::names::host_veth("epA")),
+        )
+        .unwrap();
     e.addr(p, Some("10.81.0.9"), false).unwrap();
     e.ipam.set_owner(p, ip("10.81.0.9"), &Owner::Aux).unwrap();
     e.addr(p, None, false).unwrap();
