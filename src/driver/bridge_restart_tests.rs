@@ -45,14 +45,7 @@ async fn a_borrowed_bridge_gets_back_what_force_address_removed() {
         .unwrap();
     let gw: ipnet::IpNet = "10.15.40.1/24".parse().unwrap();
     assert_eq!(r.dp.bridge("cnbt0").unwrap().addresses, vec![gw]);
-    let Rig {
-        dir,
-        dp,
-        fw,
-        driver,
-    } = r;
-    drop(driver);
-    let r = rig_in(dir, dp, fw).await;
+    let r = r.restarted().await;
     r.driver.delete_network(NET).await.unwrap();
     assert_eq!(r.dp.bridge("cnbt0").unwrap().addresses, vec![own]);
 }
@@ -99,14 +92,7 @@ async fn an_empty_endpoint_record_is_set_aside_and_its_veth_collected() {
     }
     let record = r.dir.path().join(format!("state/endpoints/{EP2}.json"));
     std::fs::write(&record, b"").unwrap();
-    let Rig {
-        dir,
-        dp,
-        fw,
-        driver,
-    } = r;
-    drop(driver);
-    let r = rig_in(dir, dp, fw).await;
+    let r = r.restarted().await;
     assert_eq!(r.dp.veths(), vec![names::host_veth(EP)]);
     assert!(!record.exists());
     assert!(r

@@ -59,6 +59,18 @@ async fn rig_in(dir: tempfile::TempDir, dp: RecordingDataplane, fw: RecordingFir
 }
 
 impl Rig {
+    /// The same state dir, kernel and firewall, served by a new driver: a restart.
+    async fn restarted(self) -> Rig {
+        let Rig {
+            dir,
+            dp,
+            fw,
+            driver,
+        } = self;
+        drop(driver);
+        rig_in(dir, dp, fw).await
+    }
+
     /// CreateEndpoint then Join, as `docker run` does.
     async fn joined(&self, net: &str, ep: &str, addr: &str) {
         self.driver
@@ -262,14 +274,7 @@ async fn a_restarted_driver_serves_networks_of_its_earlier_life() {
         .await
         .unwrap();
     r.joined(NET, EP, "10.15.40.2/24").await;
-    let Rig {
-        dir,
-        dp,
-        fw,
-        driver,
-    } = r;
-    drop(driver);
-    let r = rig_in(dir, dp, fw).await;
+    let r = r.restarted().await;
     assert_eq!(r.driver.network_ids(), vec![NET.to_string()]);
     assert!(r
         .fw
@@ -565,14 +570,7 @@ async fn a_record_with_a_value_an_older_version_accepted_gets_the_defaults() {
         serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     rec["options"]["ipMasq"] = json!("yes");
     std::fs::write(&path, serde_json::to_vec(&rec).unwrap()).unwrap();
-    let Rig {
-        dir,
-        dp,
-        fw,
-        driver,
-    } = r;
-    drop(driver);
-    let r = rig_in(dir, dp, fw).await;
+    let r = r.restarted().await;
     let restored = r.fw.networks();
     assert_eq!(restored.len(), 1);
     // Docker's defaults for the whole set, not a half-read record.

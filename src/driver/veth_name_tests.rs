@@ -29,14 +29,7 @@ async fn endpoints_sharing_12_characters_get_veths_of_their_own() {
     assert_eq!(Some(join.src_name), names::peer_of_host_veth(&twin));
 
     // A restart keeps each name with its endpoint.
-    let Rig {
-        dir,
-        dp,
-        fw,
-        driver,
-    } = r;
-    drop(driver);
-    let r = rig_in(dir, dp, fw).await;
+    let r = r.restarted().await;
     // A third twin never takes the name another endpoint holds.
     r.driver.delete_endpoint(NET, EP).await.unwrap();
     r.joined(NET, TRIPLET, "10.15.40.4/24").await;
