@@ -554,7 +554,8 @@ async fn malformed_requests_get_readable_errors() {
 async fn raw_exchange(socket: &Path, request: &[u8]) -> (String, Value) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::UnixStream::connect(socket).await.unwrap();
-    stream.write_all(request).await.unwrap();
+    // The server may answer and hang up before it has read all of a request it refuses.
+    let _ = stream.write_all(request).await;
     let mut answer = Vec::new();
     let _ = tokio::time::timeout(
         std::time::Duration::from_secs(5),
@@ -596,4 +597,24 @@ async fn broken_bodies_and_other_verbs_get_readable_errors() {
         v["Err"].as_str().unwrap_or_default().contains("POST only"),
         "{v}"
     );
+}
+
+/// Requests hyper refuses before cnibridge sees them (an unparsable head, headers beyond its
+/// buffer) are answered with an `{"Err"}` body too, saying what was wrong.
+#[tokio::test]
+async fn requests_hyper_refuses_still_get_an_err_body() {
+    let p = Plugin::start("10.210.0.0/16:24").await;
+    let (status, v) = raw_exchange(&p.socket(), b"NOT HTTP AT ALL\r\n\r\n").await;
+    assert!(status.contains(" 400 "), "status {status}");
+    let e = v["Err"].as_str().unwrap_or_default();
+    assert!(e.contains("could not be parsed"), "{v}");
+    let huge = format!(
+        "POST /NetworkDriver.CreateNetwork HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(1 << 20)
+    );
+    let (status, v) = raw_exchange(&p.socket(), huge.as_bytes()).await;
+    assert!(status.contains(" 431 "), "status {status}");
+    let e = v["Err"].as_str().unwrap_or_default();
+    assert!(e.contains("headers are too large"), "{v}");
+    assert!(p.dp.bridges().is_empty());
 }

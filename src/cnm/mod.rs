@@ -3,6 +3,7 @@
 //! call the driver or the IPAM, and encode.
 
 pub mod convert;
+mod error_bodies;
 pub mod router;
 pub mod server;
 pub mod types;

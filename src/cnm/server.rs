@@ -1,5 +1,6 @@
 //! The plugin socket: `/run/docker/plugins/<name>.sock`, root-only, one per live daemon.
 
+use super::error_bodies::ErrBodies;
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -100,7 +101,7 @@ pub async fn serve_with(
             },
         };
         let service = TowerToHyperService::new(router.clone());
-        let conn = http.serve_connection(TokioIo::new(stream), service);
+        let conn = http.serve_connection(TokioIo::new(ErrBodies::new(stream)), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
