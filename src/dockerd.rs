@@ -8,6 +8,8 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ipnet::IpNet;
+
 use crate::unix_client;
 
 /// dockerd answers from memory; the bound (on the whole exchange) is for a dockerd that accepted
@@ -49,6 +51,27 @@ pub trait DockerNetworks: Send + Sync + 'static {
     /// Whether dockerd still has the network. `Err` when dockerd cannot be asked or gives no
     /// clear answer; then nothing is forgotten.
     fn presence(&self, network_id: &str) -> impl Future<Output = Result<Presence, String>> + Send;
+
+    /// The subnets of every network dockerd has, whatever its drivers (`IPAM.Config[].Subnet`,
+    /// which dockerd fills in from the pool an IPAM driver answered).
+    fn subnets(&self) -> impl Future<Output = Result<BTreeSet<IpNet>, String>> + Send;
+}
+
+/// The subnets of a `GET /networks` answer.
+fn subnets_of(body: &str) -> Result<BTreeSet<IpNet>, String> {
+    let v: serde_json::Value =
+        serde_json::from_str(body.trim()).map_err(|e| format!("unreadable network list: {e}"))?;
+    let nets = v
+        .as_array()
+        .ok_or_else(|| "the network list is not an array".to_string())?;
+    Ok(nets
+        .iter()
+        .filter_map(|n| n.pointer("/IPAM/Config").and_then(|c| c.as_array()))
+        .flatten()
+        .filter_map(|c| c.get("Subnet").and_then(|s| s.as_str()))
+        .filter_map(|s| s.parse::<IpNet>().ok())
+        .map(|s| s.trunc())
+        .collect())
 }
 
 /// The Engine API on dockerd's unix socket.
@@ -107,6 +130,21 @@ impl DockerNetworks for DockerApi {
             )),
         }
     }
+
+    async fn subnets(&self) -> Result<BTreeSet<IpNet>, String> {
+        let answer = unix_client::request(&self.socket, "GET", "/networks", None, TIMEOUT)
+            .await
+            .map_err(|e| format!("asking dockerd on {}: {e}", self.socket.display()))?;
+        match answer.status {
+            200 => subnets_of(&answer.body)
+                .map_err(|e| format!("dockerd on {}: {e}", self.socket.display())),
+            code => Err(format!(
+                "dockerd on {} answered HTTP {code} for the network list: {}",
+                self.socket.display(),
+                answer.body.trim()
+            )),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -125,6 +163,22 @@ mod tests {
         assert_eq!(api(""), None);
         let err = DockerApi::from_host("tcp://127.0.0.1:2375").unwrap_err();
         assert!(err.contains("unix:///path"), "{err}");
+    }
+
+    #[test]
+    fn subnets_come_from_every_networks_ipam_config() {
+        let body = r#"[
+            {"Name":"bridge","IPAM":{"Driver":"default","Config":[{"Subnet":"172.17.0.0/16","Gateway":"172.17.0.1"}]}},
+            {"Name":"n","IPAM":{"Driver":"cnibridge","Config":[{"Subnet":"10.1.2.0/24"},{"Subnet":"fd00:1::/64"}]}},
+            {"Name":"host","IPAM":{"Driver":"default","Config":[]}},
+            {"Name":"none","IPAM":{"Driver":"default","Config":null}}
+        ]"#;
+        let want: BTreeSet<IpNet> = ["172.17.0.0/16", "10.1.2.0/24", "fd00:1::/64"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(subnets_of(body).unwrap(), want);
+        assert!(subnets_of("{}").is_err());
     }
 
     #[test]

@@ -31,6 +31,10 @@ impl DockerNetworks for FakeDockerd {
             .cloned()
             .ok_or_else(|| "dockerd is not reachable".to_string())
     }
+
+    async fn subnets(&self) -> Result<BTreeSet<ipnet::IpNet>, String> {
+        Err("not asked in these tests".to_string())
+    }
 }
 
 fn present(endpoints: &[&str]) -> Presence {

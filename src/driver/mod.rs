@@ -39,6 +39,7 @@ pub mod options;
 pub(crate) mod plan;
 mod pools;
 mod spec;
+mod unused_pools;
 mod veth_names;
 pub use spec::{
     EndpointAnswer, EndpointSpec, GenericOptions, IpamFamily, JoinAnswer, NetworkSpec, StaticRoute,

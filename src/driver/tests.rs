@@ -23,6 +23,8 @@ mod create_tests;
 mod forget_tests;
 #[path = "plan_ops_tests.rs"]
 mod plan_ops_tests;
+#[path = "unused_pools_tests.rs"]
+mod unused_pools_tests;
 #[path = "veth_name_tests.rs"]
 mod veth_name_tests;
 

@@ -75,7 +75,11 @@ pub fn plan_range(
 pub fn holder(rec: &PoolRecord) -> String {
     match &rec.network_id {
         Some(id) => format!("network {}", id.chars().take(12).collect::<String>()),
-        None => "pool requested, network not created yet".to_string(),
+        // A network being created, or a RequestPool whose answer was lost: cnibridge releases
+        // the latter (`driver::unused_pools`).
+        None => "a pool no network has taken yet: a network being created, or a lost answer \
+                 that cnibridge releases a few minutes after its next start"
+            .to_string(),
     }
 }
 
@@ -357,7 +361,7 @@ mod tests {
             ranges: Vec::new(),
             conf: None,
         };
-        assert_eq!(holder(&rec), "pool requested, network not created yet");
+        assert!(holder(&rec).starts_with("a pool no network has taken yet"));
         rec.network_id = Some("0123456789abcdef0123".into());
         assert_eq!(holder(&rec), "network 0123456789ab");
         assert!(find_overlap([&rec], &net("10.1.2.0/24")).is_some());

@@ -129,8 +129,9 @@ fn overlap_error_names_both_subnets_and_the_holder() {
     let err = e.pool("10.15.20.0/24", None).unwrap_err().to_string();
     assert_eq!(
         err,
-        "subnet 10.15.20.0/24 overlaps 10.15.0.0/16 (pool requested, network not created yet); \
-         choose another --subnet or remove that network"
+        "subnet 10.15.20.0/24 overlaps 10.15.0.0/16 (a pool no network has taken yet: a network \
+         being created, or a lost answer that cnibridge releases a few minutes after its next \
+         start); choose another --subnet or remove that network"
     );
     e.ipam
         .bind_network(&p.pool_id, Some("0123456789abcdef0123456789abcdef"))

@@ -120,9 +120,13 @@ async fn serve<F: Firewall>(config: &ServeConfig, fw: F) -> Result<(), ServeErro
     // What the earlier life knew, taken before the first request can create anything new.
     let earlier = driver.known().await;
     if let Some(docker) = docker {
-        let driver = driver.clone();
+        let (d, pools_docker) = (driver.clone(), docker.clone());
         background.push(tokio::spawn(async move {
-            driver.forget_loop(&docker, earlier).await
+            d.forget_loop(&docker, earlier).await
+        }));
+        let d = driver.clone();
+        background.push(tokio::spawn(async move {
+            d.collect_unused_pools(&pools_docker, ABANDON_GRACE).await
         }));
     }
     {
