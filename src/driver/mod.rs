@@ -255,37 +255,43 @@ fn bridge_spec(net: &NetworkRecord) -> BridgeSpec {
     }
 }
 
-/// Ports of our veth naming on a network's bridge that belong to no known endpoint were left by
-/// a crash between forgetting an endpoint and deleting its veth: delete them now.
-async fn collect_orphan_veths<D: Dataplane>(dp: &D, ns: &NetState) {
+/// Ports of our veth naming on a network's bridge that belong to no known endpoint, left by a
+/// crash between forgetting an endpoint and deleting its veth.
+async fn orphan_veths<D: Dataplane>(dp: &D, ns: &NetState) -> Vec<String> {
     let ports = match dp.bridge_ports(&ns.net.bridge).await {
         Ok(p) => p,
         Err(e) => {
             tracing::warn!(bridge = %ns.net.bridge, error = %e, "cannot list bridge ports");
-            return;
+            return Vec::new();
         }
     };
-    for port in ports {
-        let known = ns.endpoints.values().any(|ep| ep.host_veth == port);
-        if port.starts_with(names::HOST_VETH_PREFIX) && !known {
-            match dp.delete_link(&port).await {
-                Ok(()) => tracing::info!(veth = %port, "deleted veth of a forgotten endpoint"),
-                Err(e) => tracing::warn!(veth = %port, error = %e, "cannot delete orphan veth"),
-            }
-            // Its egress shaping device, if the endpoint was shaped; not a bridge port itself.
-            if let Some(ifb) = names::ifb_of_host_veth(&port) {
-                if let Ok(true) = dp.link_exists(&ifb).await {
-                    match dp.delete_link(&ifb).await {
-                        Ok(()) => tracing::info!(ifb = %ifb, "deleted ifb of a forgotten endpoint"),
-                        Err(e) => {
-                            tracing::warn!(ifb = %ifb, error = %e, "cannot delete orphan ifb")
-                        }
-                    }
-                }
+    ports
+        .into_iter()
+        .filter(|port| {
+            port.starts_with(names::HOST_VETH_PREFIX)
+                && !ns.endpoints.values().any(|ep| &ep.host_veth == port)
+        })
+        .collect()
+}
+
+/// Deletes an orphan veth and, if the endpoint was shaped, its ifb (not a bridge port itself).
+async fn delete_orphan<D: Dataplane>(dp: &D, port: &str) {
+    match dp.delete_link(port).await {
+        Ok(()) => tracing::info!(veth = %port, "deleted veth of a forgotten endpoint"),
+        Err(e) => tracing::warn!(veth = %port, error = %e, "cannot delete orphan veth"),
+    }
+    if let Some(ifb) = names::ifb_of_host_veth(port) {
+        if let Ok(true) = dp.link_exists(&ifb).await {
+            match dp.delete_link(&ifb).await {
+                Ok(()) => tracing::info!(ifb = %ifb, "deleted ifb of a forgotten endpoint"),
+                Err(e) => tracing::warn!(ifb = %ifb, error = %e, "cannot delete orphan ifb"),
             }
         }
     }
 }
+
+/// The holder of an orphan veth's name while it is deleted: no EndpointID is empty.
+const ORPHAN: &str = "";
 
 /// Run blocking file work (configs, exports) off the async workers.
 async fn blocking_io<T: Send + 'static>(
@@ -378,7 +384,6 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
                     tracing::error!(network = short(&ns.net.id), bridge = %ns.net.bridge, error = %e, "cannot restore bridge")
                 }
             }
-            collect_orphan_veths(&dp, ns).await;
             if let Err(e) = export::write_blocking(&cfg.export_dir, &ns.net) {
                 tracing::warn!(network = short(&ns.net.id), error = %e, "cannot write the network's CNI export");
             }
@@ -415,6 +420,35 @@ impl<D: Dataplane, F: Firewall> Driver<D, F> {
         // Every change to the table is a single insert or remove, so a panic elsewhere cannot
         // leave it half-written; keep using it.
         self.ports.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Deletes the veths (and ifbs) of endpoints forgotten by a crash, every network's at once.
+    /// Called once serving has started: after a SIGKILL with hundreds of them, the kernel needs
+    /// seconds to unregister them, and no request should wait for that. Each network's lock is
+    /// held while its orphans are found, so an endpoint created meanwhile is known; their names
+    /// are held until they are gone, so no new endpoint takes one.
+    pub async fn collect_orphans(&self) {
+        let entries: Vec<NetEntry> = match self.nets.read() {
+            Ok(m) => m.values().cloned().collect(),
+            Err(_) => return,
+        };
+        let mut deletions = tokio::task::JoinSet::new();
+        for e in entries {
+            let ns = e.lock().await;
+            for port in orphan_veths(self.dp.as_ref(), &ns).await {
+                self.veth_names.known(&port, ORPHAN);
+                let (dp, names) = (self.dp.clone(), self.veth_names.clone());
+                deletions.spawn(async move {
+                    delete_orphan(dp.as_ref(), &port).await;
+                    names.release(&port, ORPHAN);
+                });
+            }
+        }
+        let count = deletions.len();
+        deletions.join_all().await;
+        if count > 0 {
+            tracing::info!(count, "veths of forgotten endpoints collected");
+        }
     }
 
     /// Wait for every background veth deletion; called at shutdown so a clean stop leaves no

@@ -3,7 +3,6 @@
 //! pinned, so a step added later is seen here (and gets its undo checked).
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::path::Path;
 
 use serde_json::{Map, Value};
@@ -11,19 +10,6 @@ use serde_json::{Map, Value};
 use super::*;
 use crate::driver::plan::testing::{fail_at, record, StepRef};
 use crate::driver::ports::PORTMAP;
-use crate::firewall::Proto;
-
-/// Every host port is free and the ephemeral range is small.
-struct FreeHost;
-
-impl HostPorts for FreeHost {
-    fn ephemeral_range(&self) -> (u16, u16) {
-        (40000, 40010)
-    }
-    fn is_free(&self, _: Proto, _: Option<IpAddr>, _: u16) -> bool {
-        true
-    }
-}
 
 /// `-p 8080:80 -p 53/udp` (the second picks a host port).
 fn bindings() -> Map<String, Value> {
@@ -41,8 +27,7 @@ fn bindings() -> Map<String, Value> {
 /// A rig with a dual-stack pair of cnibridge pools (gateways requested, as dockerd does) and
 /// the CreateNetwork request using them.
 async fn pooled() -> (Rig, NetworkSpec, Vec<String>) {
-    let mut r = rig().await;
-    r.driver = r.driver.with_host_ports(FreeHost);
+    let r = rig().await;
     let ipam = r.driver.ipam().clone();
     let mut req = net_req(NET, json!({"bridge": "cnbt0"}), false);
     let mut pools = Vec::new();

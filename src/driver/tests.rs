@@ -33,6 +33,18 @@ const NET2: &str = "43d84917b6f05e49005b00f0f3fec8d7e0d748efa3afc36318a422d774ed
 const EP: &str = "9dbfb9b7a99ca164c089738d00b0c39a59379e11defbd6a755856f28c0a9fbcc";
 const EP2: &str = "82772f1927ddc2f6e682bae163a72db920187833a719f81f9c4b5918a40ab2a0";
 
+/// Every host port is free and the ephemeral range is small.
+pub(super) struct FreeHost;
+
+impl ports::HostPorts for FreeHost {
+    fn ephemeral_range(&self) -> (u16, u16) {
+        (40000, 40010)
+    }
+    fn is_free(&self, _: crate::firewall::Proto, _: Option<std::net::IpAddr>, _: u16) -> bool {
+        true
+    }
+}
+
 struct Rig {
     dir: tempfile::TempDir,
     dp: RecordingDataplane,
@@ -49,9 +61,12 @@ async fn rig_in(dir: tempfile::TempDir, dp: RecordingDataplane, fw: RecordingFir
         cni_conf_dir: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("cni-confs"),
     })
     .unwrap();
+    // Not the real host's sockets: tests publishing the same port would see each other's trial
+    // binds, and whatever the host runs would fail them.
     let driver = Driver::open(dp.clone(), fw.clone(), ipam, state)
         .await
-        .unwrap();
+        .unwrap()
+        .with_host_ports(FreeHost);
     Rig {
         dir,
         dp,

@@ -135,6 +135,10 @@ async fn serve<F: Firewall>(config: &ServeConfig, fw: F) -> Result<(), ServeErro
             driver.collect_abandoned_addresses(ABANDON_GRACE).await
         }));
     }
+    {
+        let driver = driver.clone();
+        background.push(tokio::spawn(async move { driver.collect_orphans().await }));
+    }
     let served = server::serve(
         listener,
         &config.socket,
