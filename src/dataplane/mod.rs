@@ -9,6 +9,7 @@ use std::path::Path;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+mod batch_delete;
 pub mod netlink;
 pub(crate) mod plan;
 mod rtnl;

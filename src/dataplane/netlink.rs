@@ -18,6 +18,7 @@ use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth};
 
 #[path = "bridge_addrs.rs"]
 mod bridge_addrs;
+use super::batch_delete::BatchDelete;
 use super::rtnl::{Link, LinkKind, NlError, NlKind, Rtnl};
 use super::{BridgeOutcome, BridgeSpec, Dataplane, DataplaneError, Shaping, VethSpec};
 
@@ -75,6 +76,8 @@ pub struct NetlinkDataplane {
     /// unregistered); on its own socket and thread that wait never queues a Join's
     /// `RTM_NEWLINK` or an HTTP answer behind it.
     teardown: Rtnl,
+    /// Link deletions, on the teardown connection, coalesced into group deletes.
+    deletions: BatchDelete,
     proc_sys: PathBuf,
 }
 
@@ -123,9 +126,11 @@ impl NetlinkDataplane {
                 op: "open rtnetlink connection".into(),
                 reason: format!("no tokio runtime on this thread: {e}"),
             })?;
+        let teardown = connect_on_own_thread()?;
         Ok(NetlinkDataplane {
             rtnl: connect(&runtime)?,
-            teardown: connect_on_own_thread()?,
+            deletions: BatchDelete::new(teardown.clone()),
+            teardown,
             proc_sys: PathBuf::from("/proc/sys"),
         })
     }
@@ -391,11 +396,10 @@ impl Dataplane for NetlinkDataplane {
     }
 
     async fn delete_link(&self, name: &str) -> Result<(), DataplaneError> {
-        match self.teardown.del_link_by_name(name).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind == NlKind::NotFound => Ok(()),
-            Err(e) => Err(op_err(format!("delete link {name}"), e)),
-        }
+        self.deletions
+            .delete(name)
+            .await
+            .map_err(|e| op_err(format!("delete link {name}"), e))
     }
 
     async fn bridge_ports(&self, bridge: &str) -> Result<Vec<String>, DataplaneError> {

@@ -300,6 +300,16 @@ impl Rtnl {
             .map_err(NlError::from)
     }
 
+    /// `RTM_DELLINK` with a message of our own (a group delete: index 0 and `IFLA_GROUP`).
+    pub(crate) async fn del_link_with(&self, msg: LinkMessage) -> Result<(), NlError> {
+        self.handle
+            .link()
+            .del_with_message(msg)
+            .execute()
+            .await
+            .map_err(NlError::from)
+    }
+
     /// Delete a link by index.
     pub(crate) async fn del_link(&self, index: u32) -> Result<(), NlError> {
         self.handle
